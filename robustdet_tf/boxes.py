@@ -13,7 +13,7 @@ bit-for-bit comparable with the official checkpoints:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

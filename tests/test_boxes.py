@@ -13,7 +13,8 @@ EXAMPLE_LABELS = np.array([[4, 11]], np.int32)
 
 def test_prior_counts_and_starts():
     assert VOC_PRIORS.shape == (8732, 4)
-    counts = [f * f * a for f, a in zip(boxes.SSD300_FEATURE_MAPS, boxes.boxes_per_location(boxes.SSD300_ASPECT_RATIOS))]
+    per_cell = boxes.boxes_per_location(boxes.SSD300_ASPECT_RATIOS)
+    counts = [f * f * a for f, a in zip(boxes.SSD300_FEATURE_MAPS, per_cell)]
     assert counts == [5776, 2166, 600, 150, 36, 4]
     assert list(np.cumsum([0] + counts[:-1])) == [0, 5776, 7942, 8542, 8692, 8728]
     assert boxes.ssd300_priors("coco").shape == (8732, 4)
@@ -114,6 +115,6 @@ def test_forced_match_later_ground_truth_wins():
 
 
 def test_matching_runs_in_graph():
-    fn = tf.function(lambda b, l: boxes.match(b, l, VOC_PRIORS)[1], reduce_retracing=True)
+    fn = tf.function(lambda b, lab: boxes.match(b, lab, VOC_PRIORS)[1], reduce_retracing=True)
     out = fn(tf.constant(EXAMPLE_GT), tf.constant(EXAMPLE_LABELS))
     assert int(tf.reduce_sum(tf.cast(out > 0, tf.int32))) == 25

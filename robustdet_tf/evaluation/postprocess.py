@@ -9,7 +9,7 @@ API contract so exported models and attack libraries see the familiar keys.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

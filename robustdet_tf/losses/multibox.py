@@ -7,7 +7,7 @@ Used by training, by the A_cls / A_loc / con attacks and by the MTD step, so it 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 

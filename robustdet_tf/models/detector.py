@@ -11,7 +11,7 @@ convolution here is ``'valid'`` after an explicit symmetric zero pad (spec §11)
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf

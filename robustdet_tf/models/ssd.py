@@ -8,7 +8,7 @@ weight decay.  Width and image size are configurable so tests and the demo run a
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import tensorflow as tf

@@ -8,7 +8,7 @@ priors therefore sum to exactly the single-device loss.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf

@@ -1,0 +1,106 @@
+"""Pieces shared by the experiment configs: the SSD300 model blocks and the reference training settings.
+
+Each experiment file in this folder returns a complete ``ml_collections.ConfigDict`` from ``get_config()``; absl's
+``config_flags`` loads it (``--config=configs/ssd300_voc.py``) and accepts overrides such as
+``--config.train.batch_size=8``.  A key that a config does not define is refused by ``config_flags`` itself.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VOC_CLASSES = 21
+
+
+def ssd300_model(dataset: str = "voc", num_classes: int = VOC_CLASSES) -> ml_collections.ConfigDict:
+    """SSD300-VGG16 exactly as the reference builds it (spec §2)."""
+    voc = dataset == "voc"
+    return ml_collections.ConfigDict(
+        dict(
+            kind="ssd",
+            num_classes=num_classes,
+            image_size=300,
+            width=1.0,
+            extras=((256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1), (128, 1, 1, 0), (256, 3, 1, 0),
+                    (128, 1, 1, 0), (256, 3, 1, 0)),
+            min_sizes=(30, 60, 111, 162, 213, 264) if voc else (21, 45, 99, 153, 207, 261),
+            max_sizes=(60, 111, 162, 213, 264, 315) if voc else (45, 99, 153, 207, 261, 315),
+            aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+            steps=(8, 16, 32, 64, 100, 300),
+            mean=(104.0, 117.0, 123.0),
+            weight_decay=5e-4,
+            match_threshold=0.5,
+            neg_pos_ratio=3.0,
+            score_threshold=0.01,
+            pre_nms_top_k=200,
+            nms_iou_threshold=0.45,
+            max_detections=ml_collections.FieldReference(None, field_type=int),
+        )
+    )
+
+
+def reference_train(steps: int, lr_steps: tuple[int, ...]) -> ml_collections.ConfigDict:
+    """SGD lr 1e-3, momentum 0.9, batch 32, step decay ×0.1 (spec §6)."""
+    return ml_collections.ConfigDict(
+        dict(
+            steps=steps,
+            batch_size=32,
+            learning_rate=1e-3,
+            momentum=0.9,
+            lr_steps=lr_steps,
+            lr_gamma=0.1,
+            seed=0,
+            log_every=50,
+            checkpoint_every=5000,
+            jit_compile=False,
+        )
+    )
+
+
+def voc_data(train: str = "2007+2012", test: str = "2007") -> ml_collections.ConfigDict:
+    """PASCAL VOC through tensorflow-datasets (``source="tfds"``) or a local VOCdevkit (``source="local"``)."""
+    return ml_collections.ConfigDict(
+        dict(
+            dataset="voc",
+            source="tfds",
+            train_years=train,
+            train_split="trainval",
+            eval_years=test,
+            eval_split="test",
+            root=ml_collections.FieldReference(None, field_type=str),
+            data_dir=ml_collections.FieldReference(None, field_type=str),
+            manual_dir=ml_collections.FieldReference(None, field_type=str),
+            download=False,
+            max_boxes=64,
+            augment=True,
+            faithful_augment=True,
+            skip_bad=False,
+            cache=False,
+        )
+    )
+
+
+def coco_data() -> ml_collections.ConfigDict:
+    """MS-COCO 2017 through tensorflow-datasets or a local ``annotations/`` + image folder."""
+    return ml_collections.ConfigDict(
+        dict(
+            dataset="coco",
+            source="tfds",
+            train_split="train2017",
+            eval_split="val2017",
+            root=ml_collections.FieldReference(None, field_type=str),
+            image_dir=ml_collections.FieldReference(None, field_type=str),
+            data_dir=ml_collections.FieldReference(None, field_type=str),
+            manual_dir=ml_collections.FieldReference(None, field_type=str),
+            download=False,
+            max_boxes=100,
+            augment=True,
+            faithful_augment=True,
+            skip_bad=False,
+            cache=False,
+        )
+    )
+
+
+def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(batch_size=8, metric=metric, reference_offsets=True))
