@@ -17,6 +17,7 @@ from robustdet_tf import boxes as box_ops
 from robustdet_tf.evaluation.postprocess import postprocess
 from robustdet_tf.losses.multibox import multibox_loss
 from robustdet_tf.models import training
+from robustdet_tf.models.adversarial import AdversarialSchedule, concat_targets
 from robustdet_tf.models.detector import SSD300_EXTRAS, Detector, feature_map_sizes, preprocess
 
 REFERENCE_MEAN = (104.0, 117.0, 123.0)  # subtracted from (R, G, B), spec §1
@@ -25,11 +26,9 @@ REFERENCE_MEAN = (104.0, 117.0, 123.0)  # subtracted from (R, G, B), spec §1
 class DetectionModelBase(keras.Model):
     """What every detector in the package shares: config → priors, pixels → preprocessed input, NMS, losses.
 
-    Subclasses build ``self.detector``, implement ``call`` and list the loss terms their steps report in
-    ``loss_names``.
+    Subclasses build ``self.detector``, implement ``call`` and create the trackers of the loss terms their steps
+    report with ``_init_trackers``.
     """
-
-    loss_names: tuple[str, ...] = ("loss", "loss_l", "loss_c")
 
     def __init__(
         self,
@@ -75,7 +74,11 @@ class DetectionModelBase(keras.Model):
             )
         )
         self.boxes_per_location = box_ops.boxes_per_location(self.aspect_ratios)
-        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+        self.loss_trackers = {}
+
+    def _init_trackers(self, names: Sequence[str]) -> None:
+        """One running mean per loss term a step reports (created eagerly, outside any ``tf.function``)."""
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     # -- shared helpers -------------------------------------------------------------------------------------------
     def preprocess(self, images: tf.Tensor) -> tf.Tensor:
@@ -125,7 +128,13 @@ class DetectionModelBase(keras.Model):
         return self.postprocess(self(images, training=False), **overrides)
 
     def build(self, input_shape=None):
-        """Create every weight by tracing one image of the configured size (sub-layers build lazily)."""
+        """Create every weight by tracing one image of the configured size (sub-layers build lazily).
+
+        Models build themselves at construction, so ``fit`` works at once (also under ``tf.distribute``, where
+        Keras would otherwise trace the model with the first data element).
+        """
+        if self.built:
+            return
         self.call(tf.zeros([1, self.image_size, self.image_size, 3]), training=False)
         self.built = True
 
@@ -134,7 +143,7 @@ class DetectionModelBase(keras.Model):
         return self.detect(images)
 
     def _track(self, logs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Running means of the step's loss terms (what ``fit`` prints); names must be in ``loss_names``."""
+        """Running means of the step's loss terms (what ``fit`` prints)."""
         for name, value in logs.items():
             self.loss_trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
@@ -184,18 +193,37 @@ class SSD(DetectionModelBase):
     ``call(images, training=None)`` → ``{"loc": [B, P, 4], "logits": [B, P, C]}`` for pixel-space RGB input.
     ``train_step`` minimises ``loss_l + loss_c`` with coupled weight decay; compile with
     ``robustdet_tf.models.training.sgd()`` (lr 1e-3, momentum 0.9) to match the reference.
+
+    ``adversarial`` (a dict of ``AdversarialSchedule`` arguments, e.g. ``{"method": "cls"}``) turns ``fit`` into
+    the baselines' adversarial training (train_adv.py): the data must then yield
+    ``((clean_images, clean_targets), (images_to_attack, their_targets))`` and each step trains on the clean half
+    plus the current adversarial half (``clean_mix=True``, the reference) or on the adversarial half only.
+    SSD-AT(A_cls) = ``cls``, SSD-AT(A_loc) = ``loc``, MTD = ``mtd``, CWAT = ``cwa``.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, adversarial: Mapping | None = None, clean_mix: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.detector = Detector(conv="plain", **self.detector_kwargs())
+        self.adversarial = None if adversarial is None else dict(adversarial)
+        self.clean_mix = bool(clean_mix)
+        self.adversary = None if adversarial is None else AdversarialSchedule(**self.adversarial)
+        self._init_trackers(("loss", "loss_l", "loss_c"))
+        self.build()
 
     def call(self, images, training=None):
         out = self.detector(self.preprocess(images), training=training)
         return {"loc": out["loc"], "logits": out["logits"]}
 
     def train_step(self, data):
-        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if self.adversary is None:
+            images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        else:
+            (clean, clean_targets), (to_attack, attack_targets) = data
+            adv, _, adv_targets = self.adversary.next_batch(self, to_attack, attack_targets)
+            images, targets = adv, adv_targets
+            if self.clean_mix:
+                images = tf.concat([tf.cast(clean, tf.float32), adv], 0)
+                targets = concat_targets(clean_targets, adv_targets)
         with tf.GradientTape() as tape:
             outputs = self(images, training=True)
             loss_l, loss_c = self.detection_loss(outputs, targets, global_norm=True)
@@ -204,6 +232,9 @@ class SSD(DetectionModelBase):
         self.apply_gradients(loss, tape, checks)
         scale = float(training.num_replicas())
         return self._track({"loss": loss * scale, "loss_l": loss_l * scale, "loss_c": loss_c * scale})
+
+    def get_config(self):
+        return {**super().get_config(), "adversarial": self.adversarial, "clean_mix": self.clean_mix}
 
     def test_step(self, data):
         images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)

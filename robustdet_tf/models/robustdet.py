@@ -1,0 +1,260 @@
+"""RobustDet: SSD whose every convolution is an AAconv mixed by the AID, optionally with CFR (spec §3, §4.5, §6.3).
+
+Data flow is explicit: ``call`` runs the AID on the preprocessed image to get ``pi`` (unless the caller passes
+one — the ``adc`` sub-batch re-runs clean images with the adversarial images' mixture) and hands ``pi`` to every
+AAconv.  ``train_step`` is the reference's step: one attack step on the held adversarial batch (test mode), then a
+training forward of clean + adversarial images, the AID triplet loss on their mixtures, the ``adc`` forward, the
+MultiBox loss over all of them and, with CFR, reconstruction and KL terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf.losses.aid_triplet import aid_triplet_loss
+from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
+from robustdet_tf.models import training
+from robustdet_tf.models.adversarial import AdversarialSchedule, concat_targets
+from robustdet_tf.models.detector import CONV4_3_INDEX, Detector
+from robustdet_tf.models.discriminator import build_discriminator
+from robustdet_tf.models.ssd import SSD, DetectionModelBase
+
+LOSS_WEIGHTINGS = ("reference", "paper")
+
+
+def total_loss(
+    loss_l: tf.Tensor,
+    loss_c: tf.Tensor,
+    loss_aid: tf.Tensor,
+    loss_re: tf.Tensor | None = None,
+    loss_kld: tf.Tensor | None = None,
+    weighting: str = "reference",
+    beta: float = 0.75,
+    aid_weight: float = 3.0,
+    re_weight: float = 0.16,
+    kld_weight: float = 5.0,
+) -> tf.Tensor:
+    """Eq. 5: ``β(L_loc + L_conf + a·L_aid) + b·L_re + c·L_kld``.
+
+    ``weighting="reference"`` divides the CFR terms by a further 255 as the official code does (spec §10.1);
+    ``"paper"`` uses the weights as printed.
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    loss = beta * (loss_l + loss_c + aid_weight * loss_aid)
+    if loss_re is not None:
+        cfr = re_weight * loss_re + kld_weight * loss_kld
+        loss = loss + (cfr / 255.0 if weighting == "reference" else cfr)
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="robustdet_tf")
+class RobustDet(DetectionModelBase):
+    """Adversarially-aware SSD300.
+
+    Args (beyond the SSD's):
+      num_kernels: K kernels per AAconv (4).
+      cfr: RobustDet* — conv4_3 becomes the probabilistic CFR layer with the image decoder.
+      aid_width: base width of the AID's ResNet-18 (64; smaller for tiny test models).
+      decoder_width: first-layer width of the CFR decoder (512).
+      aaconv_implementation: ``auto`` / ``grouped`` / ``map_fn`` / ``stacked`` (see ``layers/aaconv.py``).
+      adversarial: ``AdversarialSchedule`` arguments for ``fit`` (default: MTD, PGD-20, ε = α = 8, interleaved).
+      adc: size of the clean sub-batch re-run with the adversarial images' mixture; 0 = all clean images (the
+        reference's default), negative = no such sub-batch.
+      triplet_margin, triplet_hinge: AID loss settings (0.6, ``euclidean`` as coded; ``js`` as in the paper).
+      loss_weighting: ``reference`` (CFR terms /255 as coded) or ``paper``.
+
+    ``call(images, pi=None, training=None)`` → ``{"loc", "logits", "pi"}`` plus ``"mu"``, ``"logvar"`` with CFR and
+    ``"reconstruction"`` when training with CFR.
+    """
+
+    def __init__(
+        self,
+        *args,
+        num_kernels: int = 4,
+        cfr: bool = False,
+        aid_width: int = 64,
+        decoder_width: int = 512,
+        aaconv_implementation: str = "auto",
+        adversarial: Mapping | None = None,
+        adc: int = 0,
+        triplet_margin: float = 0.6,
+        triplet_hinge: str = "euclidean",
+        loss_weighting: str = "reference",
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        self.num_kernels = int(num_kernels)
+        self.cfr = bool(cfr)
+        self.aid_width = int(aid_width)
+        self.decoder_width = int(decoder_width)
+        self.aaconv_implementation = aaconv_implementation
+        self.adversarial = dict(adversarial) if adversarial is not None else {"method": "mtd"}
+        self.adc = int(adc)
+        self.triplet_margin = float(triplet_margin)
+        self.triplet_hinge = triplet_hinge
+        self.loss_weighting = loss_weighting
+        self.seed = seed
+        self.detector = Detector(
+            conv="aaconv",
+            num_kernels=self.num_kernels,
+            aaconv_implementation=aaconv_implementation,
+            cfr=self.cfr,
+            nan_guard=True,
+            **self.detector_kwargs(),
+        )
+        self.aid = build_discriminator(self.num_kernels, self.aid_width, name="aid")
+        self.decoder = None
+        if self.cfr:
+            from robustdet_tf.layers.cfr import CFRDecoder
+
+            self.decoder = CFRDecoder(width=self.decoder_width, name="decoder")
+        self.adversary = AdversarialSchedule(seed=seed, **self.adversarial)
+        self.seed_generator = keras.random.SeedGenerator(seed, name="triplet_seed")
+        names = ["loss", "loss_l", "loss_c", "loss_aid", "triplets"]
+        self._init_trackers(names + (["loss_re", "loss_kld"] if self.cfr else []))
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        super().build(input_shape)
+        if self.decoder is not None and not self.decoder.built:
+            size = self.feature_maps[0]
+            channels = self.detector.vgg_convs[f"vgg_{CONV4_3_INDEX}"].conv_mean.filters
+            self.decoder.build((None, size, size, channels))
+
+    def call(self, images, pi=None, training=None):
+        x = self.preprocess(images)
+        if pi is None:
+            pi = self.aid(x, training=training)
+        out = self.detector(x, pi=pi, training=training)
+        result = {"loc": out["loc"], "logits": out["logits"], "pi": pi}
+        if self.cfr:
+            result["mu"], result["logvar"] = out["mu"], out["logvar"]
+            if training:
+                result["reconstruction"] = self.decoder(out["cfr_features"], training=training)
+        return result
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _adc_indices(self, num_clean: tf.Tensor, num_adv: tf.Tensor) -> tf.Tensor | None:
+        """Sorted random sample of ``adc`` clean indices (all of them, in order, for ``adc = 0``)."""
+        if self.adc < 0:
+            return None
+        limit = tf.minimum(num_clean, num_adv)
+        if self.adc == 0:
+            return tf.range(limit)
+        keys = keras.random.uniform([limit], seed=self.seed_generator)
+        return tf.sort(tf.math.top_k(keys, k=tf.minimum(self.adc, limit)).indices)
+
+    def reconstruction_target(self, images: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        """Mean-subtracted images at the decoder's output size (300 → 300 for SSD300; resized for other sizes)."""
+        target = self.preprocess(images)
+        if tuple(like.shape[1:3]) != tuple(target.shape[1:3]):
+            target = tf.image.resize(target, tf.shape(like)[1:3], method="bilinear", antialias=False)
+        return target
+
+    def compute_losses(self, clean, clean_targets, adv, adv_clean, adv_targets) -> dict[str, tf.Tensor]:
+        """All loss terms of one step (spec §4.5, §6.3), inside the caller's tape."""
+        replicas = float(training.num_replicas())
+        n_clean, n_adv = tf.shape(clean)[0], tf.shape(adv)[0]
+        out1 = self(tf.concat([clean, adv], 0), training=True)
+        aid_labels = tf.concat([tf.zeros([n_clean], tf.int32), tf.ones([n_adv], tf.int32)], 0)
+        loss_aid, triplets = aid_triplet_loss(
+            out1["pi"], aid_labels, self.triplet_margin, self.triplet_hinge, seed=self.seed_generator
+        )
+        outputs = [out1]
+        targets = [clean_targets, adv_targets]
+        recon_targets = [clean, adv_clean]
+        weights = [tf.ones([n_clean + n_adv, tf.shape(out1["logits"])[1]])]
+        idx = self._adc_indices(n_clean, n_adv)
+        if idx is not None:
+            pi_adv = tf.gather(tf.stop_gradient(out1["pi"][n_clean:]), idx)
+            adc_images = tf.gather(clean, idx)
+            outputs.append(self(adc_images, pi=pi_adv, training=True))
+            targets.append({k: tf.gather(v, idx) for k, v in clean_targets.items()})
+            recon_targets.append(adc_images)
+            n_adc = tf.shape(idx)[0]
+            weight = tf.cast(n_clean, tf.float32) / tf.cast(tf.maximum(n_adc, 1), tf.float32)
+            weights.append(tf.fill([n_adc, tf.shape(out1["logits"])[1]], weight))
+        merged = {k: tf.concat([o[k] for o in outputs], 0) for k in ("loc", "logits")}
+        loss_l, loss_c = self.detection_loss(
+            merged, concat_targets(*targets), weights=tf.concat(weights, 0), global_norm=True
+        )
+        terms = {"loss_l": loss_l, "loss_c": loss_c, "loss_aid": loss_aid / replicas, "triplets": triplets}
+        if self.cfr:
+            recon = tf.concat([o["reconstruction"] for o in outputs], 0)
+            target = self.reconstruction_target(tf.concat(recon_targets, 0), recon)
+            terms["loss_re"] = reconstruction_loss(recon, target) / replicas
+            mu = tf.concat([o["mu"] for o in outputs], 0)
+            logvar = tf.concat([o["logvar"] for o in outputs], 0)
+            terms["loss_kld"] = kl_divergence(mu, logvar) / replicas
+        terms["loss"] = total_loss(
+            loss_l, loss_c, terms["loss_aid"], terms.get("loss_re"), terms.get("loss_kld"), self.loss_weighting
+        )
+        return terms
+
+    def train_step(self, data):
+        (clean, clean_targets), (to_attack, attack_targets) = data
+        clean = tf.cast(clean, tf.float32)
+        clean_targets = {"boxes": tf.cast(clean_targets["boxes"], tf.float32),
+                         "labels": tf.cast(clean_targets["labels"], tf.int32)}
+        adv, adv_clean, adv_targets = self.adversary.next_batch(self, to_attack, attack_targets)
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(clean, clean_targets, adv, adv_clean, adv_targets)
+        checks = training.check_finite(
+            {k: v for k, v in terms.items() if k != "triplets"}, self.optimizer.iterations
+        )
+        self.apply_gradients(terms["loss"], tape, checks)
+        replicas = float(training.num_replicas())
+        return self._track({k: v if k == "triplets" else v * replicas for k, v in terms.items()})
+
+    def test_step(self, data):
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        loss_l, loss_c = self.detection_loss(self(images, training=False), targets, global_norm=True)
+        replicas = float(training.num_replicas())
+        return self._track({"loss": (loss_l + loss_c) * replicas, "loss_l": loss_l * replicas,
+                            "loss_c": loss_c * replicas})
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_ssd(cls, ssd: SSD, **kwargs) -> RobustDet:
+        """Expand a trained SSD into RobustDet with K identical kernels per convolution (spec §3.5).
+
+        With CFR the SSD's conv4_3 goes to ``conv_mean``; ``conv_std``, the AID and the decoder keep their init.
+        Because Σπ = 1 the result computes exactly the SSD's outputs (test mode) for any mixture.
+        """
+        config = {k: v for k, v in ssd.get_config().items() if k not in ("name", "adversarial", "clean_mix")}
+        model = cls(**{**config, **kwargs})
+        ssd.build()
+        model.build()
+        convs = model.detector.all_convs()
+        for name, plain in ssd.detector.all_convs().items():
+            target = convs[name]
+            if model.cfr and name == f"vgg_{CONV4_3_INDEX}":
+                target = target.conv_mean
+            target.set_from_plain(plain.kernel, plain.bias)
+        model.detector.l2norm.weight.assign(ssd.detector.l2norm.weight)
+        return model
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_kernels": self.num_kernels,
+            "cfr": self.cfr,
+            "aid_width": self.aid_width,
+            "decoder_width": self.decoder_width,
+            "aaconv_implementation": self.aaconv_implementation,
+            "adversarial": self.adversarial,
+            "adc": self.adc,
+            "triplet_margin": self.triplet_margin,
+            "triplet_hinge": self.triplet_hinge,
+            "loss_weighting": self.loss_weighting,
+            "seed": self.seed,
+        }

@@ -1,0 +1,38 @@
+"""Class-wise loss (spec §4.2) and the CFR reconstruction / KL terms (spec §4.4)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from robustdet_tf import boxes
+from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
+from robustdet_tf.losses.class_wise import class_wise_loss
+from robustdet_tf.losses.multibox import smooth_l1
+
+PRIORS = boxes.ssd300_priors("voc")
+TARGETS = {"boxes": tf.constant([[[0.1, 0.2, 0.5, 0.7], [0.6, 0.1, 0.9, 0.4]]]), "labels": tf.constant([[4, 11]])}
+
+
+def test_class_wise_loss_averages_class_means():
+    zeros = {"loc": tf.zeros([1, 8732, 4]), "logits": tf.zeros([1, 8732, 21])}
+    loc_t, conf_t, _ = boxes.match(TARGETS["boxes"], TARGETS["labels"], PRIORS)
+    per_prior = np.log(21) + tf.reduce_sum(smooth_l1(-loc_t), -1).numpy()[0]
+    conf = conf_t.numpy()[0]
+    expected = np.mean([per_prior[conf == 5].mean(), per_prior[conf == 12].mean()])  # 13 and 12 priors
+    np.testing.assert_allclose(float(class_wise_loss(zeros, TARGETS, PRIORS)), expected, rtol=1e-5)
+    # Not the plain positive mean: the two classes have different counts.
+    assert abs(expected - per_prior[conf > 0].mean()) > 1e-4
+
+
+def test_class_wise_loss_without_positives_is_zero():
+    empty = {"boxes": tf.zeros([1, 2, 4]), "labels": -tf.ones([1, 2], tf.int32)}
+    zeros = {"loc": tf.zeros([1, 8732, 4]), "logits": tf.zeros([1, 8732, 21])}
+    assert float(class_wise_loss(zeros, empty, PRIORS)) == 0.0
+
+
+def test_cfr_terms():
+    assert float(reconstruction_loss(tf.fill([2, 3, 3, 3], 4.0), tf.zeros([2, 3, 3, 3]))) == pytest.approx(16.0)
+    assert float(kl_divergence(tf.zeros([2, 5]), tf.zeros([2, 5]))) == pytest.approx(0.0)
+    mu, logvar = tf.constant([1.0, 0.0]), tf.constant([0.0, np.log(2.0)], tf.float32)
+    expected = -0.5 * np.mean([1 + 0 - 1 - 1, 1 + np.log(2) - 0 - 2])
+    assert float(kl_divergence(mu, logvar)) == pytest.approx(expected, rel=1e-6)

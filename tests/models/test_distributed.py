@@ -1,0 +1,72 @@
+"""Training under ``tf.distribute.MirroredStrategy`` with the CPU split into two logical devices.
+
+Runs in a subprocess because logical devices must be configured before TensorFlow initialises its devices.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from robustdet_tf.data import pipeline
+    from robustdet_tf.data.shapes import shapes_dataset
+    from robustdet_tf.models.robustdet import RobustDet
+    from robustdet_tf.models.ssd import SSD
+    from robustdet_tf.models.training import sgd
+    from tests.conftest import TINY_SSD
+    from tests.helpers import rectangles
+
+    result = {}
+    images, targets = rectangles(4, 64, seed=1)
+    ds = tf.data.Dataset.from_tensor_slices((images, targets)).batch(4)
+
+    # The same SSD step on one device and on two replicas must give the same weights (global normalisation).
+    keras.utils.set_random_seed(0)
+    single = SSD(**TINY_SSD); single.build(); single.compile(optimizer=sgd(1e-2))
+    initial = [w.numpy() for w in single.weights]
+    single.fit(ds, epochs=1, verbose=0, shuffle=False)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = SSD(**TINY_SSD); mirrored.build(); mirrored.compile(optimizer=sgd(1e-2))
+        for w, v in zip(mirrored.weights, initial):
+            w.assign(v)
+    mirrored.fit(ds, epochs=1, verbose=0, shuffle=False)
+    result["replicas"] = strategy.num_replicas_in_sync
+    result["max_weight_diff"] = max(float(np.abs(a.numpy() - b.numpy()).max())
+                                    for a, b in zip(single.weights, mirrored.weights))
+
+    # RobustDet's interleaved adversarial training runs under the strategy.
+    source = shapes_dataset(16, image_size=64, seed=0)
+    streams = pipeline.two_streams(source, seed=0, image_size=64, batch_size=4, max_boxes=6,
+                                   augment_examples=False, shuffle_buffer=4)
+    with strategy.scope():
+        model = RobustDet(**{**TINY_SSD, "num_classes": 7}, aid_width=4, adversarial={"method": "cls", "steps": 2})
+        model.compile(optimizer=sgd(1e-3))
+    history = model.fit(streams, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False).history
+    result["robustdet_loss"] = [float(v) for v in history["loss"]]
+    print("RESULT" + json.dumps(result))
+    """
+)
+
+
+def test_fit_under_mirrored_strategy_on_two_logical_cpus():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    result = json.loads(line[len("RESULT"):])
+    assert result["replicas"] == 2
+    assert result["max_weight_diff"] < 1e-5, result
+    assert all(v == v and v < 1e6 for v in result["robustdet_loss"])
