@@ -121,13 +121,15 @@ def dag(
         raise ValueError(f"dag: steps must be >= 0, got {steps}.")
     if not faithful and epsilon < 0:
         raise ValueError(f"dag: epsilon must be >= 0 for the bounded variant, got {epsilon}.")
+    for needed in ("priors", "num_classes"):
+        if not hasattr(model, needed):
+            raise AttributeError(f"dag: the model {type(model).__name__} has no '{needed}' attribute; DAG needs the "
+                                 "priors (to match the ground truth) and the number of classes (background included, "
+                                 "to draw the adversarial labels), as the package's SSD and RobustDet provide.")
+    num_classes = model.num_classes
     threshold = getattr(model, "match_threshold", 0.5) if match_threshold is None else match_threshold
     clean = tf.convert_to_tensor(images, tf.float32)
     _, target_labels, _ = box_ops.match(targets["boxes"], targets["labels"], model.priors, threshold)
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is None:
-        raise AttributeError(f"dag: the model {type(model).__name__} has no 'num_classes' attribute; DAG needs the "
-                             "number of classes (background included) to draw the adversarial labels.")
     seeds = image_seeds(seed, tf.shape(clean)[0], index_offset)
     adv_labels = adversarial_labels(target_labels, int(num_classes), seeds)
 

@@ -1,0 +1,64 @@
+"""Run a model (optionally under an attack) over evaluation batches and score the detections.
+
+The attack and the detection run together in one ``tf.function`` per batch — never one image at a time — and
+only the finished detections leave the graph for the (numpy) metric accumulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf.evaluation.coco_metric import COCOMetric
+from robustdet_tf.evaluation.voc_metric import VOCMetric
+
+AttackFn = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
+
+
+def make_metric(kind: str, class_names: Sequence[str], reference_offsets: bool = True, **kwargs):
+    """``voc07`` (11-point), ``voc`` (all-point) or ``coco`` accumulator."""
+    if kind in ("voc07", "voc"):
+        return VOCMetric(class_names, use_07_metric=kind == "voc07", reference_offsets=reference_offsets)
+    if kind == "coco":
+        return COCOMetric(class_names=class_names, **kwargs)
+    raise ValueError(f"unknown metric {kind!r}; use 'voc07', 'voc' or 'coco'")
+
+
+def detection_step(model: keras.Model, attack: AttackFn | None = None, jit_compile: bool = False):
+    """A compiled ``(images, targets) → (detections, attacked images)`` function for one batch."""
+
+    def step(images, targets):
+        train_targets = {"boxes": targets["boxes"], "labels": targets["labels"]}
+        if "difficult" in targets:  # attacks use non-difficult objects only, as the reference does
+            keep = tf.logical_not(targets["difficult"])
+            train_targets["labels"] = tf.where(keep, targets["labels"], -1)
+        adv = images if attack is None else attack(model, images, train_targets)
+        return model.detect(adv), adv
+
+    return tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def evaluate_detections(
+    model: keras.Model,
+    batches: tf.data.Dataset,
+    metric,
+    attack: AttackFn | None = None,
+    max_batches: int | None = None,
+    on_batch: Callable[[tf.Tensor, tf.Tensor, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Accumulate ``metric`` over ``batches`` (optionally attacked) and return ``metric.result()``.
+
+    ``on_batch(clean_images, attacked_images, detections)`` lets callers keep samples for figures.
+    """
+    step = detection_step(model, attack)
+    for i, (images, targets) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        detections, adv = step(images, targets)
+        metric.update(detections, targets)
+        if on_batch is not None:
+            on_batch(images, adv, detections)
+    return metric.result()

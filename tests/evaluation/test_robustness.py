@@ -1,0 +1,179 @@
+"""The robustness table: protocols as data, a tiny trained SSD whose mAP the attacks lower, JSON/Markdown/PNGs."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from robustdet_tf.evaluation import robustness
+from robustdet_tf.models.ssd import SSD
+from tests.conftest import TINY_SSD
+
+CLASS_NAMES = ("red", "green", "blue")
+NUM_IMAGES, SIZE = 8, 64
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+QUICK = {"pgd": {"steps": 2}, "dag": {"steps": 10}}  # PGD-2 and DAG-10 keep the test fast
+
+
+def rectangles(n, size, seed=0):
+    """One solid rectangle per image on a dark noisy background; its colour is its class (i mod 3)."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 60, (n, size, size, 3)).astype(np.float32)
+    colours = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255]], np.float32)
+    boxes = np.zeros((n, 2, 4), np.float32)
+    labels = -np.ones((n, 2), np.int32)
+    for i in range(n):
+        w, h = rng.uniform(0.35, 0.6, 2)
+        x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+        px = np.round(np.array([x0, y0, x0 + w, y0 + h]) * size).astype(int)
+        images[i, px[1] : px[3], px[0] : px[2]] = colours[i % 3]
+        boxes[i, 0], labels[i, 0] = px / size, i % 3
+    return images, {"boxes": boxes, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny SSD trained for 40 Adam steps on the 8 rectangles, and the same images as evaluation batches of 4."""
+    keras.utils.set_random_seed(0)
+    images, targets = rectangles(NUM_IMAGES, SIZE)
+    model = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
+    model.build()
+    optimizer = keras.optimizers.Adam(3e-3)
+    x, t = tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.add_n(model.detection_loss(model(x, training=True), t))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    for _ in range(40):
+        step()
+    eval_targets = {
+        **targets,
+        "difficult": np.zeros_like(targets["labels"], bool),
+        "image_id": np.array([f"rect_{i}" for i in range(NUM_IMAGES)]),
+        "original_size": np.full((NUM_IMAGES, 2), SIZE, np.int32),
+    }
+    batches = tf.data.Dataset.from_tensor_slices((images, eval_targets)).batch(4)
+    return model, batches
+
+
+def test_table_json_markdown_and_figures(trained, tmp_path):
+    model, batches = trained
+    results = robustness.evaluate_robustness(
+        {"SSD (tiny)": model}, batches, CLASS_NAMES, tmp_path, overrides=QUICK, sample_images=1
+    )
+
+    # JSON: the returned dict, the reference protocol with the overrides, mAP fractions for every attack.
+    with open(tmp_path / "robustness.json", encoding="utf-8") as handle:
+        written = json.load(handle)
+    assert written == results
+    assert set(written) >= {"protocol", "models"}
+    proto = written["protocol"]
+    assert proto["name"] == "reference" and proto["metric"] == "voc07"
+    assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "use_random_start": False,
+                            "con_weights": [1.0, 1.0], "mtd_per_image": False}
+    assert proto["dag"] == {"steps": 10, "gamma": 0.5, "faithful": True, "epsilon": None}
+    cells = written["models"]["SSD (tiny)"]
+    assert list(cells) == list(robustness.ATTACKS)
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in cells.values())
+    assert written["num_images"] == NUM_IMAGES
+    assert set(written["per_class_AP"]["SSD (tiny)"]["clean"]) == set(CLASS_NAMES)
+
+    # The briefly trained model detects the rectangles; every PGD attack lowers its mAP clearly.
+    assert cells["clean"] > 0.6
+    for attack in ("A_cls", "A_loc", "con", "MTD", "CWA"):
+        assert cells[attack] < cells["clean"] - 0.1, (attack, cells)
+
+    # Markdown: Table 1 layout (rows models, columns attacks), mAP in % with one decimal.
+    lines = (tmp_path / "robustness.md").read_text(encoding="utf-8").splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| Model |"))
+    assert [c.strip() for c in lines[header].strip("|").split("|")] == [
+        "Model", "Clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"]
+    assert set(lines[header + 1]) <= set("|-:")
+    row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
+    assert row[0] == "SSD (tiny)"
+    assert row[1:] == [f"{100 * cells[a]:.1f}" for a in robustness.ATTACKS]
+    assert "PGD-2, ε = 8, α = 8, no random start" in "\n".join(lines[:header])
+
+    # Figures: one PR plot per (model, attack), the bar plot, the first image of every attack; no temp files left.
+    expected = [f"pr_SSD_tiny__{attack}.png" for attack in robustness.ATTACKS] + ["robustness_bars.png"]
+    expected += [f"samples/SSD_tiny__{attack}_0.png" for attack in robustness.ATTACKS if attack != "clean"]
+    for name in expected:
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    with Image.open(tmp_path / "samples" / "SSD_tiny__A_cls_0.png") as sample:
+        assert sample.width > sample.height  # clean | attacked side by side
+    leftovers = [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_protocol_reaches_the_attacks(trained, tmp_path):
+    """ε = 0 makes A_cls a no-op (its column equals clean); the strong protocol's random start stays in the ε-ball."""
+    model, batches = trained
+    results = robustness.evaluate_robustness(
+        {"m": model}, batches, CLASS_NAMES, tmp_path, attacks=("clean", "A_cls"),
+        overrides={"pgd": {"steps": 1, "epsilon": 0.0}}, plots=False,
+    )
+    assert results["models"]["m"]["A_cls"] == results["models"]["m"]["clean"]
+    assert sorted(os.listdir(tmp_path)) == ["robustness.json", "robustness.md"]
+
+    images, targets = next(iter(batches))
+    targets = {"boxes": targets["boxes"], "labels": targets["labels"]}
+    strong = robustness.make_attack("A_cls", robustness.make_protocol("strong", {"pgd": {"steps": 1}}))
+    reference = robustness.make_attack("A_cls", robustness.make_protocol("reference", {"pgd": {"steps": 1}}))
+    adv_strong = tf.function(strong)(model, images, targets)
+    adv_reference = tf.function(reference)(model, images, targets)
+    assert float(tf.reduce_max(tf.abs(adv_strong - images))) <= 8.0 + 1e-3
+    moved = np.abs((adv_reference - images).numpy())
+    steps_taken = set(np.unique(np.round(moved[(images.numpy() > 8) & (images.numpy() < 247)])))
+    assert 8.0 in steps_taken and steps_taken <= {0.0, 8.0}  # one signed step of α = ε = 8
+    assert float(tf.reduce_max(tf.abs(adv_strong - adv_reference))) > 1.0
+
+
+def test_protocols_are_data_with_checked_overrides():
+    ref = robustness.make_protocol("reference")
+    assert ref["pgd"]["steps"] == 20 and ref["pgd"]["epsilon"] == ref["pgd"]["step_size"] == 8.0
+    assert ref["pgd"]["use_random_start"] is False and ref["metric"] == "voc07"
+    assert ref["dag"] == {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None}
+    strong = robustness.make_protocol("strong")
+    assert strong["pgd"]["use_random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
+    assert strong["dag"]["faithful"] is False and strong["dag"]["epsilon"] == 8.0
+
+    merged = robustness.make_protocol("strong", {"pgd": {"steps": 100}, "seed": 3})
+    assert merged["pgd"]["steps"] == 100 and merged["pgd"]["step_size"] == 2.0 and merged["seed"] == 3
+    assert robustness.PROTOCOLS["strong"]["pgd"]["steps"] == 50  # the predefined dicts are not modified
+    custom = robustness.make_protocol({"name": "mine", "dag": {"steps": 5}})
+    assert custom["name"] == "mine" and custom["dag"]["steps"] == 5 and custom["pgd"]["steps"] == 20
+
+    with pytest.raises(KeyError, match="pgd.stpes"):
+        robustness.make_protocol("reference", {"pgd": {"stpes": 5}})
+    with pytest.raises(ValueError, match="unknown robustness protocol 'weak'"):
+        robustness.make_protocol("weak")
+    with pytest.raises(ValueError, match="needs dag.epsilon"):
+        robustness.make_protocol("reference", {"dag": {"faithful": False}})
+    with pytest.raises(ValueError, match="unknown attack 'FGSM'"):
+        robustness.make_attack("FGSM", ref)
+    with pytest.raises(ValueError, match="unknown attack"):
+        robustness.evaluate_robustness({"m": None}, None, CLASS_NAMES, "/nonexistent", attacks=("clean", "PGD"))
+    assert robustness.make_attack("clean", ref) is None
+
+
+def test_save_sample_detections(trained, tmp_path):
+    model, batches = trained
+    images, targets = next(iter(batches))
+    brighten = lambda m, x, t: tf.clip_by_value(x + 40.0, 0.0, 255.0)  # noqa: E731
+    paths = robustness.save_sample_detections(
+        model, images, targets, str(tmp_path), brighten, attack_name="brighten", class_names=CLASS_NAMES,
+        num_images=2,
+    )
+    assert [os.path.basename(p) for p in paths] == ["brighten_0.png", "brighten_1.png"]
+    for path in paths:
+        with Image.open(path) as png:
+            assert png.format == "PNG" and png.width > png.height
