@@ -52,7 +52,10 @@ def reference_train(steps: int, lr_steps: tuple[int, ...]) -> ml_collections.Con
             seed=0,
             log_every=50,
             checkpoint_every=5000,
+            keep=2,
             jit_compile=False,
+            optimizer="sgd",
+            init_from="",
         )
     )
 
@@ -103,4 +106,41 @@ def coco_data() -> ml_collections.ConfigDict:
 
 
 def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(batch_size=8, metric=metric, reference_offsets=True))
+    """Robustness evaluation: the reference protocol (PGD-20, ε = α = 8, DAG-150) under every attack of Table 1."""
+    return ml_collections.ConfigDict(
+        dict(
+            batch_size=8,
+            metric=metric,
+            reference_offsets=True,
+            protocol="reference",
+            overrides={},
+            attacks=("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"),
+            sample_images=4,
+            attack_method="cls",
+        )
+    )
+
+
+def adversarial(method: str = "mtd") -> ml_collections.ConfigDict:
+    """Adversarial-training attack: PGD/MTD steps of ε = α = 8, renewed every 20 steps, interleaved (spec §6.3)."""
+    return ml_collections.ConfigDict(
+        dict(method=method, epsilon=8.0, step_size=8.0, steps=20, schedule="interleaved", random_start=False,
+             mtd_per_image=False)
+    )
+
+
+def robustdet_model(dataset: str = "voc", num_classes: int = VOC_CLASSES, cfr: bool = False):
+    """RobustDet on the SSD300 layout: K = 4 AAconv kernels, the AID, optional CFR, MTD adversarial training."""
+    model = ssd300_model(dataset, num_classes)
+    model.kind = "robustdet"
+    model.num_kernels = 4
+    model.cfr = cfr
+    model.aid_width = 64
+    model.decoder_width = 512
+    model.aaconv_implementation = "auto"
+    model.adversarial = adversarial("mtd")
+    model.adc = 0
+    model.triplet_margin = 0.6
+    model.triplet_hinge = "euclidean"
+    model.loss_weighting = "reference"
+    return model

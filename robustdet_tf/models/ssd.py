@@ -48,6 +48,7 @@ class DetectionModelBase(keras.Model):
         pre_nms_top_k: int = 200,
         nms_iou_threshold: float = 0.45,
         max_detections: int | None = None,
+        kernel_initializer: str = "glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +68,7 @@ class DetectionModelBase(keras.Model):
         self.pre_nms_top_k = int(pre_nms_top_k)
         self.nms_iou_threshold = float(nms_iou_threshold)
         self.max_detections = None if max_detections is None else int(max_detections)
+        self.kernel_initializer = kernel_initializer
         self.feature_maps = feature_map_sizes(self.image_size, self.extras)
         self.priors = tf.constant(
             box_ops.prior_boxes(
@@ -179,6 +181,7 @@ class DetectionModelBase(keras.Model):
             "pre_nms_top_k": self.pre_nms_top_k,
             "nms_iou_threshold": self.nms_iou_threshold,
             "max_detections": self.max_detections,
+            "kernel_initializer": self.kernel_initializer,
         }
 
     @classmethod
@@ -203,7 +206,7 @@ class SSD(DetectionModelBase):
 
     def __init__(self, *args, adversarial: Mapping | None = None, clean_mix: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.detector = Detector(conv="plain", **self.detector_kwargs())
+        self.detector = Detector(conv="plain", kernel_initializer=self.kernel_initializer, **self.detector_kwargs())
         self.adversarial = None if adversarial is None else dict(adversarial)
         self.clean_mix = bool(clean_mix)
         self.adversary = None if adversarial is None else AdversarialSchedule(**self.adversarial)

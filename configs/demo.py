@@ -1,0 +1,80 @@
+"""The embedded demo: a tiny SSD of SSD300's structure on the synthetic shapes set (runs on 2 CPU cores).
+
+``python main.py`` uses this config.  The model keeps every SSD300 component (VGG trunk with ceil-mode pool3,
+dilated conv6, L2Norm, extras, multibox heads) at 1/8 of the channels and a 96×96 input with four sources.
+"""
+
+import ml_collections
+
+from configs import common
+
+IMAGE_SIZE = 96
+NUM_CLASSES = 4  # object classes of the shapes set used by the demo (circle, square, triangle, ring)
+
+
+def tiny_ssd_model() -> ml_collections.ConfigDict:
+    model = common.ssd300_model("voc", num_classes=NUM_CLASSES + 1)
+    model.image_size = IMAGE_SIZE
+    model.width = 0.125
+    model.extras = ((256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1))
+    model.min_sizes = (10, 22, 40, 62)
+    model.max_sizes = (22, 40, 62, 86)
+    model.aspect_ratios = ((2,), (2, 3), (2, 3), (2,))
+    model.steps = ml_collections.FieldReference(None, field_type=tuple)
+    model.max_detections = 100
+    return model
+
+
+def shapes_data() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            dataset="shapes",
+            image_size=IMAGE_SIZE,
+            num_classes=NUM_CLASSES,
+            max_objects=6,
+            train_images=4000,
+            train_seed=0,
+            eval_images=100,
+            eval_seed=1,
+            max_boxes=8,
+            augment=False,
+            faithful_augment=False,
+            cache=True,
+        )
+    )
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = tiny_ssd_model()
+    config.data = shapes_data()
+    # Stage 1: the clean SSD.
+    config.train = common.reference_train(steps=2000, lr_steps=())
+    config.train.batch_size = 16
+    config.train.optimizer = "adam"
+    config.train.learning_rate = 1e-3
+    config.train.log_every = 100
+    config.train.checkpoint_every = 500
+    # Stage 2: RobustDet expanded from the clean SSD, interleaved MTD training (16 clean + 16 attacked).
+    config.robustdet = ml_collections.ConfigDict(
+        dict(
+            model=dict(kind="robustdet", num_kernels=4, cfr=False, aid_width=8, decoder_width=64,
+                       aaconv_implementation="auto", adversarial=common.adversarial("cls").to_dict(), adc=0,
+                       triplet_margin=0.6, triplet_hinge="euclidean", loss_weighting="reference"),
+            train=dict(steps=300, batch_size=16, learning_rate=5e-4, optimizer="adam", checkpoint_every=100),
+        )
+    )
+    # Stage 3: SSD-AT(A_cls) from the same clean SSD with the same schedule and budget.
+    config.ssd_at = ml_collections.ConfigDict(
+        dict(
+            model=dict(adversarial=common.adversarial("cls").to_dict(), clean_mix=True),
+            train=dict(steps=300, batch_size=16, learning_rate=5e-4, optimizer="adam", checkpoint_every=100),
+        )
+    )
+    # Stage 4: robustness evaluation (reference protocol, DAG shortened to fit the demo's budget).
+    config.eval = common.eval_settings("voc07")
+    config.eval.batch_size = 50
+    config.eval.reference_offsets = False
+    config.eval.attacks = ("clean", "A_cls", "A_loc", "CWA", "DAG")
+    config.eval.overrides = {"pgd": {"steps": 20}, "dag": {"steps": 30}}
+    return config

@@ -1,0 +1,290 @@
+"""Training driver: config → model, optimiser and data stream → ``model.fit``, with checkpoints and resume.
+
+``model.fit`` is the loop (the models' own ``train_step`` holds the algorithm), so Keras callbacks work as usual.
+Around it this module adds what a long run needs:
+
+* checkpoints (model, optimiser, the held adversarial batch and its counter, seed-generator states) every
+  ``train.checkpoint_every`` steps and on SIGINT/SIGTERM, through ``tf.train.CheckpointManager``, which writes the
+  new files before it updates its index, so an interrupted save leaves the previous checkpoint intact;
+* resume from the workdir at the step the last checkpoint holds, with the data stream restarted at the same
+  position (the pipeline is a pure function of seed and position);
+* a workdir guard: a workdir whose recorded model differs from the config is refused before anything is written;
+* progress (steps/s, ETA, loss terms) and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf.data import pipeline
+from robustdet_tf.data.detection_source import DetectionSource
+from robustdet_tf.models import build_model, training
+
+# Model-config keys that decide the weights' shapes: a workdir trained with other values cannot be resumed.
+ARCHITECTURE_KEYS = (
+    "kind", "num_classes", "image_size", "width", "extras", "aspect_ratios", "num_kernels", "cfr", "aid_width",
+    "decoder_width",
+)
+MODEL_RECORD = "model_config.json"
+
+
+class IncompatibleWorkdirError(ValueError):
+    """The workdir holds a model that the config cannot continue."""
+
+
+def learning_rate(train: Mapping[str, Any]):
+    """Constant, or step decay ×``lr_gamma`` at each of ``lr_steps`` (the reference's schedule)."""
+    steps = tuple(train["lr_steps"] or ())
+    if not steps:
+        return float(train["learning_rate"])
+    values = [float(train["learning_rate"]) * float(train["lr_gamma"]) ** i for i in range(len(steps) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(list(steps), values)
+
+
+def make_optimizer(train: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+    """SGD with momentum (the reference; weight decay is added in ``train_step``) or Adam (``optimizer="adam"``)."""
+    kind = train.get("optimizer", "sgd")
+    if kind == "sgd":
+        return training.sgd(learning_rate(train), float(train["momentum"]))
+    if kind == "adam":
+        return keras.optimizers.Adam(learning_rate(train))
+    raise ValueError(f"config.train.optimizer={kind!r}: use 'sgd' (reference) or 'adam'")
+
+
+def compile_model(model: keras.Model, train: Mapping[str, Any]) -> keras.Model:
+    """Compile with the configured optimiser; XLA only when ``train.jit_compile`` asks for it.
+
+    XLA is off by default: Keras' ``"auto"`` would enable it on a GPU, and on CPU it makes AAconv's per-image paths
+    9–60× slower.
+    """
+    model.compile(optimizer=make_optimizer(train), jit_compile=bool(train.get("jit_compile", False)))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def training_batches(source: DetectionSource, config, start_step: int = 0, adversarial: bool = False):
+    """The batches ``fit`` consumes: ``(images, targets)``, or two streams for adversarial training.
+
+    Adversarial training takes a fresh batch to attack only every ``steps`` optimiser steps; the second stream
+    repeats each of its batches that many times so no augmentation work is wasted.
+    """
+    data, train = config.data, config.train
+    kwargs = dict(
+        image_size=config.model.image_size,
+        max_boxes=data.max_boxes,
+        augment_examples=data.augment,
+        faithful=data.faithful_augment,
+        cache=data.cache,
+        num_examples=source.num_examples,
+        seed=train.seed,
+    )
+    if not adversarial:
+        return pipeline.train_batches(source.dataset, batch_size=train.batch_size, start_step=start_step, **kwargs)
+    half = max(1, train.batch_size // 2)
+    renew = int(config.model.adversarial.get("steps", 20))
+    schedule = config.model.adversarial.get("schedule", "interleaved")
+    clean = pipeline.train_batches(source.dataset, batch_size=half, stream=0, start_step=start_step, **kwargs)
+    if schedule == "interleaved":
+        adv = pipeline.train_batches(source.dataset, batch_size=half, stream=1, start_step=start_step // renew,
+                                     **kwargs)
+        adv = adv.flat_map(lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(renew))
+        adv = adv.skip(start_step % renew)
+    else:
+        adv = pipeline.train_batches(source.dataset, batch_size=half, stream=1, start_step=start_step, **kwargs)
+    return tf.data.Dataset.zip((clean, adv)).prefetch(tf.data.AUTOTUNE)
+
+
+def save_model_atomically(model: keras.Model, path: str) -> str:
+    """Write ``path`` (a ``.keras`` archive) via a temporary file and a rename, so a crash never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json_atomically(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def model_config_dict(config) -> dict:
+    model = config.model
+    return json.loads(json.dumps(model.to_dict() if hasattr(model, "to_dict") else dict(model), default=list))
+
+
+def check_workdir(workdir: str, config) -> None:
+    """Refuse a workdir whose recorded model has other architecture settings; touch nothing."""
+    path = os.path.join(workdir, MODEL_RECORD)
+    if not os.path.exists(path):
+        if os.path.isdir(os.path.join(workdir, "checkpoints")):
+            raise IncompatibleWorkdirError(
+                f"{workdir} holds checkpoints but no {MODEL_RECORD}; it was not written by this trainer. "
+                "Use another --workdir."
+            )
+        return
+    with open(path) as f:
+        recorded = json.load(f)
+    wanted = model_config_dict(config)
+    diff = {k: (recorded.get(k), wanted.get(k)) for k in ARCHITECTURE_KEYS if recorded.get(k) != wanted.get(k)}
+    if diff:
+        details = ", ".join(f"{k}: workdir {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        raise IncompatibleWorkdirError(
+            f"the workdir {workdir} holds a different model ({details}). Nothing was changed; use another "
+            "--workdir, or the config it was trained with."
+        )
+
+
+class Progress(keras.callbacks.Callback):
+    """Every ``every`` steps: step, steps/s, ETA and the loss terms (running means since the last report)."""
+
+    def __init__(self, total_steps: int, start_step: int, every: int, printer=print):
+        super().__init__()
+        self.total, self.start, self.every, self.printer = total_steps, start_step, max(1, every), printer
+
+    def on_train_begin(self, logs=None):
+        self.t0 = time.time()
+        self.done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        step = self.start + self.done
+        if step % self.every and step != self.total:
+            return
+        rate = self.done / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        terms = " ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
+        self.printer(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta:.0f}s  {terms}")
+
+
+class CheckpointEvery(keras.callbacks.Callback):
+    """Save every ``every`` steps and stop (then save) when a SIGINT/SIGTERM arrives."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, step_var: tf.Variable, start: int, every: int):
+        super().__init__()
+        self.manager, self.step_var, self.start, self.every = manager, step_var, start, max(1, every)
+        self.interrupted = False
+        self.done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        step = self.start + self.done
+        self.step_var.assign(step)
+        if step % self.every == 0 or self.interrupted:
+            self.manager.save(checkpoint_number=step)
+        if self.interrupted:
+            self.model.stop_training = True
+
+
+class Trainer:
+    """Builds everything a run needs from ``config`` and trains in ``workdir``, resuming what is there."""
+
+    def __init__(self, config, workdir: str, source: DetectionSource | None = None, model: keras.Model | None = None):
+        check_workdir(workdir, config)
+        self.config, self.workdir = config, workdir
+        self.model = model if model is not None else build_model(config.model)
+        compile_model(self.model, config.train)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=self.step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.get("keep", 2))
+        )
+        self.source = source
+        self.start_step = self.restore()
+
+    def restore(self) -> int:
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return 0
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as err:
+            raise IncompatibleWorkdirError(
+                f"checkpoint {latest} does not fit the configured model ({err}). Nothing was changed; use another "
+                "--workdir."
+            ) from err
+        return int(self.step.numpy())
+
+    def run(self, steps: int | None = None, callbacks=(), verbose_every: int | None = None, printer=print) -> dict:
+        """Train until ``steps`` (default ``config.train.steps``) optimiser steps; return the last logs."""
+        total = int(steps if steps is not None else self.config.train.steps)
+        remaining = total - self.start_step
+        os.makedirs(self.workdir, exist_ok=True)
+        write_json_atomically(model_config_dict(self.config), os.path.join(self.workdir, MODEL_RECORD))
+        if remaining <= 0:
+            printer(f"{self.workdir}: already trained for {self.start_step} steps (target {total})")
+            return {}
+        if self.source is None:
+            from robustdet_tf.data.sources import load_source
+
+            self.source = load_source(self.config.data, "train")
+        adversarial = getattr(self.model, "adversary", None) is not None
+        batches = training_batches(self.source, self.config, self.start_step, adversarial)
+        saver = CheckpointEvery(self.manager, self.step, self.start_step, self.config.train.checkpoint_every)
+        progress = Progress(total, self.start_step, verbose_every or self.config.train.log_every, printer)
+        board = keras.callbacks.TensorBoard(os.path.join(self.workdir, "tensorboard"),
+                                            update_freq=int(self.config.train.log_every))
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def interrupt(signum, frame):
+            printer(f"signal {signum}: saving a checkpoint and stopping")
+            saver.interrupted = True
+
+        for sig in previous:
+            signal.signal(sig, interrupt)
+        try:
+            history = self.model.fit(
+                batches, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
+                callbacks=[saver, progress, board, *callbacks],
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        done = self.start_step + saver.done
+        if not saver.interrupted and done % saver.every:
+            self.manager.save(checkpoint_number=done)
+        self.start_step = done
+        return {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def initial_model(config) -> keras.Model:
+    """The model a run starts from: fresh, or ``train.init_from`` (an SSD ``.keras`` file) expanded into RobustDet.
+
+    RobustDet is trained from a clean SSD (spec §3.5): every convolution's K kernels start as copies of the SSD's.
+    For an SSD config ``init_from`` simply loads the weights of a compatible model.
+    """
+    init_from = config.train.get("init_from", None)
+    if not init_from:
+        return build_model(config.model)
+    if not os.path.exists(init_from):
+        raise FileNotFoundError(
+            f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
+            "runs/ssd300_voc/model.keras), or import the official checkpoint with --mode=import first"
+        )
+    source = keras.saving.load_model(init_from)
+    kind = config.model.get("kind", "ssd")
+    if kind == "robustdet":
+        from robustdet_tf.models.robustdet import RobustDet
+
+        extra = {k: v for k, v in model_config_dict(config).items() if k != "kind"}
+        return RobustDet.from_ssd(source, **extra)
+    model = build_model(config.model)
+    model.set_weights(source.get_weights())
+    return model

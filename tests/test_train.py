@@ -1,0 +1,89 @@
+"""Training driver: checkpoints on interrupt, exact resume, and the workdir guard."""
+
+import os
+import signal
+
+import keras
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from configs import demo
+from robustdet_tf import train as train_lib
+from tests.conftest import TINY_SSD
+
+
+def tiny_config(adversarial=None) -> ConfigDict:
+    config = demo.get_config()
+    with config.unlocked():
+        config.model.update({k: v for k, v in TINY_SSD.items() if k != "num_classes"})
+        if adversarial:
+            config.model.adversarial = adversarial
+    config.data.image_size = 64
+    config.data.train_images = 24
+    config.data.augment = True
+    config.train.batch_size = 4
+    config.train.steps = 6
+    config.train.checkpoint_every = 2
+    config.train.log_every = 2
+    return config
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Sends this process a SIGINT after ``step`` batches, as a user pressing Ctrl-C would."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def trained_weights(config, workdir, interrupt_at=None):
+    keras.utils.set_random_seed(0)
+    trainer = train_lib.Trainer(config, str(workdir))
+    callbacks = [InterruptAt(interrupt_at)] if interrupt_at else []
+    trainer.run(callbacks=callbacks, printer=lambda *_: None)
+    if interrupt_at:
+        assert trainer.start_step == interrupt_at  # stopped after the interrupted step, checkpoint saved
+        keras.utils.set_random_seed(123)  # the resumed run must not depend on fresh initial weights
+        trainer = train_lib.Trainer(config, str(workdir))
+        assert trainer.start_step == interrupt_at
+        trainer.run(printer=lambda *_: None)
+    assert trainer.start_step == config.train.steps
+    return [w.numpy() for w in trainer.model.weights], trainer
+
+
+@pytest.mark.parametrize("adversarial", [None, {"method": "cls", "steps": 4}])
+def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(tmp_path, adversarial):
+    config = tiny_config(adversarial)
+    straight, _ = trained_weights(config, tmp_path / "straight")
+    resumed, trainer = trained_weights(config, tmp_path / "resumed", interrupt_at=3)
+    for a, b in zip(straight, resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if adversarial:
+        assert int(trainer.model.adversary.counter.numpy()) == 6
+    assert os.path.exists(tmp_path / "resumed" / "tensorboard")
+
+
+def test_incompatible_workdir_is_refused_and_untouched(tmp_path):
+    config = tiny_config()
+    config.train.steps = 2
+    trainer = train_lib.Trainer(config, str(tmp_path))
+    trainer.run(printer=lambda *_: None)
+    before = {p: os.path.getmtime(p) for p in tmp_path.rglob("*") if p.is_file()}
+    other = tiny_config()
+    other.model.width = 0.125
+    with pytest.raises(train_lib.IncompatibleWorkdirError, match="width"):
+        train_lib.Trainer(other, str(tmp_path))
+    after = {p: os.path.getmtime(p) for p in tmp_path.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_learning_rate_schedule():
+    schedule = train_lib.learning_rate({"learning_rate": 1e-3, "lr_steps": (10, 20), "lr_gamma": 0.1})
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 10, 11, 25)], [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)
+    assert train_lib.learning_rate({"learning_rate": 0.01, "lr_steps": (), "lr_gamma": 0.1}) == 0.01
