@@ -1,0 +1,61 @@
+"""Write an export next to its destination, then rename it into place.
+
+Why: an export interrupted half-way (a crash, a full disk, Ctrl-C) must never leave something at the destination
+that looks like a finished model, and an existing export is only replaced when the caller says so.  Renames within
+one directory are atomic on POSIX, so readers see either the old export or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool) -> str:
+    """The absolute destination path; refuses an existing one unless ``overwrite``."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists; pass overwrite=True to replace it, or export to another path"
+        )
+    return path
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: bool = False) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write into (a fresh directory if ``directory``, else a file name
+    that does not exist yet); on success it replaces ``path``, on error it is removed and ``path`` is untouched."""
+    path = check_destination(path, overwrite)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.basename(path)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent)
+    target = tmp if directory else os.path.join(tmp, base)
+    try:
+        yield target
+        if not os.path.lexists(target):
+            raise RuntimeError(f"export to {path} produced nothing at {target}")
+        check_destination(path, overwrite)  # something may have appeared meanwhile
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=f".{base}.", suffix=".old", dir=parent)
+            os.replace(path, os.path.join(old, base))
+            try:
+                os.replace(target, path)
+            except OSError:
+                os.replace(os.path.join(old, base), path)  # put the previous export back
+                raise
+            _remove(old)
+        else:
+            os.replace(target, path)
+    finally:
+        _remove(tmp)

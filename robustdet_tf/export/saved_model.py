@@ -1,0 +1,105 @@
+"""SavedModel export with the TF Object Detection API serving contract.
+
+Two signatures, so one artifact serves both deployment and robustness work:
+
+* ``serving_default``: ``images`` uint8 ``[B, H, W, 3]`` RGB of any size → ``detection_boxes`` ``[B, M, 4]``
+  (relative ymin, xmin, ymax, xmax), ``detection_scores`` ``[B, M]``, ``detection_classes`` ``[B, M]`` (float32
+  network class, 1-based, as the OD API), ``num_detections`` ``[B]``, with a fixed ``M = max_detections``.  Images
+  are resized inside to the model's square input (bilinear, half-pixel centres, no antialiasing — the reference's
+  resize, spec §1).  Relative coordinates do not change under that resize, so the boxes apply to the original
+  image as they are.
+* ``raw``: float32 pixel-space images ``[B, S, S, 3]`` at the model size → ``loc``, ``logits`` and, for RobustDet,
+  the AID mixture ``pi``: what attack libraries and the TFLite path (decode + NMS outside) need.
+
+Built with ``keras.export.ExportArchive`` (tracks the Keras 3 variables properly) and written to a temporary
+directory that is renamed into place; an existing export is replaced only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf.export.atomic import atomic_output
+
+DEFAULT_MAX_DETECTIONS = 100
+RAW_OUTPUTS = ("loc", "logits", "pi")  # pi only for RobustDet
+DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+
+
+def check_detection_model(model: keras.Model, what: str) -> None:
+    """Exports need our detector interface (``image_size``, ``postprocess``, dict outputs)."""
+    from robustdet_tf.models.ssd import DetectionModelBase
+
+    if not isinstance(model, DetectionModelBase):
+        raise TypeError(
+            f"{what}: expected an SSD or RobustDet from robustdet_tf.models, got {type(model).__name__}; "
+            "load a .keras file with keras.saving.load_model first"
+        )
+    if not model.built:
+        model.build()
+
+
+def with_aaconv_implementation(model: keras.Model, implementation: str | None) -> keras.Model:
+    """The model itself when it has no AAconv (plain SSD), ``implementation`` is None or already in use; otherwise a
+    copy built with ``aaconv_implementation=implementation`` holding the same weights (the original is untouched)."""
+    config = model.get_config()
+    if implementation is None or config.get("aaconv_implementation", implementation) == implementation:
+        return model
+    copy = type(model).from_config({**config, "aaconv_implementation": implementation})
+    copy.build()
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def raw_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Test-mode head outputs (``training=False``: AID on running statistics, CFR uses μ)."""
+    out = model(images, training=False)
+    return {key: out[key] for key in RAW_OUTPUTS if key in out}
+
+
+def serving_detections(model: keras.Model, images: tf.Tensor, max_detections: int) -> dict[str, tf.Tensor]:
+    """uint8 images of any size → OD-API detections of the model at its own input size."""
+    size = model.image_size
+    pixels = tf.image.resize(tf.cast(images, tf.float32), [size, size], method="bilinear", antialias=False)
+    return model.postprocess(model(pixels, training=False), max_detections=max_detections)
+
+
+def export_saved_model(
+    model: keras.Model,
+    path: str | os.PathLike,
+    max_detections: int = DEFAULT_MAX_DETECTIONS,
+    overwrite: bool = False,
+    aaconv_implementation: str | None = None,
+) -> str:
+    """Write ``model`` (SSD or RobustDet, with or without CFR) as a SavedModel at ``path``; returns the path.
+
+    Load with ``tf.saved_model.load(path)`` and call ``.signatures["serving_default"](images=uint8_batch)`` or
+    ``.signatures["raw"](images=float_batch)``.  RobustDet's AAconvs are traced with the implementation the model
+    resolved on this machine (``auto`` → ``grouped`` where grouped convolutions work); pass
+    ``aaconv_implementation="map_fn"`` or ``"stacked"`` for an export that needs no grouped-convolution kernel.
+    """
+    check_detection_model(model, f"export_saved_model({os.fspath(path)})")
+    if int(max_detections) < 1:
+        raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+    max_detections = int(max_detections)
+    model = with_aaconv_implementation(model, aaconv_implementation)
+    size = model.image_size
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: serving_detections(model, images, max_detections),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+    )
+    archive.add_endpoint(
+        "raw",
+        lambda images: raw_outputs(model, images),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")],
+    )
+    with atomic_output(path, overwrite=overwrite, directory=True) as tmp:
+        archive.write_out(tmp, verbose=False)
+    return os.path.abspath(os.fspath(path))
