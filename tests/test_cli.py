@@ -1,0 +1,45 @@
+"""``--mode=import`` and ``--mode=export`` through the CLI functions: an official-format state dict goes in, the
+model comes out as SavedModel / TFLite / .keras; existing files are never overwritten."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_collections import ConfigDict
+
+from robustdet_tf import cli
+from robustdet_tf.export.torch_import import to_state_dict
+from robustdet_tf.models.ssd import SSD
+from tests.conftest import TINY_SSD
+
+
+def tiny_config():
+    model = ConfigDict({"kind": "ssd", **TINY_SSD})
+    return ConfigDict({"model": model, "train": {"steps": 1}})
+
+
+def test_import_then_export(tmp_path):
+    source = SSD(**TINY_SSD)
+    path = tmp_path / "official.npz"
+    np.savez(path, **to_state_dict(source))
+    workdir = tmp_path / "run"
+    saved = cli.run_import(tiny_config(), str(workdir), str(path), printer=lambda *_: None)
+    imported = cli.load_trained_model(str(workdir), tiny_config())
+    x = tf.random.uniform([2, 64, 64, 3], 0, 255, seed=1)
+    np.testing.assert_allclose(imported(x)["logits"].numpy(), source(x)["logits"].numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(FileExistsError):
+        cli.run_import(tiny_config(), str(workdir), str(path), printer=lambda *_: None)
+    assert os.path.exists(saved)
+
+    out = tmp_path / "exports"
+    paths = cli.run_export(tiny_config(), str(workdir), str(out), printer=lambda *_: None)
+    assert all(os.path.exists(p) for p in paths.values())
+    loaded = tf.saved_model.load(paths["saved_model"])
+    dets = loaded.signatures["serving_default"](tf.zeros([1, 50, 70, 3], tf.uint8))
+    assert dets["detection_boxes"].shape[-1] == 4
+
+
+def test_import_needs_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="--checkpoint"):
+        cli.run_import(tiny_config(), str(tmp_path), None)
