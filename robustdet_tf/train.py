@@ -172,6 +172,8 @@ class Progress(keras.callbacks.Callback):
         eta = (self.total - step) / max(rate, 1e-9)
         terms = " ".join(f"{k}={float(v):.4g}" for k, v in sorted((logs or {}).items()))
         self.printer(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta:.0f}s  {terms}")
+        for metric in self.model.metrics:  # the next report averages the next window only
+            metric.reset_state()
 
 
 class CheckpointEvery(keras.callbacks.Callback):

@@ -1,0 +1,35 @@
+"""Every experiment config builds its model (small stand-ins where the full model would be slow) and is data."""
+
+import importlib
+import pathlib
+
+import pytest
+
+from robustdet_tf.models import build_model
+
+CONFIGS = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_a_model(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert {"model", "data", "train", "eval"} <= set(config.keys())
+    model_config = config.model.to_dict()
+    if model_config["image_size"] == 300:  # build the same structure narrower: the full model is tested elsewhere
+        model_config["width"] = 1 / 16
+        if model_config["kind"] == "robustdet":
+            model_config.update(aid_width=4, decoder_width=16)
+    model = build_model(model_config)
+    assert model.num_classes == config.model.num_classes
+    if "adversarial" in model_config:
+        assert model.adversary.method == model_config["adversarial"]["method"]
+
+
+def test_paper_configs_follow_the_reference():
+    voc = importlib.import_module("configs.robustdet_voc").get_config()
+    assert voc.model.num_kernels == 4 and voc.model.adversarial.method == "mtd"
+    assert voc.model.adversarial.epsilon == voc.model.adversarial.step_size == 8.0
+    assert voc.train.steps == 40_000 and voc.train.learning_rate == 1e-3 and voc.train.momentum == 0.9
+    assert importlib.import_module("configs.robustdet_cfr_voc").get_config().model.cfr
+    assert importlib.import_module("configs.cwat_voc").get_config().model.adversarial.method == "cwa"
