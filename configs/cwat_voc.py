@@ -1,4 +1,7 @@
-"""CWAT (Chen et al. 2021) as the reference reproduces it: PGD-20 on the class-wise loss. See `common.adversarial_baseline`."""
+"""CWAT (Chen et al. 2021) as the reference reproduces it: PGD-20 on the class-wise loss.
+
+See ``common.adversarial_baseline``.
+"""
 
 import ml_collections
 

@@ -1,4 +1,7 @@
-"""MTD (Zhang and Wang 2019) as the reference reproduces it: per-batch choice of the loc or cls step. See `common.adversarial_baseline`."""
+"""MTD (Zhang and Wang 2019) as the reference reproduces it: per-batch choice of the loc or cls step.
+
+See ``common.adversarial_baseline``.
+"""
 
 import ml_collections
 

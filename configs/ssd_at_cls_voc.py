@@ -1,4 +1,7 @@
-"""SSD-AT(A_cls): SSD300 adversarially trained against the classification loss. See `common.adversarial_baseline`."""
+"""SSD-AT(A_cls): SSD300 adversarially trained against the classification loss.
+
+See ``common.adversarial_baseline``.
+"""
 
 import ml_collections
 
