@@ -42,6 +42,9 @@ def main(argv):
     from robustdet_tf import cli
 
     config, workdir, mode = _CONFIG.value, default_workdir(), _MODE.value
+    import keras
+
+    keras.utils.set_random_seed(int(config.train.get("seed", 0)) if "train" in config else 0)  # initial weights
     if mode == "import":
         cli.run_import(config, workdir, _CHECKPOINT.value)
     elif mode == "export":

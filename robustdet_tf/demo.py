@@ -17,9 +17,8 @@ import os
 import time
 
 from robustdet_tf import cli
+from robustdet_tf import train as train_lib
 from robustdet_tf.data.sources import load_source
-from robustdet_tf.models import build_model
-from robustdet_tf.models.robustdet import RobustDet
 
 
 def stage_config(config, model_updates: dict, train_updates: dict):
@@ -58,19 +57,15 @@ def run(config, workdir: str, printer=print) -> dict:
     printer("== 2/4 RobustDet (expanded from the clean SSD, interleaved adversarial training) ==")
     rd_config = stage_config(config, dict(config.robustdet.model), dict(config.robustdet.train))
     rd_dir = os.path.join(workdir, "robustdet")
-    rd_init = None
-    if not os.path.isdir(os.path.join(rd_dir, "checkpoints")):
-        extra = {k: v for k, v in rd_config.model.to_dict().items() if k != "kind"}
-        rd_init = RobustDet.from_ssd(ssd, **extra)
+    fresh = not os.path.isdir(os.path.join(rd_dir, "checkpoints"))
+    rd_init = train_lib.model_from_ssd(ssd, rd_config) if fresh else None
     robustdet = cli.run_train(rd_config, rd_dir, model=rd_init, source=train_source, printer=printer)
 
     printer("== 3/4 SSD-AT baseline (from the clean SSD, same schedule) ==")
     at_config = stage_config(config, dict(config.ssd_at.model), dict(config.ssd_at.train))
     at_dir = os.path.join(workdir, "ssd_at")
-    at_init = None
-    if not os.path.isdir(os.path.join(at_dir, "checkpoints")):
-        at_init = build_model(at_config.model)
-        at_init.set_weights(ssd.get_weights())
+    fresh = not os.path.isdir(os.path.join(at_dir, "checkpoints"))
+    at_init = train_lib.model_from_ssd(ssd, at_config) if fresh else None
     ssd_at = cli.run_train(at_config, at_dir, model=at_init, source=train_source, printer=printer)
 
     printer("== 4/4 robustness evaluation ==")

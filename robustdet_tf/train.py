@@ -280,13 +280,15 @@ def initial_model(config) -> keras.Model:
             f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
             "runs/ssd300_voc/model.keras), or import the official checkpoint with --mode=import first"
         )
-    source = keras.saving.load_model(init_from)
-    kind = config.model.get("kind", "ssd")
-    if kind == "robustdet":
+    return model_from_ssd(keras.saving.load_model(init_from), config)
+
+
+def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
+    """The configured model started from a trained SSD: K-fold expansion for RobustDet, a weight copy otherwise."""
+    if config.model.get("kind", "ssd") == "robustdet":
         from robustdet_tf.models.robustdet import RobustDet
 
-        extra = {k: v for k, v in model_config_dict(config).items() if k != "kind"}
-        return RobustDet.from_ssd(source, **extra)
+        return RobustDet.from_ssd(ssd, **{k: v for k, v in model_config_dict(config).items() if k != "kind"})
     model = build_model(config.model)
-    model.set_weights(source.get_weights())
+    model.set_weights(ssd.get_weights())
     return model
