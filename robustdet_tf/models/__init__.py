@@ -12,13 +12,10 @@ from robustdet_tf.models.ssd import SSD
 
 
 def _model_classes() -> dict[str, type]:
-    classes = {"ssd": SSD}
-    try:
-        from robustdet_tf.models.robustdet import RobustDet
-    except ImportError:  # RobustDet lands with its own issue
-        return classes
-    classes["robustdet"] = RobustDet
-    return classes
+    # Imported here: robustdet.py imports this package's modules, so a top-level import would be circular.
+    from robustdet_tf.models.robustdet import RobustDet
+
+    return {"ssd": SSD, "robustdet": RobustDet}
 
 
 def build_model(config: Mapping[str, Any]) -> keras.Model:
