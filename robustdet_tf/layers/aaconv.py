@@ -229,6 +229,11 @@ class AAConv2D(keras.layers.Layer):
 
     # ------------------------------------------------------------------------------------------------ call
     def _conv(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        # tf.nn.convolution, not tf.nn.conv2d: without oneDNN the CPU Conv2D kernels have no gradient for
+        # dilation > 1 (conv6), and tf.nn.convolution rewrites a dilated conv as space-to-batch + plain conv there.
+        return tf.nn.convolution(x, kernel, strides=self.strides, padding="VALID", dilations=self.dilation_rate)
+
+    def _grouped_conv(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         return tf.nn.conv2d(x, kernel, strides=self.strides, padding="VALID", dilations=self.dilation_rate)
 
     def _grouped(self, x: tf.Tensor, pi: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -238,7 +243,7 @@ class AAConv2D(keras.layers.Layer):
         folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * in_channels])
         kernels = tf.einsum("nk,kyxio->yxino", pi, kernel)  # per-image kernels, image-major along outputs
         kernels = tf.reshape(kernels, [self.kernel_size[0], self.kernel_size[1], in_channels, -1])
-        y = self._conv(folded, kernels)
+        y = self._grouped_conv(folded, kernels)
         out = tf.shape(y)
         y = tf.reshape(y, [out[1], out[2], batch, self.filters])
         return tf.transpose(y, [2, 0, 1, 3])

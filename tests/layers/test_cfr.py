@@ -64,7 +64,7 @@ def test_probconv_training_samples_reparameterised_noise():
 
 def test_probconv_noise_is_graph_safe():
     x, pi = _prob_inputs()
-    layer = ProbConv(4, 3, implementation="grouped", seed=0)
+    layer = ProbConv(4, 3, implementation="map_fn", seed=0)
     layer([x, pi])
     step = tf.function(lambda x, pi: layer([x, pi], training=True)[0])
     first, second = step(x, pi).numpy(), step(x, pi).numpy()

@@ -81,3 +81,34 @@ def test_keras_round_trip(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "rd.keras")
     assert loaded.adversary.method == "cls" and loaded.adversary.steps == 5 and loaded.cfr
     np.testing.assert_allclose(loaded(x)["logits"].numpy(), model(x)["logits"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_nan_guard_fused_into_relu_equals_the_per_module_guard():
+    """Spec §3.4: NaN → 0 after VGG modules 0..22. The fast path guards inside the ReLUs only; the per-module
+    path (taken when intermediate features are requested) is the reference as written. Both must agree, in
+    value and gradient, when a convolution emits NaN."""
+    model = RobustDet(**TINY_SSD, **TINY_RD)
+    x = tf.random.uniform([2, 64, 64, 3], 0, 255, seed=7)
+    pi = tf.constant([[0.25] * 4] * 2)
+    model(x, pi=pi)
+    bias = model.detector.vgg_convs["vgg_5"].bias  # conv2_1: its output channel 0 becomes NaN everywhere
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[0, 0]], [np.nan]))
+
+    def outputs_and_input_gradient(return_features):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = model.detector(x - 117.0, pi=pi, return_features=return_features)
+            loss = tf.reduce_sum(out["logits"]) + tf.reduce_sum(out["loc"])
+        return out, tape.gradient(loss, x)
+
+    fused, fused_grad = outputs_and_input_gradient(False)
+    per_module, per_module_grad = outputs_and_input_gradient(True)
+    assert np.isnan(per_module["features"]["vgg_5"].numpy()).sum() == 0  # guarded right after the conv
+    for key in ("loc", "logits"):
+        assert np.isfinite(fused[key].numpy()).all()
+        np.testing.assert_allclose(fused[key].numpy(), per_module[key].numpy(), rtol=1e-6, atol=1e-6)
+    assert np.isfinite(fused_grad.numpy()).all()
+    np.testing.assert_allclose(fused_grad.numpy(), per_module_grad.numpy(), rtol=1e-5, atol=1e-6)
+    # Without the guard the NaN reaches the outputs: the test really exercises it.
+    model.detector.nan_guard = False
+    assert np.isnan(model.detector(x - 117.0, pi=pi)["logits"].numpy()).any()
