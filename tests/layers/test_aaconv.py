@@ -39,7 +39,9 @@ def _layers(kernel, stride, dilation, cin=3, filters=5, num_kernels=4, use_bias=
     """One built layer per implementation, all holding the same random weights."""
     geometry = ((kernel,) * 2, (stride,) * 2, (dilation,) * 2)
     implementations = [i for i in CONCRETE if i != "grouped" or grouped_conv_supported(*geometry)]
-    layers = {impl: AAConv2D(filters, kernel, stride, dilation, num_kernels, use_bias, impl) for impl in implementations}
+    layers = {
+        impl: AAConv2D(filters, kernel, stride, dilation, num_kernels, use_bias, impl) for impl in implementations
+    }
     for layer in layers.values():
         layer.build([(None, None, None, cin), (None, num_kernels)])
     reference = layers["stacked"]
