@@ -34,7 +34,7 @@ def shapes_data() -> ml_collections.ConfigDict:
             max_objects=6,
             train_images=4000,
             train_seed=0,
-            eval_images=100,
+            eval_images=60,
             eval_seed=1,
             max_boxes=8,
             augment=False,
@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = tiny_ssd_model()
     config.data = shapes_data()
     # Stage 1: the clean SSD.
-    config.train = common.reference_train(steps=2000, lr_steps=())
+    config.train = common.reference_train(steps=1500, lr_steps=())
     config.train.batch_size = 16
     config.train.optimizer = "adam"
     config.train.learning_rate = 1e-3
@@ -61,19 +61,19 @@ def get_config() -> ml_collections.ConfigDict:
             model=dict(kind="robustdet", num_kernels=4, cfr=False, aid_width=8, decoder_width=64,
                        aaconv_implementation="auto", adversarial=common.adversarial("cls").to_dict(), adc=0,
                        triplet_margin=0.6, triplet_hinge="euclidean", loss_weighting="reference"),
-            train=dict(steps=900, batch_size=16, learning_rate=1e-4, optimizer="adam", checkpoint_every=300),
+            train=dict(steps=500, batch_size=16, learning_rate=1e-4, optimizer="adam", checkpoint_every=250),
         )
     )
     # Stage 3: SSD-AT(A_cls) from the same clean SSD with the same schedule and budget.
     config.ssd_at = ml_collections.ConfigDict(
         dict(
             model=dict(adversarial=common.adversarial("cls").to_dict(), clean_mix=True),
-            train=dict(steps=900, batch_size=16, learning_rate=1e-4, optimizer="adam", checkpoint_every=300),
+            train=dict(steps=500, batch_size=16, learning_rate=1e-4, optimizer="adam", checkpoint_every=250),
         )
     )
     # Stage 4: robustness evaluation (reference PGD protocol; DAG shortened to 20 steps to fit the budget).
     config.eval = common.eval_settings("voc07")
-    config.eval.batch_size = 50
+    config.eval.batch_size = 30
     config.eval.reference_offsets = False
     config.eval.attacks = ("clean", "A_cls", "A_loc", "CWA", "DAG")
     config.eval.overrides = {"pgd": {"steps": 20}, "dag": {"steps": 20}}
