@@ -18,12 +18,9 @@ from robustdet_tf.layers.aaconv import (
     grouped_conv_supported,
 )
 
-ALL_CONCRETE = ("grouped", "map_fn", "stacked")
 # The grouped path needs oneDNN's grouped-convolution kernels, which TensorFlow enables by default only on some x86
 # CPUs; elsewhere it is left out here and checked by test_grouped_path_agrees_under_onednn in a subprocess.
-GROUPED_HERE = grouped_conv_supported((3, 3), (1, 1), (1, 1))
-CONCRETE = ALL_CONCRETE if GROUPED_HERE else ("map_fn", "stacked")
-NO_GROUPED_REASON = "grouped convolutions (and their gradients) are not supported by this CPU build without oneDNN"
+CONCRETE = ("grouped", "map_fn", "stacked") if grouped_conv_supported((3, 3), (1, 1), (1, 1)) else ("map_fn", "stacked")
 # (kernel, stride, dilation, input size): 3x3, stride 2 as in extras, dilation 6 as in conv6, 1x1 as in conv7.
 GEOMETRIES = [(3, 1, 1, 9), (3, 2, 1, 10), (3, 1, 6, 15), (1, 1, 1, 5)]
 

@@ -97,7 +97,7 @@ def test_nan_guard_fused_into_relu_equals_the_per_module_guard():
     def outputs_and_input_gradient(return_features):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            out = model.detector(x - 117.0, pi=pi, return_features=return_features)
+            out = model.detector(model.preprocess(x), pi=pi, return_features=return_features)
             loss = tf.reduce_sum(out["logits"]) + tf.reduce_sum(out["loc"])
         return out, tape.gradient(loss, x)
 
@@ -111,4 +111,4 @@ def test_nan_guard_fused_into_relu_equals_the_per_module_guard():
     np.testing.assert_allclose(fused_grad.numpy(), per_module_grad.numpy(), rtol=1e-5, atol=1e-6)
     # Without the guard the NaN reaches the outputs: the test really exercises it.
     model.detector.nan_guard = False
-    assert np.isnan(model.detector(x - 117.0, pi=pi)["logits"].numpy()).any()
+    assert np.isnan(model.detector(model.preprocess(x), pi=pi)["logits"].numpy()).any()
