@@ -1,0 +1,142 @@
+"""Robustness-evaluation protocols: which attacks a table has and with which settings (spec §5, §7).
+
+Why a module of its own: a robustness number is meaningless without the attack settings it was measured under, so
+a protocol is explicit data (``PROTOCOLS``), merged with user overrides by ``make_protocol`` (unknown keys fail),
+described in one sentence for the table caption, and turned into attack functions by ``make_attack``.
+
+* ``"reference"`` — what ``eval_attack.py`` does: PGD-20 with ε = α = 8 and no random start for A_cls, A_loc,
+  con, MTD (choice per batch) and CWA; DAG with 150 steps of γ = 0.5, faithful (unbounded, gradient at the clean
+  image + last step); VOC07 11-point AP with the reference's coordinate offsets.
+* ``"strong"`` — a stronger, corrected evaluation: PGD with a random start, α = 2 and 50 steps (ε = 8), MTD's choice
+  per image, and the ε-bounded, early-stopping DAG.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from robustdet_tf.attacks.dag import dag
+from robustdet_tf.attacks.pgd import pgd
+from robustdet_tf.evaluation.evaluate import AttackFn
+
+ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
+
+# Table name → PGD objective of ``attacks.pgd`` (DAG and clean are handled separately).
+PGD_METHODS: dict[str, str] = {"A_cls": "cls", "A_loc": "loc", "con": "con", "MTD": "mtd", "CWA": "cwa"}
+
+COLUMN_TITLES: dict[str, str] = {"clean": "Clean"}
+
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "reference": {
+        "name": "reference",
+        "metric": "voc07",
+        "reference_offsets": True,
+        "seed": 0,
+        "pgd": {
+            "epsilon": 8.0,
+            "step_size": 8.0,
+            "steps": 20,
+            "use_random_start": False,
+            "con_weights": [1.0, 1.0],
+            "mtd_per_image": False,
+        },
+        "dag": {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None},
+    },
+    "strong": {
+        "name": "strong",
+        "metric": "voc07",
+        "reference_offsets": True,
+        "seed": 0,
+        "pgd": {
+            "epsilon": 8.0,
+            "step_size": 2.0,
+            "steps": 50,
+            "use_random_start": True,
+            "con_weights": [1.0, 1.0],
+            "mtd_per_image": True,
+        },
+        "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
+    },
+}
+
+
+# -- protocol -----------------------------------------------------------------------------------------------------
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if key not in base:
+            raise KeyError(f"protocol override '{where}{key}' is not a protocol key; accepted keys at this level: "
+                           f"{sorted(base)}.")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"protocol override '{where}{key}' must be a dict of {sorted(base[key])}, got "
+                                f"{value!r}.")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Mapping[str, Any] | None = None):
+    """A full protocol dict: a predefined one by name (or a complete dict) with ``overrides`` deep-merged in.
+
+    ``overrides`` may only use existing keys (a typo fails with the list of keys), e.g.
+    ``make_protocol("reference", {"pgd": {"steps": 5}, "dag": {"steps": 10}})``.
+    """
+    if isinstance(protocol, str):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown robustness protocol {protocol!r}; choose one of {sorted(PROTOCOLS)} or pass a "
+                             "protocol dict.")
+        base = copy.deepcopy(PROTOCOLS[protocol])
+    else:
+        base = _merge(copy.deepcopy(PROTOCOLS["reference"]), protocol, "")
+    result = _merge(base, overrides or {}, "")
+    if result["pgd"]["steps"] < 0 or result["dag"]["steps"] < 0:
+        raise ValueError(f"protocol steps must be >= 0; got pgd.steps={result['pgd']['steps']}, "
+                         f"dag.steps={result['dag']['steps']}.")
+    if not result["dag"]["faithful"] and result["dag"]["epsilon"] is None:
+        raise ValueError("protocol dag.faithful=False (bounded DAG) needs dag.epsilon, e.g. 8.0.")
+    return result
+
+
+def describe_protocol(protocol: Mapping[str, Any]) -> str:
+    """One sentence describing a protocol, for the Markdown caption."""
+    p, d = protocol["pgd"], protocol["dag"]
+    start = "random start" if p["use_random_start"] else "no random start"
+    mtd = "per image" if p["mtd_per_image"] else "per batch"
+    if d["faithful"]:
+        dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, faithful (unbounded)"
+    else:
+        dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, bounded ε = {d['epsilon']:g}, early stop"
+    return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, α = {p['step_size']:g}, {start}; MTD choice {mtd}; "
+            f"{dag_text}; metric {protocol['metric']}.")
+
+
+def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
+    """The attack function ``(model, images, targets) → adversarial images`` of a table column (``None`` = clean)."""
+    if name == "clean":
+        return None
+    if name == "DAG":
+        d = protocol["dag"]
+        kwargs = dict(steps=int(d["steps"]), gamma=float(d["gamma"]), faithful=bool(d["faithful"]),
+                      seed=int(protocol["seed"]))
+        if not d["faithful"]:
+            kwargs["epsilon"] = float(d["epsilon"])
+        return partial(dag, **kwargs)
+    if name in PGD_METHODS:
+        p = protocol["pgd"]
+        return partial(
+            pgd,
+            method=PGD_METHODS[name],
+            epsilon=float(p["epsilon"]),
+            step_size=float(p["step_size"]),
+            steps=int(p["steps"]),
+            use_random_start=bool(p["use_random_start"]),
+            seed=int(protocol["seed"]),
+            con_weights=tuple(float(w) for w in p["con_weights"]),
+            mtd_per_image=bool(p["mtd_per_image"]),
+        )
+    raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}.")

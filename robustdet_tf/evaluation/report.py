@@ -1,0 +1,159 @@
+"""Files of a robustness evaluation: the JSON, the Table-1 Markdown, PR curves, bar plots and sample detections.
+
+Why apart from the evaluation loop: these are pure functions of finished results (or of detections already
+computed), so they can be re-rendered without re-running attacks.  Every file is written atomically through
+``export.atomic.atomic_output`` (temporary file beside the destination, then a rename): a reader, or a rerun after a
+crash, never sees half a file.  Figures use matplotlib's object API with the Agg canvas, never ``pyplot``, so no
+global backend state is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from robustdet_tf.evaluation.protocol import COLUMN_TITLES, describe_protocol
+from robustdet_tf.export.atomic import atomic_output
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Atomically write (or replace) a UTF-8 text file."""
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def save_figure_atomic(figure: Figure, path: str) -> None:
+    """Atomically render a matplotlib figure to PNG with the Agg canvas."""
+    FigureCanvasAgg(figure)
+    with atomic_output(path, overwrite=True) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def file_stem(name: str) -> str:
+    """A file-name-safe version of a model or attack name (e.g. ``SSD-AT(A_cls)`` → ``SSD-AT_A_cls_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
+
+
+def fraction(value: Any) -> float | None:
+    """A metric value as a JSON-able float, ``None`` where it is undefined (NaN)."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """Table 1 layout: one row per model, one column per attack, mAP in % with one decimal ('–' if undefined)."""
+    models = results["models"]
+    attacks = list(next(iter(models.values())).keys()) if models else []
+    header = "| Model | " + " | ".join(COLUMN_TITLES.get(a, a) for a in attacks) + " |"
+    rule = "|---|" + "---:|" * len(attacks)
+    rows = []
+    for model_name, cells in models.items():
+        values = ["–" if cells[a] is None else f"{100.0 * cells[a]:.1f}" for a in attacks]
+        rows.append(f"| {model_name} | " + " | ".join(values) + " |")
+    caption = (f"mAP (%) on {results.get('num_images', '?')} images, protocol "
+               f"**{results['protocol']['name']}**: {describe_protocol(results['protocol'])}")
+    return "\n".join([f"# Robustness ({results['protocol']['name']} protocol)", "", caption, "", header, rule, *rows,
+                      ""])
+
+
+def plot_pr_curves(metric_result: Mapping[str, Any], title: str, path: str) -> None:
+    """Per-class precision/recall curves of one (model, attack) cell, AP in the legend."""
+    figure = Figure(figsize=(5.5, 4.5))
+    axes = figure.add_subplot()
+    for name, recall in metric_result["recall"].items():
+        precision = metric_result["precision"][name]
+        ap = metric_result["AP"][name]
+        if len(recall) == 0 or math.isnan(float(ap)):
+            continue
+        axes.plot(recall, precision, marker="o" if len(recall) == 1 else None,
+                  label=f"{name} ({100 * ap:.1f})")  # the raw cumulative curve, as metrics/PR.py plots it
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(0.0, 1.05)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_title(f"{title}  mAP {100 * metric_result['mAP']:.1f}%" if not math.isnan(metric_result["mAP"])
+                   else title)
+    if axes.lines:
+        axes.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+
+
+def plot_bars(results: Mapping[str, Any], path: str) -> None:
+    """Grouped bars: attacks on the x axis, one bar per model, mAP in %."""
+    models = results["models"]
+    attacks = list(next(iter(models.values())).keys()) if models else []
+    figure = Figure(figsize=(max(5.0, 1.1 * len(attacks) + 1.5), 4.0))
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(models), 1)
+    positions = np.arange(len(attacks))
+    for i, (model_name, cells) in enumerate(models.items()):
+        heights = [0.0 if cells[a] is None else 100.0 * cells[a] for a in attacks]
+        axes.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width, label=model_name)
+    axes.set_xticks(positions, [COLUMN_TITLES.get(a, a) for a in attacks])
+    axes.set_ylabel("mAP (%)")
+    axes.set_title(f"Robustness ({results['protocol']['name']} protocol)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+
+
+def _draw_detections(axes, image: np.ndarray, detections: Mapping[str, np.ndarray],
+                     ground_truth: Mapping[str, np.ndarray], class_names: Sequence[str] | None, score_threshold: float,
+                     title: str) -> None:
+    height, width = image.shape[:2]
+    axes.imshow(np.clip(image, 0, 255).astype(np.uint8))
+    axes.set_title(title, fontsize=9)
+    axes.axis("off")
+    for box, label in zip(ground_truth["boxes"], ground_truth["labels"], strict=True):
+        if label < 0:
+            continue
+        x0, y0, x1, y1 = box * np.array([width, height, width, height])
+        axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linestyle="--",
+                                 linewidth=1.0))
+    count = int(detections["num_detections"])
+    for box, score, cls in zip(detections["detection_boxes"][:count], detections["detection_scores"][:count],
+                               detections["detection_classes"][:count], strict=True):
+        if score < score_threshold:
+            continue
+        y0, x0, y1, x1 = box * np.array([height, width, height, width])
+        cls = int(round(float(cls)))
+        name = class_names[cls - 1] if class_names is not None and 0 < cls <= len(class_names) else str(cls)
+        axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.2))
+        axes.text(x0, y0, f"{name} {score:.2f}", color="white", fontsize=6, va="bottom",
+                  bbox={"facecolor": "red", "alpha": 0.6, "pad": 1, "linewidth": 0})
+
+
+def _row(batch: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in batch.items()}
+
+
+def write_sample_pngs(clean, clean_dets, adv, adv_dets, targets, output_dir: str, prefix: str,
+                      class_names, num_images: int, score_threshold: float, attack_name: str) -> list[str]:
+    """One PNG per image, ``<output_dir>/<prefix>_<i>.png``: clean detections left, attacked right (red), the ground
+    truth dashed white on both, the perturbation's L∞ norm in the title.  Returns the paths written."""
+    clean, adv = np.asarray(clean), np.asarray(adv)
+    clean_dets = {k: np.asarray(v) for k, v in clean_dets.items()}
+    adv_dets = {k: np.asarray(v) for k, v in adv_dets.items()}
+    gt = {"boxes": np.asarray(targets["boxes"]), "labels": np.asarray(targets["labels"])}
+    paths = []
+    for i in range(min(num_images, clean.shape[0])):
+        figure = Figure(figsize=(8.0, 4.2))
+        left, right = figure.subplots(1, 2)
+        linf = float(np.max(np.abs(adv[i] - clean[i])))
+        _draw_detections(left, clean[i], _row(clean_dets, i), _row(gt, i), class_names, score_threshold, "clean")
+        _draw_detections(right, adv[i], _row(adv_dets, i), _row(gt, i), class_names, score_threshold,
+                         f"{attack_name} (‖δ‖∞ = {linf:.1f})")
+        figure.tight_layout()
+        path = os.path.join(output_dir, f"{prefix}_{i}.png")
+        save_figure_atomic(figure, path)
+        paths.append(path)
+    return paths
