@@ -33,3 +33,13 @@ def test_paper_configs_follow_the_reference():
     assert voc.train.steps == 40_000 and voc.train.learning_rate == 1e-3 and voc.train.momentum == 0.9
     assert importlib.import_module("configs.robustdet_cfr_voc").get_config().model.cfr
     assert importlib.import_module("configs.cwat_voc").get_config().model.adversarial.method == "cwa"
+
+
+def test_demo_compares_robustdet_and_ssd_at_on_equal_terms():
+    """The demo's claim rests on SSD-AT getting RobustDet's adversarial schedule, optimiser and budget."""
+    config = importlib.import_module("configs.demo").get_config()
+    assert config.robustdet.model.adversarial == config.ssd_at.model.adversarial
+    assert config.robustdet.train.to_dict() == config.ssd_at.train.to_dict()
+    adversarial = config.robustdet.model.adversarial
+    assert (adversarial.method, adversarial.epsilon, adversarial.step_size) == ("cls", 8.0, 8.0)
+    assert adversarial.schedule == "interleaved" and config.robustdet.train.steps % adversarial.steps == 0
