@@ -53,6 +53,11 @@ def demo_adversarial() -> dict:
     return adversarial.to_dict()
 
 
+def adversarial_stage_train() -> dict:
+    """Optimiser and budget of the RobustDet and SSD-AT stages (both start from the clean SSD)."""
+    return dict(steps=400, batch_size=16, learning_rate=3e-4, optimizer="adam", checkpoint_every=200)
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = tiny_ssd_model()
@@ -71,14 +76,14 @@ def get_config() -> ml_collections.ConfigDict:
             model=dict(kind="robustdet", num_kernels=4, cfr=False, aid_width=8, decoder_width=64,
                        aaconv_implementation="auto", adversarial=demo_adversarial(), adc=0,
                        triplet_margin=0.6, triplet_hinge="euclidean", loss_weighting="reference"),
-            train=dict(steps=400, batch_size=16, learning_rate=3e-4, optimizer="adam", checkpoint_every=200),
+            train=adversarial_stage_train(),
         )
     )
     # Stage 3: SSD-AT(A_cls) from the same clean SSD with the same schedule and budget.
     config.ssd_at = ml_collections.ConfigDict(
         dict(
             model=dict(adversarial=demo_adversarial(), clean_mix=True),
-            train=dict(steps=400, batch_size=16, learning_rate=3e-4, optimizer="adam", checkpoint_every=200),
+            train=adversarial_stage_train(),
         )
     )
     # Stage 4: robustness evaluation (reference PGD protocol; DAG shortened to 20 steps to fit the budget).

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.detection_source import DetectionSource
+from robustdet_tf.export.atomic import atomic_output, write_text
 from robustdet_tf.models import build_model, training
 
 # Model-config keys that decide the weights' shapes: a workdir trained with other values cannot be resumed.
@@ -105,24 +105,14 @@ def training_batches(source: DetectionSource, config, start_step: int = 0, adver
 
 def save_model_atomically(model: keras.Model, path: str) -> str:
     """Write ``path`` (a ``.keras`` archive) via a temporary file and a rename, so a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_output(path, overwrite=True) as tmp:  # tmp keeps the base name, so Keras sees the .keras suffix
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
 def write_json_atomically(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    """The run record as indented JSON, written atomically."""
+    write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def model_config_dict(config) -> dict:

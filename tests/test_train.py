@@ -87,3 +87,21 @@ def test_learning_rate_schedule():
     schedule = train_lib.learning_rate({"learning_rate": 1e-3, "lr_steps": (10, 20), "lr_gamma": 0.1})
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 10, 11, 25)], [1e-3, 1e-3, 1e-4, 1e-5], rtol=1e-6)
     assert train_lib.learning_rate({"learning_rate": 0.01, "lr_steps": (), "lr_gamma": 0.1}) == 0.01
+
+
+def test_failed_model_save_keeps_the_previous_archive(tmp_path):
+    class Unsaveable:
+        def save(self, path):
+            with open(path, "wb") as handle:
+                handle.write(b"half an archive")
+            raise OSError("disk full")
+
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"previous archive")
+    with pytest.raises(OSError, match="disk full"):
+        train_lib.save_model_atomically(Unsaveable(), str(path))
+    assert path.read_bytes() == b"previous archive"
+    assert sorted(os.listdir(tmp_path)) == ["model.keras"]
+    train_lib.write_json_atomically({"kind": "ssd"}, str(tmp_path / "record.json"))
+    assert (tmp_path / "record.json").read_text() == '{\n "kind": "ssd"\n}'
+    assert sorted(os.listdir(tmp_path)) == ["model.keras", "record.json"]

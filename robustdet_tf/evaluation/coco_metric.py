@@ -35,7 +35,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from robustdet_tf.evaluation.voc_metric import unbatch_detections, unbatch_ground_truth
+from robustdet_tf.evaluation.per_image import unbatch_detections, unbatch_ground_truth
 
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",

@@ -22,12 +22,7 @@ from matplotlib.patches import Rectangle
 
 from robustdet_tf.evaluation.protocol import COLUMN_TITLES, describe_protocol
 from robustdet_tf.export.atomic import atomic_output
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Atomically write (or replace) a UTF-8 text file."""
-    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
+from robustdet_tf.export.atomic import write_text as write_text_atomic  # noqa: F401  (the report's text writer)
 
 
 def save_figure_atomic(figure: Figure, path: str) -> None:

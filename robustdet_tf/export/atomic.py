@@ -1,8 +1,9 @@
-"""Write an export next to its destination, then rename it into place.
+"""Write a file or folder next to its destination, then rename it into place.
 
-Why: an export interrupted half-way (a crash, a full disk, Ctrl-C) must never leave something at the destination
-that looks like a finished model, and an existing export is only replaced when the caller says so.  Renames within
-one directory are atomic on POSIX, so readers see either the old export or the new one.
+Why: an export, a saved model, a run record or a report interrupted half-way (a crash, a full disk, Ctrl-C) must
+never leave something at the destination that looks finished, and an existing export is only replaced when the
+caller says so.  Renames within one directory are atomic on POSIX, so readers see either the old file or the new one.
+Every atomic write of the package goes through ``atomic_output``.
 """
 
 from __future__ import annotations
@@ -59,3 +60,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
             os.replace(target, path)
     finally:
         _remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write (or replace) a UTF-8 text file."""
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
