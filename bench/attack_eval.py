@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from robustdet_tf.attacks.pgd import pgd  # noqa: E402
+from robustdet_tf.attacks.spec import AttackSpec  # noqa: E402
 from robustdet_tf.evaluation.evaluate import detection_step  # noqa: E402
 from robustdet_tf.models.ssd import SSD  # noqa: E402
 
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     model = SSD(image_size=args.size)
     model.build()
     images, targets = _inputs(args.images, args.size)
-    attack = partial(pgd, method="cls", epsilon=8.0, step_size=8.0, steps=args.steps, use_random_start=False)
+    attack = partial(pgd, spec=AttackSpec("cls", epsilon=8.0, step_size=8.0, steps=args.steps))
     step = detection_step(model, attack)
 
     warmup = {}

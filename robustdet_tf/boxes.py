@@ -12,7 +12,6 @@ bit-for-bit comparable with the official checkpoints:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,92 +19,64 @@ import tensorflow as tf
 
 VARIANCES = (0.1, 0.2)
 
-# The two SSD300 prior configurations of the reference (spec §2.6).
-SSD300_FEATURE_MAPS = (38, 19, 10, 5, 3, 1)
-SSD300_STEPS = (8, 16, 32, 64, 100, 300)
-SSD300_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
-VOC_MIN_SIZES = (30, 60, 111, 162, 213, 264)
-VOC_MAX_SIZES = (60, 111, 162, 213, 264, 315)
-COCO_MIN_SIZES = (21, 45, 99, 153, 207, 261)
-COCO_MAX_SIZES = (45, 99, 153, 207, 261, 315)
+BOX_FORMAT = "rel_xyxy"
+"""The one box format inside the package (targets, decoded boxes); everything else is converted at the edges."""
+
+# The formats of ``keras.utils.bounding_boxes``: corners, corner + size, centre + size; ``rel_`` = divided by (W, H).
+FORMATS = ("xyxy", "yxyx", "xywh", "center_xywh", "center_yxhw",
+           "rel_xyxy", "rel_yxyx", "rel_xywh", "rel_center_xywh", "rel_center_yxhw")
 
 
-def boxes_per_location(aspect_ratios: Sequence[Sequence[float]]) -> tuple[int, ...]:
-    """Anchors per feature-map cell: two squares plus two boxes per aspect ratio."""
-    return tuple(2 + 2 * len(ars) for ars in aspect_ratios)
+def _stack(parts, like):
+    return np.stack(parts, axis=-1) if isinstance(like, np.ndarray) else tf.stack(parts, axis=-1)
 
 
-def prior_boxes(
-    image_size: int,
-    feature_maps: Sequence[int],
-    min_sizes: Sequence[float],
-    max_sizes: Sequence[float],
-    aspect_ratios: Sequence[Sequence[float]],
-    steps: Sequence[float] | None = None,
-    clip: bool = True,
-) -> np.ndarray:
-    """Prior boxes ``[P, 4]`` in centre form, in the reference's order.
+def _to_rel_xyxy(boxes, fmt: str, height, width):
+    """Any format → ``rel_xyxy`` (corners divided by the image width and height)."""
+    a, b, c, d = (boxes[..., i] for i in range(4))
+    if fmt.endswith("yxyx") or fmt.endswith("yxhw"):
+        a, b, c, d = b, a, d, c  # to x-first order
+    if "center" in fmt:
+        a, b, c, d = a - c / 2, b - d / 2, a + c / 2, b + d / 2
+    elif fmt.endswith("xywh"):
+        c, d = a + c, b + d
+    if not fmt.startswith("rel_"):
+        a, b, c, d = a / width, b / height, c / width, d / height
+    return a, b, c, d
 
-    ``steps`` gives the reference's ``f_k = image_size / step`` (37.5 for the 38 map of SSD300, not 38); when it is
-    ``None`` the feature-map size itself is used, which is what a config for another image size wants.
-    Sizes are in pixels of ``image_size``.  Clipping is applied to the centre form as the reference does.
+
+def _from_rel_xyxy(parts, fmt: str, height, width):
+    x0, y0, x1, y1 = parts
+    if not fmt.startswith("rel_"):
+        x0, y0, x1, y1 = x0 * width, y0 * height, x1 * width, y1 * height
+    if "center" in fmt:
+        x0, y0, x1, y1 = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    elif fmt.endswith("xywh"):
+        x1, y1 = x1 - x0, y1 - y0
+    if fmt.endswith("yxyx") or fmt.endswith("yxhw"):
+        x0, y0, x1, y1 = y0, x0, y1, x1
+    return x0, y0, x1, y1
+
+
+def convert_format(boxes, source: str, target: str, height=None, width=None):
+    """Convert ``[..., 4]`` boxes between ``keras.utils.bounding_boxes``' formats (NumPy in → NumPy out, else TF).
+
+    The one box converter of the package: readers convert their file's format to ``BOX_FORMAT`` with it, and the
+    detection contract, the metrics and the exports convert from it.  ``height`` and ``width`` (scalars or arrays
+    broadcasting against ``boxes[..., 0]``) are needed when exactly one side is in pixels.
     """
-    if not (len(feature_maps) == len(min_sizes) == len(max_sizes) == len(aspect_ratios)):
-        raise ValueError(
-            "prior config lists must have one entry per source: got feature_maps="
-            f"{list(feature_maps)}, min_sizes={list(min_sizes)}, max_sizes={list(max_sizes)}, "
-            f"aspect_ratios={list(aspect_ratios)}"
-        )
-    if steps is not None and len(steps) != len(feature_maps):
-        raise ValueError(f"steps {list(steps)} must have one entry per feature map {list(feature_maps)}")
-    out = []
-    for k, f in enumerate(feature_maps):
-        f_k = image_size / steps[k] if steps is not None else float(f)
-        s = min_sizes[k] / image_size
-        s_prime = math.sqrt(s * (max_sizes[k] / image_size))
-        shapes = [(s, s), (s_prime, s_prime)]
-        for ar in aspect_ratios[k]:
-            r = math.sqrt(ar)
-            shapes += [(s * r, s / r), (s / r, s * r)]
-        shapes = np.asarray(shapes, np.float64)  # [A, 2]
-        rows, cols = np.meshgrid(np.arange(f), np.arange(f), indexing="ij")
-        cx = (cols.reshape(-1) + 0.5) / f_k
-        cy = (rows.reshape(-1) + 0.5) / f_k
-        centres = np.stack([cx, cy], axis=-1)[:, None, :].repeat(len(shapes), axis=1)  # [f*f, A, 2]
-        sizes = np.broadcast_to(shapes[None], centres.shape)
-        out.append(np.concatenate([centres, sizes], axis=-1).reshape(-1, 4))
-    priors = np.concatenate(out, axis=0)
-    if clip:
-        priors = np.clip(priors, 0.0, 1.0)
-    return priors.astype(np.float32)
-
-
-def ssd300_priors(dataset: str = "voc") -> np.ndarray:
-    """The 8732 priors of the reference's VOC or COCO SSD300 configuration."""
-    if dataset == "voc":
-        mins, maxs = VOC_MIN_SIZES, VOC_MAX_SIZES
-    elif dataset == "coco":
-        mins, maxs = COCO_MIN_SIZES, COCO_MAX_SIZES
-    else:
-        raise ValueError(f"unknown SSD300 prior set {dataset!r}; use 'voc' or 'coco'")
-    return prior_boxes(300, SSD300_FEATURE_MAPS, mins, maxs, SSD300_ASPECT_RATIOS, SSD300_STEPS)
-
-
-def point_form(boxes: tf.Tensor) -> tf.Tensor:
-    """Centre form ``(cx, cy, w, h)`` → corners ``(x_min, y_min, x_max, y_max)``."""
-    boxes = tf.convert_to_tensor(boxes)
-    return tf.concat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], axis=-1)
-
-
-def center_form(boxes: tf.Tensor) -> tf.Tensor:
-    """Corners → centre form."""
-    boxes = tf.convert_to_tensor(boxes)
-    return tf.concat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], axis=-1)
-
-
-def xyxy_to_yxyx(boxes: tf.Tensor) -> tf.Tensor:
-    """Swap to the TF Object Detection API order (and back: the map is its own inverse)."""
-    return tf.gather(boxes, [1, 0, 3, 2], axis=-1)
+    for fmt in (source, target):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown box format {fmt!r}; choose one of {FORMATS}")
+    if source == target:
+        return boxes
+    if source.startswith("rel_") != target.startswith("rel_") and (height is None or width is None):
+        raise ValueError(f"converting boxes from {source!r} to {target!r} needs the image height and width")
+    if not isinstance(boxes, np.ndarray):
+        boxes = tf.convert_to_tensor(boxes, tf.float32)
+    height = 1.0 if height is None else height
+    width = 1.0 if width is None else width
+    return _stack(_from_rel_xyxy(_to_rel_xyxy(boxes, source, height, width), target, height, width), boxes)
 
 
 def pairwise_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -169,7 +140,7 @@ def match(
     num_priors = tf.shape(priors)[0]
     valid = gt_labels >= 0  # [B, N]
 
-    overlaps = pairwise_iou(gt_boxes, point_form(priors)[None])  # [B, N, P]
+    overlaps = pairwise_iou(gt_boxes, convert_format(priors, "rel_center_xywh", BOX_FORMAT)[None])  # [B, N, P]
     overlaps = tf.where(valid[..., None], overlaps, -1.0)
     best_truth_overlap = tf.reduce_max(overlaps, axis=1)  # [B, P]
     best_truth_idx = tf.argmax(overlaps, axis=1, output_type=tf.int32)  # [B, P]

@@ -16,9 +16,9 @@ import copy
 import os
 import time
 
-from robustdet_tf import cli
 from robustdet_tf import train as train_lib
 from robustdet_tf.data.sources import load_source
+from robustdet_tf.evaluation.from_config import evaluate_models
 
 
 def stage_config(config, model_updates: dict, train_updates: dict):
@@ -45,6 +45,14 @@ def phenomenon(results: dict) -> dict:
     }
 
 
+def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer):
+    """One stage started from the clean SSD (expanded or copied) unless its folder already holds checkpoints."""
+    stage_cfg = stage_config(config, dict(stage.model), dict(stage.train))
+    fresh = not os.path.isdir(os.path.join(stage_dir, "checkpoints"))
+    init = train_lib.model_from_ssd(ssd, stage_cfg) if fresh else None
+    return train_lib.train_in_workdir(stage_cfg, stage_dir, model=init, source=source, printer=printer)
+
+
 def run(config, workdir: str, printer=print) -> dict:
     start = time.time()
     os.makedirs(workdir, exist_ok=True)
@@ -52,25 +60,18 @@ def run(config, workdir: str, printer=print) -> dict:
 
     printer("== 1/4 clean SSD ==")
     ssd_config = stage_config(config, {}, {})
-    ssd = cli.run_train(ssd_config, os.path.join(workdir, "ssd"), source=train_source, printer=printer)
+    ssd = train_lib.train_in_workdir(ssd_config, os.path.join(workdir, "ssd"), source=train_source, printer=printer)
 
     printer("== 2/4 RobustDet (expanded from the clean SSD, interleaved adversarial training) ==")
-    rd_config = stage_config(config, dict(config.robustdet.model), dict(config.robustdet.train))
-    rd_dir = os.path.join(workdir, "robustdet")
-    fresh = not os.path.isdir(os.path.join(rd_dir, "checkpoints"))
-    rd_init = train_lib.model_from_ssd(ssd, rd_config) if fresh else None
-    robustdet = cli.run_train(rd_config, rd_dir, model=rd_init, source=train_source, printer=printer)
+    robustdet = _train_from_ssd(config, config.robustdet, os.path.join(workdir, "robustdet"), ssd, train_source,
+                                printer)
 
     printer("== 3/4 SSD-AT baseline (from the clean SSD, same schedule) ==")
-    at_config = stage_config(config, dict(config.ssd_at.model), dict(config.ssd_at.train))
-    at_dir = os.path.join(workdir, "ssd_at")
-    fresh = not os.path.isdir(os.path.join(at_dir, "checkpoints"))
-    at_init = train_lib.model_from_ssd(ssd, at_config) if fresh else None
-    ssd_at = cli.run_train(at_config, at_dir, model=at_init, source=train_source, printer=printer)
+    ssd_at = _train_from_ssd(config, config.ssd_at, os.path.join(workdir, "ssd_at"), ssd, train_source, printer)
 
     printer("== 4/4 robustness evaluation ==")
-    results = cli.run_evaluate(config, workdir, models={"ssd": ssd, "ssd_at": ssd_at, "robustdet": robustdet},
-                               printer=printer)
+    results = evaluate_models(config, {"ssd": ssd, "ssd_at": ssd_at, "robustdet": robustdet}, workdir,
+                              printer=printer)
     claims = phenomenon(results)
     printer("phenomenon: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in claims.items()))

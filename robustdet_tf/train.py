@@ -26,8 +26,11 @@ import tensorflow as tf
 
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.detection_source import DetectionSource
-from robustdet_tf.export.atomic import atomic_output, write_text
-from robustdet_tf.models import build_model, training
+from robustdet_tf.data.sources import load_source
+from robustdet_tf.io import atomic_output, write_text
+from robustdet_tf.models import training
+from robustdet_tf.models.factory import build_model
+from robustdet_tf.models.robustdet import RobustDet
 
 # Model-config keys that decide the weights' shapes: a workdir trained with other values cannot be resumed.
 ARCHITECTURE_KEYS = (
@@ -72,10 +75,11 @@ def compile_model(model: keras.Model, train: Mapping[str, Any]) -> keras.Model:
 
 
 def training_batches(source: DetectionSource, config, start_step: int = 0, adversarial: bool = False):
-    """The batches ``fit`` consumes: ``(images, targets)``, or two streams for adversarial training.
+    """The batches ``fit`` consumes: ``(images, targets)``, or the two streams of adversarial training.
 
-    Adversarial training takes a fresh batch to attack only every ``steps`` optimiser steps; the second stream
-    repeats each of its batches that many times so no augmentation work is wasted.
+    Adversarial training takes a fresh batch to attack only every ``steps`` optimiser steps (interleaved schedule);
+    ``pipeline.two_streams`` repeats each batch of the second stream that many times so no augmentation work is
+    wasted.
     """
     data, train = config.data, config.train
     kwargs = dict(
@@ -86,21 +90,16 @@ def training_batches(source: DetectionSource, config, start_step: int = 0, adver
         cache=data.cache,
         num_examples=source.num_examples,
         seed=train.seed,
+        start_step=start_step,
     )
     if not adversarial:
-        return pipeline.train_batches(source.dataset, batch_size=train.batch_size, start_step=start_step, **kwargs)
-    half = max(1, train.batch_size // 2)
-    renew = int(config.model.adversarial.get("steps", 20))
-    schedule = config.model.adversarial.get("schedule", "interleaved")
-    clean = pipeline.train_batches(source.dataset, batch_size=half, stream=0, start_step=start_step, **kwargs)
-    if schedule == "interleaved":
-        adv = pipeline.train_batches(source.dataset, batch_size=half, stream=1, start_step=start_step // renew,
-                                     **kwargs)
-        adv = adv.flat_map(lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(renew))
-        adv = adv.skip(start_step % renew)
-    else:
-        adv = pipeline.train_batches(source.dataset, batch_size=half, stream=1, start_step=start_step, **kwargs)
-    return tf.data.Dataset.zip((clean, adv)).prefetch(tf.data.AUTOTUNE)
+        return pipeline.train_batches(source.dataset, batch_size=train.batch_size, **kwargs)
+    settings = config.model.adversarial
+    interleaved = settings.get("schedule", "interleaved") == "interleaved"
+    renew = int(settings.get("steps", 20)) if interleaved else 1
+    streams = pipeline.two_streams(source.dataset, batch_size=max(1, train.batch_size // 2), renew_every=renew,
+                                   **kwargs)
+    return streams.prefetch(tf.data.AUTOTUNE)
 
 
 def save_model_atomically(model: keras.Model, path: str) -> str:
@@ -224,8 +223,6 @@ class Trainer:
             printer(f"{self.workdir}: already trained for {self.start_step} steps (target {total})")
             return {}
         if self.source is None:
-            from robustdet_tf.data.sources import load_source
-
             self.source = load_source(self.config.data, "train")
         adversarial = getattr(self.model, "adversary", None) is not None
         batches = training_batches(self.source, self.config, self.start_step, adversarial)
@@ -276,9 +273,38 @@ def initial_model(config) -> keras.Model:
 def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
     """The configured model started from a trained SSD: K-fold expansion for RobustDet, a weight copy otherwise."""
     if config.model.get("kind", "ssd") == "robustdet":
-        from robustdet_tf.models.robustdet import RobustDet
-
         return RobustDet.from_ssd(ssd, **{k: v for k, v in model_config_dict(config).items() if k != "kind"})
     model = build_model(config.model)
     model.set_weights(ssd.get_weights())
     return model
+
+
+def load_trained_model(workdir: str, config) -> keras.Model:
+    """The model of a workdir: ``model.keras`` if training finished, else the latest checkpoint."""
+    path = os.path.join(workdir, "model.keras")
+    if os.path.exists(path):
+        return keras.saving.load_model(path)
+    trainer = Trainer(config, workdir)
+    if trainer.start_step == 0:
+        raise FileNotFoundError(
+            f"{workdir} holds no trained model (no model.keras, no checkpoint): run --mode=train with this --workdir "
+            "first, or --mode=import an official checkpoint"
+        )
+    return trainer.model
+
+
+def train_in_workdir(config, workdir: str, model: keras.Model | None = None, source: DetectionSource | None = None,
+                     printer=print) -> keras.Model:
+    """Train (resuming whatever the workdir holds) and save ``model.keras`` when the target step is reached."""
+    check_workdir(workdir, config)
+    has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if model is None and not has_checkpoint:
+        model = initial_model(config)
+    trainer = Trainer(config, workdir, source=source, model=model)
+    if trainer.start_step:
+        printer(f"resuming {workdir} at step {trainer.start_step}")
+    trainer.run(printer=printer)
+    if trainer.start_step >= config.train.steps:
+        path = save_model_atomically(trainer.model, os.path.join(workdir, "model.keras"))
+        printer(f"saved {path}")
+    return trainer.model

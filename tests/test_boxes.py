@@ -5,57 +5,11 @@ import pytest
 import tensorflow as tf
 
 from robustdet_tf import boxes
+from robustdet_tf.priors import ssd300_priors
 
-VOC_PRIORS = boxes.ssd300_priors("voc")
+VOC_PRIORS = ssd300_priors("voc")
 EXAMPLE_GT = np.array([[[0.1, 0.2, 0.5, 0.7], [0.6, 0.1, 0.9, 0.4]]], np.float32)
 EXAMPLE_LABELS = np.array([[4, 11]], np.int32)
-
-
-def test_prior_counts_and_starts():
-    assert VOC_PRIORS.shape == (8732, 4)
-    per_cell = boxes.boxes_per_location(boxes.SSD300_ASPECT_RATIOS)
-    counts = [f * f * a for f, a in zip(boxes.SSD300_FEATURE_MAPS, per_cell)]
-    assert counts == [5776, 2166, 600, 150, 36, 4]
-    assert list(np.cumsum([0] + counts[:-1])) == [0, 5776, 7942, 8542, 8692, 8728]
-    assert boxes.ssd300_priors("coco").shape == (8732, 4)
-
-
-@pytest.mark.parametrize(
-    "index, expected",
-    [
-        (0, (0.013333, 0.013333, 0.1, 0.1)),
-        (1, (0.013333, 0.013333, 0.141421, 0.141421)),
-        (2, (0.013333, 0.013333, 0.141421, 0.070711)),
-        (3, (0.013333, 0.013333, 0.070711, 0.141421)),
-        (4, (0.04, 0.013333, 0.1, 0.1)),
-        (5776, (0.026667, 0.026667, 0.2, 0.2)),
-        (5777, (0.026667, 0.026667, 0.272029, 0.272029)),
-        (5780, (0.026667, 0.026667, 0.346410, 0.115470)),
-        (8728, (0.5, 0.5, 0.88, 0.88)),
-        (8729, (0.5, 0.5, 0.961249, 0.961249)),
-        (8730, (0.5, 0.5, 1.0, 0.622254)),
-        (8731, (0.5, 0.5, 0.622254, 1.0)),
-    ],
-)
-def test_voc_priors(index, expected):
-    np.testing.assert_allclose(VOC_PRIORS[index], expected, atol=1e-6)
-
-
-def test_coco_priors():
-    coco = boxes.ssd300_priors("coco")
-    np.testing.assert_allclose(coco[0], (0.013333, 0.013333, 0.07, 0.07), atol=1e-6)
-    np.testing.assert_allclose(coco[2], (0.013333, 0.013333, 0.098995, 0.049497), atol=1e-6)
-    np.testing.assert_allclose(coco[-3], (0.5, 0.5, 0.955772, 0.955772), atol=1e-6)
-    np.testing.assert_allclose(coco[-1], (0.5, 0.5, 0.615183, 1.0), atol=1e-6)
-
-
-def test_priors_for_other_sizes_and_bad_config():
-    p = boxes.prior_boxes(64, (8, 4), (8, 20), (20, 38), ((2,), (2, 3)))
-    assert p.shape == (8 * 8 * 4 + 4 * 4 * 6, 4)
-    np.testing.assert_allclose(p[0], (0.5 / 8, 0.5 / 8, 8 / 64, 8 / 64), atol=1e-7)
-    assert p.min() >= 0 and p.max() <= 1
-    with pytest.raises(ValueError, match="one entry per source"):
-        boxes.prior_boxes(64, (8, 4), (8,), (20, 38), ((2,), (2,)))
 
 
 def test_iou_and_forms():
@@ -63,8 +17,36 @@ def test_iou_and_forms():
     b = tf.constant([[1.0, 1.0, 3.0, 3.0], [2.0, 2.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]])
     np.testing.assert_allclose(boxes.pairwise_iou(a, b).numpy(), [[1 / 7, 0.0, 1.0]], rtol=1e-6)
     c = tf.constant([[0.5, 0.4, 0.2, 0.6]])
-    np.testing.assert_allclose(boxes.center_form(boxes.point_form(c)).numpy(), c.numpy(), atol=1e-7)
-    np.testing.assert_allclose(boxes.xyxy_to_yxyx(tf.constant([1.0, 2.0, 3.0, 4.0])).numpy(), [2, 1, 4, 3])
+    corners = boxes.convert_format(c, "rel_center_xywh", "rel_xyxy")
+    np.testing.assert_allclose(corners.numpy(), [[0.4, 0.1, 0.6, 0.7]], atol=1e-7)
+    np.testing.assert_allclose(boxes.convert_format(corners, "rel_xyxy", "rel_center_xywh").numpy(), c.numpy(),
+                               atol=1e-7)
+    np.testing.assert_allclose(boxes.convert_format(tf.constant([1.0, 2.0, 3.0, 4.0]), "rel_xyxy", "rel_yxyx"),
+                               [2, 1, 4, 3])
+
+
+@pytest.mark.parametrize("fmt", boxes.FORMATS)
+def test_convert_format_round_trips_every_keras_format(fmt):
+    rel = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.25, 1.0, 0.5]], np.float32)
+    other = boxes.convert_format(rel, "rel_xyxy", fmt, height=40, width=80)
+    assert isinstance(other, np.ndarray)  # NumPy in, NumPy out
+    np.testing.assert_allclose(boxes.convert_format(other, fmt, "rel_xyxy", height=40, width=80), rel, atol=1e-6)
+    back = boxes.convert_format(tf.constant(other), fmt, "rel_xyxy", height=40.0, width=80.0)
+    np.testing.assert_allclose(back.numpy(), rel, atol=1e-6)
+
+
+def test_convert_format_edges_of_the_package():
+    # VOC XML: absolute corners; COCO json: absolute x, y, w, h; tfds: relative y-first corners.
+    np.testing.assert_allclose(boxes.convert_format(np.array([10.0, 20.0, 50.0, 60.0]), "xyxy", "rel_xyxy",
+                                                    height=100, width=200), [0.05, 0.2, 0.25, 0.6])
+    np.testing.assert_allclose(boxes.convert_format(np.array([10.0, 20.0, 40.0, 40.0]), "xywh", "rel_xyxy",
+                                                    height=100, width=200), [0.05, 0.2, 0.25, 0.6])
+    np.testing.assert_allclose(boxes.convert_format(np.array([0.2, 0.05, 0.6, 0.25]), "rel_yxyx", "rel_xyxy"),
+                               [0.05, 0.2, 0.25, 0.6])
+    with pytest.raises(ValueError, match="needs the image height and width"):
+        boxes.convert_format(np.zeros(4), "xyxy", "rel_xyxy")
+    with pytest.raises(ValueError, match="unknown box format"):
+        boxes.convert_format(np.zeros(4), "xyxy", "corners")
 
 
 def test_encode_decode_round_trip():
@@ -80,7 +62,7 @@ def test_matching_example_of_the_spec():
     conf = conf.numpy()[0]
     assert (conf > 0).sum() == 25
     assert (conf == 5).sum() == 13 and (conf == 12).sum() == 12
-    iou = boxes.pairwise_iou(EXAMPLE_GT[0], boxes.point_form(VOC_PRIORS)).numpy()
+    iou = boxes.pairwise_iou(EXAMPLE_GT[0], boxes.convert_format(VOC_PRIORS, "rel_center_xywh", "rel_xyxy")).numpy()
     assert list(iou.argmax(axis=1)) == [8195, 6317]
     np.testing.assert_allclose(iou.max(axis=1), [0.76306, 0.77215], atol=1e-5)
     np.testing.assert_allclose(loc.numpy()[0, 8195], (0.745729, -0.671156, -0.555358, 0.560360), atol=1e-5)
@@ -106,7 +88,8 @@ def test_forced_match_later_ground_truth_wins():
     # Two identical boxes share their best prior: the reference's loop gives it to the later one.
     gt = np.array([[[0.2, 0.2, 0.6, 0.6], [0.2, 0.2, 0.6, 0.6]]], np.float32)
     _, conf, idx = boxes.match(gt, np.array([[0, 1]]), VOC_PRIORS)
-    best = int(boxes.pairwise_iou(gt[0, :1], boxes.point_form(VOC_PRIORS)).numpy().argmax())
+    corners = boxes.convert_format(VOC_PRIORS, "rel_center_xywh", "rel_xyxy")
+    best = int(boxes.pairwise_iou(gt[0, :1], corners).numpy().argmax())
     assert int(idx[0, best]) == 1 and int(conf[0, best]) == 2
     # A tiny box below the threshold everywhere still gets its best prior (overlap forced to 2).
     tiny = np.array([[[0.5, 0.5, 0.505, 0.505]]], np.float32)

@@ -23,7 +23,7 @@ def test_config_builds_a_model(name):
     model = build_model(model_config)
     assert model.num_classes == config.model.num_classes
     if "adversarial" in model_config:
-        assert model.adversary.method == model_config["adversarial"]["method"]
+        assert model.adversary.attack.method == model_config["adversarial"]["method"]
 
 
 def test_paper_configs_follow_the_reference():

@@ -1,20 +1,24 @@
 """PGD in pixel space, one step at a time, and the MTD step (spec §5.1, §5.2).
 
-Attacks are plain functions of ``(model, images, targets, ...)`` shared by adversarial training (one step per
-optimiser step, the interleaved schedule) and evaluation (all steps at once).  Models eat pixels, so the budget
-``epsilon``, the step ``step_size`` and the ``[0, 255]`` clip all live in one space.  The reference uses
-``step_size = epsilon = 8`` and no random start: after every step each perturbation component is in
-``{-8, 0, +8}`` before the clip.
+Attacks are plain functions of ``(model, images, targets, spec)`` shared by adversarial training (one step per
+optimiser step, the interleaved schedule) and evaluation (all steps at once); ``spec`` is an ``AttackSpec``.
+Models eat pixels, so the budget ``epsilon``, the step ``step_size`` and the ``[0, 255]`` clip all live in one
+space.  The reference uses ``step_size = epsilon = 8`` and no random start: after every step each perturbation
+component is in ``{-8, 0, +8}`` before the clip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import keras
 import tensorflow as tf
 
 from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective
+from robustdet_tf.attacks.spec import AttackSpec
+
+REFERENCE = AttackSpec()
+"""PGD-20 on the classification loss, ε = α = 8, no random start (the reference's A_cls)."""
 
 
 def input_gradient(objective: Objective, model: keras.Model, images: tf.Tensor, targets) -> tf.Tensor:
@@ -36,15 +40,14 @@ def pgd_step(
     images: tf.Tensor,
     clean: tf.Tensor,
     targets: Mapping[str, tf.Tensor],
-    objective: str | Objective = "cls",
-    epsilon: float = 8.0,
-    step_size: float = 8.0,
-    con_weights: Sequence[float] = (1.0, 1.0),
+    spec: AttackSpec = REFERENCE,
+    objective: Objective | None = None,
 ) -> tf.Tensor:
-    """One signed-gradient ascent step from ``images`` followed by the projection around ``clean``."""
-    fn = make_objective(objective, con_weights) if isinstance(objective, str) else objective
+    """One signed-gradient ascent step from ``images`` on ``spec.method`` (or ``objective``), projected around
+    ``clean``."""
+    fn = objective if objective is not None else make_objective(spec.method, spec.con_weights)
     grad = input_gradient(fn, model, images, targets)
-    return tf.stop_gradient(project(images + step_size * tf.sign(grad), clean, epsilon))
+    return tf.stop_gradient(project(images + spec.step_size * tf.sign(grad), clean, spec.epsilon))
 
 
 def per_image_detection_loss(model: keras.Model, images: tf.Tensor, targets) -> tf.Tensor:
@@ -70,19 +73,17 @@ def mtd_step(
     images: tf.Tensor,
     clean: tf.Tensor,
     targets: Mapping[str, tf.Tensor],
-    epsilon: float = 8.0,
-    step_size: float = 8.0,
-    per_image: bool = False,
+    spec: AttackSpec = REFERENCE,
 ) -> tf.Tensor:
     """One MTD step: a loc step and a cls step from the same iterate; keep the one with the larger total loss.
 
-    The reference chooses once per batch (``per_image=False``): the loc candidate wins only if its batch
-    ``loss_l + loss_c`` is strictly larger.  ``per_image=True`` makes the choice image by image, as the MTD paper
-    intends.
+    The reference chooses once per batch (``spec.mtd_per_image=False``): the loc candidate wins only if its batch
+    ``loss_l + loss_c`` is strictly larger.  ``mtd_per_image=True`` makes the choice image by image, as the MTD
+    paper intends.
     """
-    cand_loc = pgd_step(model, images, clean, targets, "loc", epsilon, step_size)
-    cand_cls = pgd_step(model, images, clean, targets, "cls", epsilon, step_size)
-    if per_image:
+    cand_loc = pgd_step(model, images, clean, targets, spec.replace(method="loc"))
+    cand_cls = pgd_step(model, images, clean, targets, spec.replace(method="cls"))
+    if spec.mtd_per_image:
         take_loc = per_image_detection_loss(model, cand_loc, targets) > per_image_detection_loss(
             model, cand_cls, targets
         )
@@ -97,18 +98,14 @@ def attack_step(
     images: tf.Tensor,
     clean: tf.Tensor,
     targets: Mapping[str, tf.Tensor],
-    method: str = "cls",
-    epsilon: float = 8.0,
-    step_size: float = 8.0,
-    con_weights: Sequence[float] = (1.0, 1.0),
-    mtd_per_image: bool = False,
+    spec: AttackSpec = REFERENCE,
 ) -> tf.Tensor:
     """One step of any training attack: ``cls``, ``loc``, ``con``, ``cwa`` (PGD on that objective) or ``mtd``."""
-    if method == "clean":
+    if spec.method == "clean":
         return clean
-    if method == "mtd":
-        return mtd_step(model, images, clean, targets, epsilon, step_size, mtd_per_image)
-    return pgd_step(model, images, clean, targets, method, epsilon, step_size, con_weights)
+    if spec.method == "mtd":
+        return mtd_step(model, images, clean, targets, spec)
+    return pgd_step(model, images, clean, targets, spec)
 
 
 def random_start(images: tf.Tensor, epsilon: float, seed=None) -> tf.Tensor:
@@ -121,22 +118,19 @@ def pgd(
     model: keras.Model,
     images: tf.Tensor,
     targets: Mapping[str, tf.Tensor],
-    method: str = "cls",
-    epsilon: float = 8.0,
-    step_size: float = 8.0,
-    steps: int = 20,
-    use_random_start: bool = False,
-    seed=None,
-    con_weights: Sequence[float] = (1.0, 1.0),
-    mtd_per_image: bool = False,
+    spec: AttackSpec = REFERENCE,
+    seed_generator: keras.random.SeedGenerator | None = None,
 ) -> tf.Tensor:
-    """The full attack: ``steps`` iterations of ``attack_step`` from ``images`` (or a random start).
+    """The full attack: ``spec.steps`` iterations of ``attack_step`` from ``images`` (or a random start).
 
-    The defaults are the reference protocol (PGD-20, ε = α = 8, no random start).  The step loop is a
-    ``tf.range`` loop, so under ``tf.function`` it is one graph ``while`` loop.
+    The default is the reference protocol (PGD-20 A_cls, ε = α = 8, no random start).  The random start draws from
+    ``seed_generator`` when given (a new draw per call: training), else from ``spec.seed`` (the same draw for the
+    same input: evaluation).  The step loop is a ``tf.range`` loop, so under ``tf.function`` it is one graph
+    ``while`` loop.
     """
     clean = tf.convert_to_tensor(images, tf.float32)
-    adv = random_start(clean, epsilon, seed) if use_random_start else clean
-    for _ in tf.range(steps):
-        adv = attack_step(model, adv, clean, targets, method, epsilon, step_size, con_weights, mtd_per_image)
+    seed = seed_generator if seed_generator is not None else spec.seed
+    adv = random_start(clean, spec.epsilon, seed) if spec.random_start else clean
+    for _ in tf.range(spec.steps):
+        adv = attack_step(model, adv, clean, targets, spec)
     return adv

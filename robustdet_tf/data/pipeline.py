@@ -240,19 +240,27 @@ def eval_batches(
     return _deterministic(batches)
 
 
-def two_streams(source: tf.data.Dataset, *, seed: int, **kwargs: Any) -> tf.data.Dataset:
+def two_streams(source: tf.data.Dataset, *, seed: int, renew_every: int = 1, start_step: int = 0,
+                **kwargs: Any) -> tf.data.Dataset:
     """Two independent, infinite training streams zipped: ``((clean_images, clean_targets), (adv_images,
-    adv_targets))``.
+    adv_targets))`` — the one input builder of adversarial training.
 
     RobustDet draws the clean half and the to-be-attacked half of a step from separately shuffled loaders over the
     same data (spec §6.2), so the two halves hold different images.  Stream 0 (clean) equals
-    ``train_batches(source, seed=seed, stream=0, ...)``; stream 1 has its own shuffle and augmentation seeds.
-    ``kwargs`` are those of ``train_batches`` (``batch_size`` is the per-stream batch, 16 in the reference);
-    ``start_step`` resumes both streams at the same step.
+    ``train_batches(source, seed=seed, stream=0, ...)``; stream 1 has its own shuffle and augmentation seeds, and
+    each of its batches is repeated ``renew_every`` times (the interleaved schedule attacks a new batch only every
+    ``steps`` optimiser steps).  ``kwargs`` are those of ``train_batches`` (``batch_size`` is the per-stream batch,
+    16 in the reference); ``start_step`` resumes both streams at the same optimiser step.
     """
     for forbidden in ("stream", "repeat"):
         if forbidden in kwargs:
             raise TypeError(f"two_streams: '{forbidden}' is fixed (streams 0 and 1, both infinite); do not pass it.")
-    clean = train_batches(source, seed=seed, stream=0, repeat=True, **kwargs)
-    adversarial = train_batches(source, seed=seed, stream=1, repeat=True, **kwargs)
+    if renew_every < 1:
+        raise ValueError(f"two_streams: renew_every must be >= 1, got {renew_every}.")
+    clean = train_batches(source, seed=seed, stream=0, repeat=True, start_step=start_step, **kwargs)
+    adversarial = train_batches(source, seed=seed, stream=1, repeat=True, start_step=start_step // renew_every,
+                                **kwargs)
+    if renew_every > 1:
+        adversarial = adversarial.flat_map(lambda x, y: tf.data.Dataset.from_tensors((x, y)).repeat(renew_every))
+        adversarial = adversarial.skip(start_step % renew_every)
     return _deterministic(tf.data.Dataset.zip((clean, adversarial)))

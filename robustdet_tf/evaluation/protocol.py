@@ -20,6 +20,7 @@ from typing import Any
 
 from robustdet_tf.attacks.dag import dag
 from robustdet_tf.attacks.pgd import pgd
+from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.evaluation.evaluate import AttackFn
 
 ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
@@ -39,7 +40,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "epsilon": 8.0,
             "step_size": 8.0,
             "steps": 20,
-            "use_random_start": False,
+            "random_start": False,
             "con_weights": [1.0, 1.0],
             "mtd_per_image": False,
         },
@@ -54,7 +55,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "epsilon": 8.0,
             "step_size": 2.0,
             "steps": 50,
-            "use_random_start": True,
+            "random_start": True,
             "con_weights": [1.0, 1.0],
             "mtd_per_image": True,
         },
@@ -105,7 +106,7 @@ def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Ma
 def describe_protocol(protocol: Mapping[str, Any]) -> str:
     """One sentence describing a protocol, for the Markdown caption."""
     p, d = protocol["pgd"], protocol["dag"]
-    start = "random start" if p["use_random_start"] else "no random start"
+    start = "random start" if p["random_start"] else "no random start"
     mtd = "per image" if p["mtd_per_image"] else "per batch"
     if d["faithful"]:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, faithful (unbounded)"
@@ -113,6 +114,11 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, bounded ε = {d['epsilon']:g}, early stop"
     return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, α = {p['step_size']:g}, {start}; MTD choice {mtd}; "
             f"{dag_text}; metric {protocol['metric']}.")
+
+
+def attack_spec(name: str, protocol: Mapping[str, Any]) -> AttackSpec:
+    """The ``AttackSpec`` of a PGD-family column (``A_cls``, ``A_loc``, ``con``, ``MTD``, ``CWA``) of a protocol."""
+    return AttackSpec(method=PGD_METHODS[name], seed=int(protocol["seed"]), **protocol["pgd"])
 
 
 def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
@@ -127,16 +133,5 @@ def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
             kwargs["epsilon"] = float(d["epsilon"])
         return partial(dag, **kwargs)
     if name in PGD_METHODS:
-        p = protocol["pgd"]
-        return partial(
-            pgd,
-            method=PGD_METHODS[name],
-            epsilon=float(p["epsilon"]),
-            step_size=float(p["step_size"]),
-            steps=int(p["steps"]),
-            use_random_start=bool(p["use_random_start"]),
-            seed=int(protocol["seed"]),
-            con_weights=tuple(float(w) for w in p["con_weights"]),
-            mtd_per_image=bool(p["mtd_per_image"]),
-        )
+        return partial(pgd, spec=attack_spec(name, protocol))
     raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}.")

@@ -21,8 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from robustdet_tf.evaluation.protocol import COLUMN_TITLES, describe_protocol
-from robustdet_tf.export.atomic import atomic_output
-from robustdet_tf.export.atomic import write_text as write_text_atomic  # noqa: F401  (the report's text writer)
+from robustdet_tf.io import atomic_output
 
 
 def save_figure_atomic(figure: Figure, path: str) -> None:

@@ -43,8 +43,8 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     plot_bars,
     plot_pr_curves,
     write_sample_pngs,
-    write_text_atomic,
 )
+from robustdet_tf.io import write_text
 
 
 def save_sample_detections(
@@ -155,8 +155,8 @@ def evaluate_robustness(
                                sample_score_threshold)
 
     results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class}
-    write_text_atomic(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
-    write_text_atomic(os.path.join(output_dir, "robustness.md"), markdown_table(results))
+    write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
+    write_text(os.path.join(output_dir, "robustness.md"), markdown_table(results))
     if plots:
         plot_bars(results, os.path.join(output_dir, "robustness_bars.png"))
     return results

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import keras
 
-from robustdet_tf.export.atomic import atomic_output, check_destination
 from robustdet_tf.export.saved_model import DEFAULT_MAX_DETECTIONS, check_detection_model, export_saved_model
 from robustdet_tf.export.tflite import QUANTIZATIONS, export_tflite, sidecar_path
+from robustdet_tf.io import atomic_output, check_destination
 
 FORMATS = ("saved_model", "tflite", "keras")
 

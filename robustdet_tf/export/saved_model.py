@@ -22,7 +22,8 @@ import os
 import keras
 import tensorflow as tf
 
-from robustdet_tf.export.atomic import atomic_output
+from robustdet_tf.io import atomic_output
+from robustdet_tf.models.base import DetectionModelBase
 
 DEFAULT_MAX_DETECTIONS = 100
 RAW_OUTPUTS = ("loc", "logits", "pi")  # pi only for RobustDet
@@ -31,8 +32,6 @@ DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes",
 
 def check_detection_model(model: keras.Model, what: str) -> None:
     """Exports need our detector interface (``image_size``, ``postprocess``, dict outputs)."""
-    from robustdet_tf.models.ssd import DetectionModelBase
-
     if not isinstance(model, DetectionModelBase):
         raise TypeError(
             f"{what}: expected an SSD or RobustDet from robustdet_tf.models, got {type(model).__name__}; "

@@ -1,6 +1,6 @@
 """TFLite (LiteRT) export of the raw network, builtin ops only, float32 or dynamic-range quantised.
 
-**Post-processing runs outside the TFLite model**, in ``robustdet_tf.evaluation.postprocess`` (``TFLiteDetector``
+**Post-processing runs outside the TFLite model**, in ``robustdet_tf.detections`` (``TFLiteDetector``
 does it for you).  Why not the ``TFLite_Detection_PostProcess`` op: it is a *custom* op (we export builtin ops
 only, so any LiteRT runtime runs the file; not every runtime registers that op), and its semantics are not the
 reference's ``Detect`` (spec §7.2): it takes already-activated scores and yxhw anchors, caps detections per class
@@ -41,13 +41,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from robustdet_tf.export.atomic import atomic_output, check_destination
+from robustdet_tf.detections import postprocess
 from robustdet_tf.export.saved_model import check_detection_model, raw_outputs, with_aaconv_implementation
+from robustdet_tf.io import atomic_output, check_destination
+from robustdet_tf.models.detector import feature_map_sizes
+from robustdet_tf.priors import PriorSpec
 
 QUANTIZATIONS = ("float32", "dynamic_range")
 TFLITE_AACONV_IMPLEMENTATIONS = ("map_fn", "stacked")
 DEFAULT_AACONV_IMPLEMENTATION = {"float32": "stacked", "dynamic_range": "stacked"}
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: the prior spec travels in the sidecar ("priors"); 1 had only the model config
 
 
 def sidecar_path(path: str | os.PathLike) -> str:
@@ -146,12 +149,8 @@ def export_tflite(
         "input": {"name": "images", "shape": [int(batch_size), model.image_size, model.image_size, 3],
                   "dtype": "float32", "range": "RGB pixels [0, 255]"},
         "outputs": [key for key in ("loc", "logits", "pi") if key != "pi" or hasattr(model, "aid")],
-        "postprocess": {
-            "score_threshold": model.score_threshold,
-            "pre_nms_top_k": model.pre_nms_top_k,
-            "iou_threshold": model.nms_iou_threshold,
-            "max_detections": model.max_detections,
-        },
+        "priors": model.prior_spec.to_dict(),
+        "postprocess": model.postprocess_settings(),
     }
     with atomic_output(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
@@ -171,25 +170,17 @@ def make_interpreter(model_path: str | None = None, model_content: bytes | None 
     return Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
 
 
-def priors_from_config(config: Mapping) -> np.ndarray:
-    """The prior boxes ``[P, 4]`` (centre form) of a model config, as the model computes them."""
-    from robustdet_tf import boxes as box_ops
-    from robustdet_tf.models.detector import feature_map_sizes
-
+def sidecar_priors(metadata: Mapping) -> PriorSpec:
+    """The prior spec of an export: stored since format 2, derived from the model config for format-1 files."""
+    if "priors" in metadata:
+        return PriorSpec.from_dict(metadata["priors"])
+    config = metadata["model_config"]
     size = int(config["image_size"])
-    extras = [tuple(e) for e in config["extras"]]
-    return box_ops.prior_boxes(
-        size,
-        feature_map_sizes(size, extras),
-        config["min_sizes"],
-        config["max_sizes"],
-        [tuple(a) for a in config["aspect_ratios"]],
-        config["steps"],
-    )
+    return PriorSpec.from_dict(config).with_feature_maps(size, feature_map_sizes(size, config["extras"]))
 
 
 class TFLiteDetector:
-    """Runs an exported ``.tflite`` and does decode + NMS outside with ``robustdet_tf.evaluation.postprocess``.
+    """Runs an exported ``.tflite`` and does decode + NMS outside with ``robustdet_tf.detections``.
 
     ``raw(images)`` → numpy ``loc``/``logits`` (/``pi``); ``detect(images)`` → OD-API detections, the same contract
     as ``model.detect``.  ``images`` are float pixel-space RGB at the model size; batches larger than the exported
@@ -210,7 +201,7 @@ class TFLiteDetector:
         self.runner = self.interpreter.get_signature_runner("serving_default")
         self.batch_size = int(self.metadata["batch_size"])
         self.image_size = int(self.metadata["model_config"]["image_size"])
-        self.priors = tf.constant(priors_from_config(self.metadata["model_config"]), tf.float32)
+        self.priors = tf.constant(sidecar_priors(self.metadata).boxes(), tf.float32)
 
     def raw(self, images) -> dict[str, np.ndarray]:
         images = np.asarray(images, np.float32)
@@ -231,8 +222,6 @@ class TFLiteDetector:
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
     def detect(self, images, **overrides) -> dict[str, tf.Tensor]:
-        from robustdet_tf.evaluation.postprocess import postprocess
-
         raw = self.raw(images)
         kwargs = {**self.metadata["postprocess"], **overrides}
         return postprocess(raw["loc"], raw["logits"], self.priors, **kwargs)

@@ -12,14 +12,27 @@ Under ``tf.distribute`` the variables are ``ON_READ``-synchronised: each replica
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
 
 from robustdet_tf.attacks.pgd import attack_step, pgd
+from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.models.training import as_targets
 
 SCHEDULES = ("interleaved", "plain")
-METHODS = ("cls", "loc", "con", "cwa", "mtd")
+TRAINING_METHODS = ("cls", "loc", "con", "cwa", "mtd")
+REFERENCE_TRAINING_ATTACK = AttackSpec("mtd")
+"""RobustDet's training attack: MTD steps of ε = α = 8, renewed every 20 steps (spec §6.3)."""
+
+
+class AdversarialBatch(NamedTuple):
+    """The attacked half of a step: the adversarial images, their clean sources and their targets."""
+
+    images: tf.Tensor
+    clean: tf.Tensor
+    targets: dict[str, tf.Tensor]
 
 
 def _state_variable(shape: Sequence[int | None], dtype, name: str) -> tf.Variable:
@@ -39,74 +52,58 @@ class AdversarialSchedule(tf.Module):
     """Produces the adversarial half of each training step.
 
     Args:
-      method: attack objective of each step: ``cls`` / ``loc`` / ``con`` / ``cwa`` (PGD) or ``mtd``.
-      epsilon, step_size: budget and step in pixels (reference: 8 and 8).
-      steps: PGD steps per adversarial batch — the renewal period of the interleaved schedule (20).
+      attack: the attack of each step (``AttackSpec``; method ``cls`` / ``loc`` / ``con`` / ``cwa`` / ``mtd``).
+        ``attack.steps`` is the renewal period of the interleaved schedule (20), ``attack.random_start`` applies to
+        the plain schedule only (the reference has none).
       schedule: ``interleaved`` (reference) or ``plain`` (full PGD-``steps`` every optimiser step).
-      random_start: start from uniform noise in the ε-ball (the plain schedule only; the reference has none).
     """
 
-    def __init__(
-        self,
-        method: str = "mtd",
-        epsilon: float = 8.0,
-        step_size: float = 8.0,
-        steps: int = 20,
-        schedule: str = "interleaved",
-        random_start: bool = False,
-        con_weights: Sequence[float] = (1.0, 1.0),
-        mtd_per_image: bool = False,
-        seed: int | None = None,
-    ):
+    def __init__(self, attack: AttackSpec = REFERENCE_TRAINING_ATTACK, schedule: str = "interleaved"):
         super().__init__(name="adversarial_schedule")
-        if method not in METHODS:
-            raise ValueError(f"unknown adversarial training method {method!r}; choose one of {METHODS}")
+        if attack.method not in TRAINING_METHODS:
+            raise ValueError(f"unknown adversarial training method {attack.method!r}; choose one of "
+                             f"{TRAINING_METHODS}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown adversarial schedule {schedule!r}; choose one of {SCHEDULES}")
-        self.method = method
-        self.epsilon = float(epsilon)
-        self.step_size = float(step_size)
-        self.steps = int(steps)
+        self.attack = attack
         self.schedule = schedule
-        self.random_start = bool(random_start)
-        self.con_weights = tuple(float(w) for w in con_weights)
-        self.mtd_per_image = bool(mtd_per_image)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = keras.random.SeedGenerator(attack.seed)
         self.clean = _state_variable([None, None, None, 3], tf.float32, "adv_clean")
         self.current = _state_variable([None, None, None, 3], tf.float32, "adv_current")
         self.boxes = _state_variable([None, None, 4], tf.float32, "adv_boxes")
         self.labels = _state_variable([None, None], tf.int32, "adv_labels")
         self.counter = _state_variable([], tf.int64, "adv_counter")
 
-    def _step(self, model, images, clean, targets):
-        return attack_step(
-            model, images, clean, targets, self.method, self.epsilon, self.step_size, self.con_weights,
-            self.mtd_per_image,
-        )
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any], seed: int | None = None) -> AdversarialSchedule:
+        """From a model config's ``adversarial`` dict: ``AttackSpec`` keys plus ``schedule``; ``seed`` is the
+        default of the attack's seed."""
+        settings = dict(settings)
+        schedule = settings.pop("schedule", "interleaved")
+        settings.setdefault("seed", seed)
+        return cls(AttackSpec.from_dict(settings, where="config.model.adversarial"), schedule)
 
     def next_batch(
         self, model: keras.Model, fresh_images: tf.Tensor, fresh_targets: Mapping[str, tf.Tensor]
-    ) -> tuple[tf.Tensor, tf.Tensor, dict[str, tf.Tensor]]:
-        """``(adversarial images, their clean sources, their targets)`` for this optimiser step.
+    ) -> AdversarialBatch:
+        """The attacked half for this optimiser step.
 
         Interleaved: every ``steps`` calls the fresh batch replaces the held one; each call advances the held batch
         by one attack step (training-mode off) and stores it.  Plain: a full attack on the fresh batch.
         """
-        fresh_targets = {"boxes": tf.cast(fresh_targets["boxes"], tf.float32),
-                         "labels": tf.cast(fresh_targets["labels"], tf.int32)}
+        fresh_targets = as_targets(fresh_targets)
         fresh_images = tf.cast(fresh_images, tf.float32)
         if self.schedule == "plain":
-            adv = pgd(model, fresh_images, fresh_targets, self.method, self.epsilon, self.step_size, self.steps,
-                      self.random_start, self.seed_generator, self.con_weights, self.mtd_per_image)
-            return tf.stop_gradient(adv), fresh_images, fresh_targets
+            adv = pgd(model, fresh_images, fresh_targets, self.attack, self.seed_generator)
+            return AdversarialBatch(tf.stop_gradient(adv), fresh_images, fresh_targets)
 
-        renew = tf.equal(self.counter % self.steps, 0)
+        renew = tf.equal(self.counter % self.attack.steps, 0)
         pick = lambda fresh, held: tf.cond(renew, lambda: fresh, lambda: tf.identity(held))  # noqa: E731
         clean = pick(fresh_images, self.clean)
         current = pick(fresh_images, self.current)
         targets = {"boxes": pick(fresh_targets["boxes"], self.boxes),
                    "labels": pick(fresh_targets["labels"], self.labels)}
-        adv = tf.stop_gradient(self._step(model, current, clean, targets))
+        adv = tf.stop_gradient(attack_step(model, current, clean, targets, self.attack))
         updates = [
             self.clean.assign(clean),
             self.current.assign(adv),
@@ -115,7 +112,7 @@ class AdversarialSchedule(tf.Module):
             self.counter.assign_add(1),
         ]
         with tf.control_dependencies(updates):
-            return tf.identity(adv), tf.identity(clean), targets
+            return AdversarialBatch(tf.identity(adv), tf.identity(clean), targets)
 
 
 def concat_targets(*targets: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from robustdet_tf.layers.aaconv import AAConv2D
+from robustdet_tf.layers.cfr import ProbConv
 from robustdet_tf.layers.l2norm import L2Norm
 
 # VGG16 trunk config of ssd.pytorch: numbers are conv widths, "M" floor pooling, "C" ceil-mode pooling.
@@ -177,8 +179,6 @@ class Detector(keras.layers.Layer):
             filters, kernel, stride, _, dilation = arg
             name = f"vgg_{index}"
             if self.cfr and index == CONV4_3_INDEX:
-                from robustdet_tf.layers.cfr import ProbConv
-
                 layer = ProbConv(
                     filters, kernel, num_kernels=self.num_kernels, implementation=aaconv_implementation, name=name
                 )
@@ -201,8 +201,6 @@ class Detector(keras.layers.Layer):
         if self.conv == "plain":
             return lambda *args: plain_conv_factory(*args, initializer=self.kernel_initializer)
         if self.conv == "aaconv":
-            from robustdet_tf.layers.aaconv import AAConv2D
-
             def aaconv_factory(filters, kernel_size, strides, dilation_rate, name):
                 return AAConv2D(
                     filters,

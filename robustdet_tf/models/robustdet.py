@@ -2,9 +2,9 @@
 
 Data flow is explicit: ``call`` runs the AID on the preprocessed image to get ``pi`` (unless the caller passes
 one — the ``adc`` sub-batch re-runs clean images with the adversarial images' mixture) and hands ``pi`` to every
-AAconv.  ``train_step`` is the reference's step: one attack step on the held adversarial batch (test mode), then a
-training forward of clean + adversarial images, the AID triplet loss on their mixtures, the ``adc`` forward, the
-MultiBox loss over all of them and, with CFR, reconstruction and KL terms.
+AAconv.  The step (``models/base.py``) is the reference's: one attack step on the held adversarial batch (test
+mode), then, in ``compute_losses``, a training forward of clean + adversarial images, the AID triplet loss on their
+mixtures, the ``adc`` forward, the MultiBox loss over all of them and, with CFR, reconstruction and KL terms.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+from robustdet_tf.layers.cfr import CFRDecoder
 from robustdet_tf.losses.aid_triplet import aid_triplet_loss
 from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
 from robustdet_tf.models import training
-from robustdet_tf.models.adversarial import AdversarialSchedule, concat_targets
+from robustdet_tf.models.adversarial import AdversarialBatch, AdversarialSchedule, concat_targets
+from robustdet_tf.models.base import DetectionModelBase, TrainingData
 from robustdet_tf.models.detector import CONV4_3_INDEX, Detector
 from robustdet_tf.models.discriminator import build_discriminator
-from robustdet_tf.models.ssd import SSD, DetectionModelBase
+from robustdet_tf.models.ssd import SSD
 
 LOSS_WEIGHTINGS = ("reference", "paper")
 
@@ -112,10 +114,8 @@ class RobustDet(DetectionModelBase):
         self.aid = build_discriminator(self.num_kernels, self.aid_width, name="aid")
         self.decoder = None
         if self.cfr:
-            from robustdet_tf.layers.cfr import CFRDecoder
-
             self.decoder = CFRDecoder(width=self.decoder_width, name="decoder")
-        self.adversary = AdversarialSchedule(seed=seed, **self.adversarial)
+        self.adversary = AdversarialSchedule.from_config(self.adversarial, seed=seed)
         self.seed_generator = keras.random.SeedGenerator(seed, name="triplet_seed")
         names = ["loss", "loss_l", "loss_c", "loss_aid", "triplets"]
         self._init_trackers(names + (["loss_re", "loss_kld"] if self.cfr else []))
@@ -160,8 +160,10 @@ class RobustDet(DetectionModelBase):
             target = tf.image.resize(target, tf.shape(like)[1:3], method="bilinear", antialias=False)
         return target
 
-    def compute_losses(self, clean, clean_targets, adv, adv_clean, adv_targets) -> dict[str, tf.Tensor]:
+    def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
         """All loss terms of one step (spec §4.5, §6.3), inside the caller's tape."""
+        clean, clean_targets = data.clean, data.clean_targets
+        adv, adv_clean, adv_targets = adversarial
         replicas = float(training.num_replicas())
         n_clean, n_adv = tf.shape(clean)[0], tf.shape(adv)[0]
         out1 = self(tf.concat([clean, adv], 0), training=True)
@@ -199,28 +201,6 @@ class RobustDet(DetectionModelBase):
             loss_l, loss_c, terms["loss_aid"], terms.get("loss_re"), terms.get("loss_kld"), self.loss_weighting
         )
         return terms
-
-    def train_step(self, data):
-        (clean, clean_targets), (to_attack, attack_targets) = data
-        clean = tf.cast(clean, tf.float32)
-        clean_targets = {"boxes": tf.cast(clean_targets["boxes"], tf.float32),
-                         "labels": tf.cast(clean_targets["labels"], tf.int32)}
-        adv, adv_clean, adv_targets = self.adversary.next_batch(self, to_attack, attack_targets)
-        with tf.GradientTape() as tape:
-            terms = self.compute_losses(clean, clean_targets, adv, adv_clean, adv_targets)
-        checks = training.check_finite(
-            {k: v for k, v in terms.items() if k != "triplets"}, self.optimizer.iterations
-        )
-        self.apply_gradients(terms["loss"], tape, checks)
-        replicas = float(training.num_replicas())
-        return self._track({k: v if k == "triplets" else v * replicas for k, v in terms.items()})
-
-    def test_step(self, data):
-        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
-        loss_l, loss_c = self.detection_loss(self(images, training=False), targets, global_norm=True)
-        replicas = float(training.num_replicas())
-        return self._track({"loss": (loss_l + loss_c) * replicas, "loss_l": loss_l * replicas,
-                            "loss_c": loss_c * replicas})
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod

@@ -58,3 +58,8 @@ def check_finite(terms: dict[str, tf.Tensor], step: tf.Tensor) -> list[tf.Operat
         )
         for name, value in terms.items()
     ]
+
+
+def as_targets(targets) -> dict[str, tf.Tensor]:
+    """The padded target dict with the package's dtypes (float32 boxes, int32 labels), other keys dropped."""
+    return {"boxes": tf.cast(targets["boxes"], tf.float32), "labels": tf.cast(targets["labels"], tf.int32)}

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks import objectives
 from robustdet_tf.attacks import pgd as pgd_lib
+from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 from tests.helpers import rectangles
@@ -23,9 +24,9 @@ def model_and_batch():
 def test_first_step_is_signed_gradient_and_perturbation_is_ternary(model_and_batch):
     model, x0, targets = model_and_batch
     grad = pgd_lib.input_gradient(objectives.make_objective("cls"), model, x0, targets)
-    step1 = pgd_lib.pgd_step(model, x0, x0, targets, "cls", 8.0, 8.0)
+    step1 = pgd_lib.pgd_step(model, x0, x0, targets, AttackSpec("cls", 8.0, 8.0))
     np.testing.assert_allclose(step1.numpy(), np.clip(x0.numpy() + 8 * np.sign(grad.numpy()), 0, 255))
-    adv = pgd_lib.pgd(model, x0, targets, "cls", epsilon=8.0, step_size=8.0, steps=3)
+    adv = pgd_lib.pgd(model, x0, targets, AttackSpec("cls", epsilon=8.0, step_size=8.0, steps=3))
     delta = np.round(adv.numpy() - x0.numpy(), 3)
     assert set(np.unique(delta)) <= {-8.0, 0.0, 8.0}
     assert np.abs(delta).max() == 8.0
@@ -34,18 +35,18 @@ def test_first_step_is_signed_gradient_and_perturbation_is_ternary(model_and_bat
 def test_attack_raises_its_objective(model_and_batch):
     model, x0, targets = model_and_batch
     for method, index in (("cls", 1), ("loc", 0)):
-        adv = pgd_lib.pgd(model, x0, targets, method, steps=3)
+        adv = pgd_lib.pgd(model, x0, targets, AttackSpec(method, steps=3))
         before = objectives.detection_terms(model, x0, targets)[index]
         after = objectives.detection_terms(model, adv, targets)[index]
         assert float(after) > float(before), method
     cwa = objectives.make_objective("cwa")
-    adv = pgd_lib.pgd(model, x0, targets, "cwa", steps=2)
+    adv = pgd_lib.pgd(model, x0, targets, AttackSpec("cwa", steps=2))
     assert float(cwa(model, adv, targets)) > float(cwa(model, x0, targets))
 
 
 def test_projection_and_random_start(model_and_batch):
     model, x0, targets = model_and_batch
-    adv = pgd_lib.pgd(model, x0, targets, "con", epsilon=4.0, step_size=1.5, steps=4, use_random_start=True, seed=3)
+    adv = pgd_lib.pgd(model, x0, targets, AttackSpec("con", 4.0, 1.5, steps=4, random_start=True, seed=3))
     assert float(tf.reduce_max(tf.abs(adv - x0))) <= 4.0 + 1e-4
     near_edge = tf.fill([1, 64, 64, 3], 254.0)
     projected = pgd_lib.project(near_edge + 10.0, near_edge, 8.0)
@@ -55,18 +56,19 @@ def test_projection_and_random_start(model_and_batch):
 def test_mtd_keeps_the_candidate_with_larger_total_loss(model_and_batch):
     model, x0, targets = model_and_batch
     out = pgd_lib.mtd_step(model, x0, x0, targets)
-    cand_loc = pgd_lib.pgd_step(model, x0, x0, targets, "loc")
-    cand_cls = pgd_lib.pgd_step(model, x0, x0, targets, "cls")
+    cand_loc = pgd_lib.pgd_step(model, x0, x0, targets, AttackSpec("loc"))
+    cand_cls = pgd_lib.pgd_step(model, x0, x0, targets, AttackSpec("cls"))
     total = lambda x: float(tf.add_n(objectives.detection_terms(model, x, targets)))  # noqa: E731
     expected = cand_loc if total(cand_loc) > total(cand_cls) else cand_cls
     np.testing.assert_allclose(out.numpy(), expected.numpy())
-    per_image = pgd_lib.mtd_step(model, x0, x0, targets, per_image=True).numpy()
+    per_image = pgd_lib.mtd_step(model, x0, x0, targets, AttackSpec("mtd", mtd_per_image=True)).numpy()
     for i in range(4):  # each image is one of the two candidates
         assert np.allclose(per_image[i], cand_loc[i]) or np.allclose(per_image[i], cand_cls[i])
 
 
 def test_pgd_runs_in_graph(model_and_batch):
     model, x0, targets = model_and_batch
-    fn = tf.function(lambda x, t: pgd_lib.pgd(model, x, t, "cls", steps=2))
-    np.testing.assert_allclose(fn(x0, targets).numpy(), pgd_lib.pgd(model, x0, targets, "cls", steps=2).numpy(),
+    spec = AttackSpec("cls", steps=2)
+    fn = tf.function(lambda x, t: pgd_lib.pgd(model, x, t, spec))
+    np.testing.assert_allclose(fn(x0, targets).numpy(), pgd_lib.pgd(model, x0, targets, spec).numpy(),
                                atol=1e-3)

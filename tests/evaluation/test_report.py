@@ -1,4 +1,4 @@
-"""Report files: atomic replacement, nothing left behind, the Markdown layout from results alone."""
+"""Report files: figures replaced atomically (nothing left behind), the Markdown layout from results alone."""
 
 import os
 
@@ -7,23 +7,16 @@ from matplotlib.figure import Figure
 
 from robustdet_tf.evaluation import report
 from robustdet_tf.evaluation.protocol import make_protocol
+from robustdet_tf.io import write_text
 
 
 def _entries(directory):
     return sorted(os.listdir(directory))
 
 
-def test_text_is_replaced_atomically_and_leaves_no_temporaries(tmp_path):
-    path = tmp_path / "robustness.json"
-    report.write_text_atomic(str(path), "old\n")
-    report.write_text_atomic(str(path), "new\n")
-    assert path.read_text(encoding="utf-8") == "new\n"
-    assert _entries(tmp_path) == ["robustness.json"]
-
-
 def test_failed_figure_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "bars.png"
-    report.write_text_atomic(str(path), "previous")
+    write_text(str(path), "previous")
 
     def broken_savefig(self, *args, **kwargs):
         raise OSError("disk full")

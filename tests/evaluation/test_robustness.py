@@ -77,7 +77,7 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     assert set(written) >= {"protocol", "models"}
     proto = written["protocol"]
     assert proto["name"] == "reference" and proto["metric"] == "voc07"
-    assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "use_random_start": False,
+    assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "random_start": False,
                             "con_weights": [1.0, 1.0], "mtd_per_image": False}
     assert proto["dag"] == {"steps": 10, "gamma": 0.5, "faithful": True, "epsilon": None}
     cells = written["models"]["SSD (tiny)"]
@@ -140,10 +140,10 @@ def test_protocol_reaches_the_attacks(trained, tmp_path):
 def test_protocols_are_data_with_checked_overrides():
     ref = robustness.make_protocol("reference")
     assert ref["pgd"]["steps"] == 20 and ref["pgd"]["epsilon"] == ref["pgd"]["step_size"] == 8.0
-    assert ref["pgd"]["use_random_start"] is False and ref["metric"] == "voc07"
+    assert ref["pgd"]["random_start"] is False and ref["metric"] == "voc07"
     assert ref["dag"] == {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None}
     strong = robustness.make_protocol("strong")
-    assert strong["pgd"]["use_random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
+    assert strong["pgd"]["random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
     assert strong["dag"]["faithful"] is False and strong["dag"]["epsilon"] == 8.0
 
     merged = robustness.make_protocol("strong", {"pgd": {"steps": 100}, "seed": 3})

@@ -11,7 +11,6 @@ import tensorflow as tf  # noqa: E402
 
 from robustdet_tf.export import FORMATS, export_all  # noqa: E402
 from robustdet_tf.export import saved_model as sm  # noqa: E402
-from robustdet_tf.export.atomic import atomic_output  # noqa: E402
 from tests.export.tiny_models import tiny_robustdet, tiny_ssd  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-4)
@@ -113,20 +112,6 @@ def test_existing_exports_are_refused_replaced_only_on_request_and_failures_leav
     assert (path / "saved_model.pb").stat().st_size > len("partial")  # the previous export survived
     with pytest.raises(ValueError, match="max_detections"):
         sm.export_saved_model(ssd, tmp_path / "zero", max_detections=0)
-
-
-def test_atomic_output_for_files(tmp_path):
-    target = tmp_path / "model.bin"
-    with atomic_output(target) as tmp:
-        assert not os.path.exists(target)
-        with open(tmp, "w") as f:
-            f.write("v1")
-    assert target.read_text() == "v1"
-    with pytest.raises(RuntimeError, match="produced nothing"):
-        with atomic_output(target, overwrite=True):
-            pass
-    assert target.read_text() == "v1"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
 
 
 def test_export_all_writes_every_format_and_the_keras_file_round_trips(ssd, tmp_path):

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from robustdet_tf import boxes as box_ops  # noqa: E402
-from robustdet_tf.evaluation.postprocess import postprocess  # noqa: E402
+from robustdet_tf.detections import postprocess  # noqa: E402
 from robustdet_tf.export import tflite  # noqa: E402
 from tests.export.tiny_models import tiny_robustdet, tiny_ssd  # noqa: E402
 

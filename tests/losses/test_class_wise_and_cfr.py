@@ -8,8 +8,9 @@ from robustdet_tf import boxes
 from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
 from robustdet_tf.losses.class_wise import class_wise_loss
 from robustdet_tf.losses.multibox import smooth_l1
+from robustdet_tf.priors import ssd300_priors
 
-PRIORS = boxes.ssd300_priors("voc")
+PRIORS = ssd300_priors("voc")
 TARGETS = {"boxes": tf.constant([[[0.1, 0.2, 0.5, 0.7], [0.6, 0.1, 0.9, 0.4]]]), "labels": tf.constant([[4, 11]])}
 
 

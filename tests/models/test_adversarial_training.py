@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.shapes import shapes_dataset
 from robustdet_tf.models.adversarial import AdversarialSchedule
@@ -27,7 +28,7 @@ def streams(batch_size=2):
 def test_interleaved_schedule_holds_and_renews_the_batch():
     model = SSD(**TINY_SSD)
     model.build()
-    schedule = AdversarialSchedule("cls", steps=3)
+    schedule = AdversarialSchedule(AttackSpec("cls", steps=3))
     batches = [rectangles(2, 64, seed=s) for s in range(5)]
     batches = [(np.clip(x, 20, 235), t) for x, t in batches]
     cleans, advs = [], []

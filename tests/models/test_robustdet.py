@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.models.robustdet import RobustDet, total_loss
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
@@ -79,7 +80,7 @@ def test_keras_round_trip(tmp_path):
     x = tf.random.uniform([2, 64, 64, 3], 0, 255, seed=7)
     model.save(tmp_path / "rd.keras")
     loaded = keras.saving.load_model(tmp_path / "rd.keras")
-    assert loaded.adversary.method == "cls" and loaded.adversary.steps == 5 and loaded.cfr
+    assert loaded.adversary.attack == AttackSpec("cls", steps=5) and loaded.cfr
     np.testing.assert_allclose(loaded(x)["logits"].numpy(), model(x)["logits"].numpy(), rtol=1e-5, atol=1e-5)
 
 

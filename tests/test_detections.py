@@ -4,11 +4,11 @@ import numpy as np
 import tensorflow as tf
 
 from robustdet_tf import boxes
-from robustdet_tf.evaluation.postprocess import postprocess
+from robustdet_tf.detections import postprocess
 
 
 def priors_from_corners(corners):
-    return boxes.center_form(tf.constant(corners, tf.float32))
+    return boxes.convert_format(tf.constant(corners, tf.float32), "rel_xyxy", "rel_center_xywh")
 
 
 def logits_for(scores):

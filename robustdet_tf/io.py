@@ -1,4 +1,4 @@
-"""Write a file or folder next to its destination, then rename it into place.
+"""Atomic file output: write a file or folder next to its destination, then rename it into place.
 
 Why: an export, a saved model, a run record or a report interrupted half-way (a crash, a full disk, Ctrl-C) must
 never leave something at the destination that looks finished, and an existing export is only replaced when the
@@ -49,13 +49,15 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         check_destination(path, overwrite)  # something may have appeared meanwhile
         if os.path.lexists(path):
             old = tempfile.mkdtemp(prefix=f".{base}.", suffix=".old", dir=parent)
-            os.replace(path, os.path.join(old, base))
             try:
-                os.replace(target, path)
-            except OSError:
-                os.replace(os.path.join(old, base), path)  # put the previous export back
-                raise
-            _remove(old)
+                os.replace(path, os.path.join(old, base))
+                try:
+                    os.replace(target, path)
+                except OSError:
+                    os.replace(os.path.join(old, base), path)  # put the previous export back
+                    raise
+            finally:
+                _remove(old)
         else:
             os.replace(target, path)
     finally:

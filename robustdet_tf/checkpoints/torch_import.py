@@ -1,29 +1,15 @@
-"""Official PyTorch checkpoints ↔ our Keras models (spec §11, ``/work/shared/spec/state_dict_keys.txt``).
+"""Reading official PyTorch checkpoints into our Keras models and writing ours back (spec §11).
 
-Why a hand-written map instead of matching variables by order: the official state dicts name every tensor after
-the PyTorch module that owns it (``vgg.21.conv_mean.weight``, ``disc.base_net.layer2.0.downsample.1.running_var``,
-``decoder.3.weight``), and our layers carry the same indices in their names (``vgg_21``, ``layer2_0_downsample_1``,
-``decoder_3``), so each tensor has exactly one destination and a checkpoint that does not fit is caught key by key
-instead of silently loading into the wrong layer.
+The key-by-key destinations and layouts are in ``checkpoints/key_maps.py``; this module reads files, checks a whole
+state dict against a model before assigning anything, and builds the model of a config for ``--mode=import``.
 
-Layouts (PyTorch → Keras):
-
-* ``Conv2d`` weight ``[out, in, kh, kw]`` → ``[kh, kw, in, out]``
-* ``DynamicConv2d`` (AAconv) weight ``[K, out, in, kh, kw]`` → ``[K, kh, kw, in, out]``; its bias ``[K, out]`` as is
-* ``ConvTranspose2d`` weight ``[in, out, kh, kw]`` → Keras ``Conv2DTranspose`` kernel ``[kh, kw, out, in]``
-* ``Linear`` weight ``[out, in]`` → ``[in, out]``
-* biases, ``L2Norm.weight`` and BatchNorm vectors as they are; ``running_mean``/``running_var`` are the Keras
-  ``moving_mean``/``moving_variance``; ``num_batches_tracked`` has no Keras counterpart (ignored on import, written
-  as 0 on export so the result loads strictly into the official model).
-
-Reading uses ``torch.load(path, map_location="cpu", weights_only=True)``; torch is imported only then
-(``pip install -r requirements-torch.txt``).  Everything else works on a plain mapping of numpy arrays, so a
-``.npz`` file or a dict built in a test goes through the same checks.
+Reading uses ``torch.load(path, map_location="cpu", weights_only=True)``; torch is imported only then (it is an
+optional dependency: ``pip install -r requirements-torch.txt``).  Everything else works on a plain mapping of numpy
+arrays, so a ``.npz`` file or a dict built in a test goes through the same checks.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -31,140 +17,21 @@ from typing import Any
 import keras
 import numpy as np
 
-# Keras axis order built from the PyTorch array: keras = np.transpose(torch, PERMUTATIONS[layout]).
-PERMUTATIONS: dict[str, tuple[int, ...] | None] = {
-    "conv": (2, 3, 1, 0),
-    "dynamic_conv": (0, 3, 4, 2, 1),
-    "conv_transpose": (2, 3, 1, 0),
-    "linear": (1, 0),
-    "same": None,
-}
-_BN_PARAMS = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
-NUM_BATCHES_TRACKED = "num_batches_tracked"
-AID_PREFIX = "disc.base_net."  # where the official RobustDet keeps the AID's ResNet-18
+from robustdet_tf.checkpoints.key_maps import (
+    NUM_BATCHES_TRACKED,
+    official_weight_map,
+    resnet_entries,
+    to_keras_layout,
+    to_torch_layout,
+    torch_shape,
+)
+from robustdet_tf.models.factory import build_model, constructor_keys
+from robustdet_tf.models.robustdet import RobustDet
+from robustdet_tf.models.ssd import SSD
 
 
 class CheckpointMismatchError(ValueError):
     """A state dict does not fit a model; the message lists every unknown, missing and mis-shaped key."""
-
-
-# --------------------------------------------------------------------------------------------------- layout
-def to_keras_layout(array: np.ndarray, layout: str) -> np.ndarray:
-    """A PyTorch-layout array in the layout of the matching Keras variable."""
-    perm = PERMUTATIONS[layout]
-    return np.asarray(array) if perm is None else np.transpose(array, perm)
-
-
-def to_torch_layout(array: np.ndarray, layout: str) -> np.ndarray:
-    """Inverse of ``to_keras_layout``."""
-    perm = PERMUTATIONS[layout]
-    return np.asarray(array) if perm is None else np.transpose(array, np.argsort(perm))
-
-
-def _torch_shape(shape, layout: str) -> tuple[int, ...]:
-    perm = PERMUTATIONS[layout]
-    shape = tuple(int(s) for s in shape)
-    return shape if perm is None else tuple(shape[i] for i in np.argsort(perm))
-
-
-# ---------------------------------------------------------------------------------------------- weight maps
-def _module_name(layer_name: str) -> str:
-    """``vgg_21`` → ``vgg.21``, ``decoder_3`` → ``decoder.3`` (the reference's ModuleList index)."""
-    group, _, index = layer_name.rpartition("_")
-    if not group or not index.isdigit():
-        raise ValueError(f"layer {layer_name!r} does not follow the '<group>_<index>' naming of the detector")
-    return f"{group}.{index}"
-
-
-def _conv_entries(prefix: str, layer) -> dict[str, tuple[Any, str]]:
-    """Weights of one detector convolution (plain, AAconv or the CFR ProbConv) under the module name ``prefix``."""
-    from robustdet_tf.layers.aaconv import AAConv2D
-    from robustdet_tf.layers.cfr import ProbConv
-
-    if isinstance(layer, ProbConv):
-        entries = {}
-        for part in ("conv_mean", "conv_std"):
-            entries.update(_conv_entries(f"{prefix}.{part}", getattr(layer, part)))
-        return entries
-    if isinstance(layer, AAConv2D):
-        entries = {f"{prefix}.weight": (layer.kernel, "dynamic_conv")}
-        if layer.use_bias:
-            entries[f"{prefix}.bias"] = (layer.bias, "same")
-        return entries
-    if isinstance(layer, keras.layers.Conv2D):
-        entries = {f"{prefix}.weight": (layer.kernel, "conv")}
-        if layer.use_bias:
-            entries[f"{prefix}.bias"] = (layer.bias, "same")
-        return entries
-    raise TypeError(f"no PyTorch mapping for detector layer {layer.name!r} of type {type(layer).__name__}")
-
-
-def _detector_entries(detector) -> dict[str, tuple[Any, str]]:
-    """vgg.*, L2Norm.weight, extras.*, loc.*, conf.* in the reference's order."""
-    entries: dict[str, tuple[Any, str]] = {}
-    convs = detector.all_convs()
-    for name in detector.vgg_convs:
-        entries.update(_conv_entries(_module_name(name), convs[name]))
-    entries["L2Norm.weight"] = (detector.l2norm.weight, "same")
-    for group in (detector.extra_convs, detector.loc_heads, detector.conf_heads):
-        for layer in group:
-            entries.update(_conv_entries(_module_name(layer.name), layer))
-    return entries
-
-
-def _decoder_entries(decoder) -> dict[str, tuple[Any, str]]:
-    """``decoder.<i>.*``: convolutions, transposed convolutions and BatchNorm (weights, biases, running stats)."""
-    entries: dict[str, tuple[Any, str]] = {}
-    for layer in decoder.decoder_layers:
-        if not layer.weights:
-            continue
-        prefix = _module_name(layer.name)
-        if isinstance(layer, keras.layers.Conv2DTranspose):
-            entries[f"{prefix}.weight"] = (layer.kernel, "conv_transpose")
-            entries[f"{prefix}.bias"] = (layer.bias, "same")
-        elif isinstance(layer, keras.layers.Conv2D):
-            entries[f"{prefix}.weight"] = (layer.kernel, "conv")
-            entries[f"{prefix}.bias"] = (layer.bias, "same")
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            for keras_name, torch_name in _BN_PARAMS.items():
-                entries[f"{prefix}.{torch_name}"] = (getattr(layer, keras_name), "same")
-        else:
-            raise TypeError(f"no PyTorch mapping for decoder layer {layer.name!r} of type {type(layer).__name__}")
-    return entries
-
-
-def _resnet_entries(aid: keras.Model, prefix: str) -> dict[str, tuple[Any, str]]:
-    """torchvision ResNet-18 keys; within a ResNet a rank-4 tensor is a conv, rank 2 the fc, rank 1 a vector."""
-    from robustdet_tf.models.discriminator import torchvision_weight_map
-
-    by_rank = {4: "conv", 2: "linear", 1: "same"}
-    return {key: (var, by_rank[len(var.shape)]) for key, var in torchvision_weight_map(aid, prefix).items()}
-
-
-def official_weight_map(model: keras.Model) -> dict[str, tuple[Any, str]]:
-    """Official state-dict key → (our variable, layout) for an SSD, a RobustDet (with or without CFR) or a bare AID.
-
-    Builds the model first if needed.  Keys come in the order of the official state dicts for the detector part.
-    """
-    from robustdet_tf.models.ssd import DetectionModelBase
-
-    if isinstance(model, DetectionModelBase):
-        if not model.built:
-            model.build()
-        entries = _detector_entries(model.detector)
-        aid = getattr(model, "aid", None)
-        if aid is not None:
-            entries.update(_resnet_entries(aid, AID_PREFIX))
-        decoder = getattr(model, "decoder", None)
-        if decoder is not None:
-            entries.update(_decoder_entries(decoder))
-        return entries
-    if isinstance(model, keras.Model) and any(layer.name == "layer1_0_conv1" for layer in model.layers):
-        return _resnet_entries(model, "")
-    raise TypeError(
-        f"official_weight_map: {type(model).__name__} {getattr(model, 'name', '')!r} is neither an SSD/RobustDet "
-        "nor an AID built by robustdet_tf.models.discriminator.build_discriminator"
-    )
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -212,7 +79,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
         with np.load(path, allow_pickle=False) as data:
             return normalise_state_dict({k: data[k] for k in data.files}, path)
     try:
-        import torch
+        import torch  # optional dependency, only for .pth files
     except ImportError as err:
         raise ImportError(
             f"reading the PyTorch checkpoint {path} needs torch: pip install -r requirements-torch.txt "
@@ -240,7 +107,7 @@ def _assign(entries: Mapping[str, tuple[Any, str]], state: Mapping[str, np.ndarr
             unknown.append(key)
             continue
         variable, layout = entries[key]
-        expected = _torch_shape(variable.shape, layout)
+        expected = torch_shape(variable.shape, layout)
         if tuple(value.shape) != expected:
             wrong.append(f"{key}: checkpoint {tuple(value.shape)}, model expects {expected}")
     missing = [key for key in entries if key not in state]
@@ -284,7 +151,7 @@ def load_torchvision_resnet18(aid_or_model: keras.Model, state_dict: Mapping[str
     if hasattr(aid_or_model, "aid") and not aid_or_model.built:
         aid_or_model.build()
     state = read_state_dict(state_dict)
-    entries = {k: v for k, v in _resnet_entries(aid, "").items() if not k.startswith("fc.")}
+    entries = {k: v for k, v in resnet_entries(aid, "").items() if not k.startswith("fc.")}
     what = state_dict if isinstance(state_dict, (str, os.PathLike)) else "state dict"
     _assign(entries, state, f"{what} → AID {aid.name!r} (torchvision resnet18)", ignored={"fc.weight", "fc.bias"})
     return aid
@@ -307,13 +174,7 @@ def to_state_dict(model: keras.Model, include_num_batches_tracked: bool = True) 
 # ------------------------------------------------------------------------------------------- main.py entry
 def _ssd_only_config(config: Mapping[str, Any]) -> tuple[dict, dict]:
     """Split a RobustDet config into (SSD constructor arguments, RobustDet-only arguments)."""
-    from robustdet_tf.models.ssd import SSD
-
-    accepted = set()
-    for klass in SSD.__mro__:
-        if klass is keras.Model:
-            break
-        accepted |= set(inspect.signature(klass.__init__).parameters) - {"self", "args", "kwargs"}
+    accepted = constructor_keys(SSD)
     ssd = {k: v for k, v in config.items() if k in accepted and k not in ("adversarial", "clean_mix")}
     rest = {k: v for k, v in config.items() if k not in ssd and k != "name"}
     return ssd, rest
@@ -336,9 +197,6 @@ def import_checkpoint(
         spec §3.5); the AID, ``conv_std`` and the decoder keep their fresh init.
       aid_checkpoint: torchvision's ImageNet ResNet-18 for the AID (fc excluded), loaded after the checkpoint.
     """
-    from robustdet_tf.models import build_model
-    from robustdet_tf.models.robustdet import RobustDet
-
     config = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
     state = read_state_dict(path)
     if expand_clean_ssd:

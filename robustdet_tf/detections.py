@@ -1,4 +1,4 @@
-"""Decode + softmax + per-class NMS, batched and in-graph (spec §7.2).
+"""Raw head outputs → detections: decode + softmax + per-class NMS, batched and in-graph (spec §7.2).
 
 The reference's ``Detect`` keeps, per class, the 200 highest-scoring candidates above 0.01, runs greedy NMS on
 exactly those (suppressing IoU > 0.45) and returns up to 200 boxes per class with no cross-class limit.  Keeping
@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from robustdet_tf import boxes as box_ops
+
+DETECTION_BOX_FORMAT = "rel_yxyx"
+"""``detection_boxes`` of the TF Object Detection API contract: relative (ymin, xmin, ymax, xmax)."""
 
 
 def greedy_nms_mask(boxes: tf.Tensor, valid: tf.Tensor, iou_threshold: float) -> tf.Tensor:
@@ -91,7 +94,9 @@ def postprocess(
     is_det = out_scores > -1.0
     det_f = tf.cast(is_det, tf.float32)
     return {
-        "detection_boxes": box_ops.xyxy_to_yxyx(tf.gather(flat_boxes, order, batch_dims=1)) * det_f[..., None],
+        "detection_boxes": box_ops.convert_format(
+            tf.gather(flat_boxes, order, batch_dims=1), box_ops.BOX_FORMAT, DETECTION_BOX_FORMAT
+        ) * det_f[..., None],
         "detection_scores": tf.maximum(out_scores, 0.0) * det_f,
         "detection_classes": tf.gather(flat_classes, order, batch_dims=1) * det_f,
         "num_detections": tf.reduce_sum(det_f, axis=-1),

@@ -1,0 +1,1 @@
+"""Official PyTorch checkpoints ↔ our Keras models: the key maps and the reader/writer (``--mode=import``)."""

@@ -1,0 +1,242 @@
+"""What every detector of the package shares: config → priors, pixels → network input, NMS, losses, one train step.
+
+Why a base class: the plain SSD, the adversarial baselines and RobustDet differ only in their layers and in which
+loss terms a step computes.  The step itself — unpack the data, let the adversary produce the attacked half, run
+``compute_losses`` under the tape, refuse non-finite terms, apply coupled weight decay and the optimiser, track the
+terms — is written once here; subclasses override ``compute_losses`` (and build ``self.detector``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf import boxes as box_ops
+from robustdet_tf import priors as prior_lib
+from robustdet_tf.detections import postprocess
+from robustdet_tf.losses.multibox import multibox_loss
+from robustdet_tf.models import training
+from robustdet_tf.models.adversarial import AdversarialBatch
+from robustdet_tf.models.detector import SSD300_EXTRAS, feature_map_sizes, preprocess
+
+REFERENCE_MEAN = (104.0, 117.0, 123.0)  # subtracted from (R, G, B), spec §1
+COUNT_TERMS = ("triplets",)
+"""Logged terms that are counts, not losses: neither checked for finiteness nor scaled by the replicas."""
+TOTAL = "loss"
+"""The term the optimiser minimises: a weighted sum of the other terms, each of which is checked for finiteness."""
+
+
+class TrainingData(NamedTuple):
+    """One step's input: the clean half, and (adversarial training) the half the adversary attacks."""
+
+    clean: tf.Tensor
+    clean_targets: dict[str, tf.Tensor]
+    to_attack: tf.Tensor | None = None
+    attack_targets: dict[str, tf.Tensor] | None = None
+
+
+def unpack_training_data(data, adversarial: bool) -> TrainingData:
+    """``(images, targets)`` or, for adversarial training, ``((clean, targets), (to_attack, targets))``."""
+    if not adversarial:
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return TrainingData(tf.cast(images, tf.float32), training.as_targets(targets))
+    (clean, clean_targets), (to_attack, attack_targets) = data
+    return TrainingData(tf.cast(clean, tf.float32), training.as_targets(clean_targets), tf.cast(to_attack, tf.float32),
+                        training.as_targets(attack_targets))
+
+
+class DetectionModelBase(keras.Model):
+    """Config → priors, pixels → preprocessed input, NMS, the MultiBox loss and the training step.
+
+    Subclasses build ``self.detector`` (and ``self.adversary`` for adversarial training, else ``None``), implement
+    ``call`` and ``compute_losses``, and create the trackers of the terms their steps report with
+    ``_init_trackers``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        image_size: int = 300,
+        width: float = 1.0,
+        extras: Sequence[Sequence[int]] = SSD300_EXTRAS,
+        min_sizes: Sequence[float] = prior_lib.SSD300_VOC.min_sizes,
+        max_sizes: Sequence[float] = prior_lib.SSD300_VOC.max_sizes,
+        aspect_ratios: Sequence[Sequence[float]] = prior_lib.SSD300_VOC.aspect_ratios,
+        steps: Sequence[float] | None = prior_lib.SSD300_VOC.steps,
+        mean: Sequence[float] = REFERENCE_MEAN,
+        weight_decay: float = 5e-4,
+        match_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        score_threshold: float = 0.01,
+        pre_nms_top_k: int = 200,
+        nms_iou_threshold: float = 0.45,
+        max_detections: int | None = None,
+        kernel_initializer: str = "glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.width = float(width)
+        self.extras = tuple(tuple(int(v) for v in e) for e in extras)
+        self.feature_maps = feature_map_sizes(self.image_size, self.extras)
+        self.prior_spec = prior_lib.PriorSpec(min_sizes, max_sizes, aspect_ratios, steps, self.image_size,
+                                              self.feature_maps)
+        self.mean = tuple(float(v) for v in mean)
+        self.weight_decay = float(weight_decay)
+        self.match_threshold = float(match_threshold)
+        self.neg_pos_ratio = float(neg_pos_ratio)
+        self.score_threshold = float(score_threshold)
+        self.pre_nms_top_k = int(pre_nms_top_k)
+        self.nms_iou_threshold = float(nms_iou_threshold)
+        self.max_detections = None if max_detections is None else int(max_detections)
+        self.kernel_initializer = kernel_initializer
+        self.priors = tf.constant(self.prior_spec.boxes())
+        self.boxes_per_location = self.prior_spec.boxes_per_location
+        self.adversary = None
+        self.loss_trackers = {}
+
+    # The prior settings as the config spells them (one source: the prior spec).
+    min_sizes = property(lambda self: self.prior_spec.min_sizes)
+    max_sizes = property(lambda self: self.prior_spec.max_sizes)
+    aspect_ratios = property(lambda self: self.prior_spec.aspect_ratios)
+    steps = property(lambda self: self.prior_spec.steps)
+
+    def _init_trackers(self, names: Sequence[str]) -> None:
+        """One running mean per loss term a step reports (created eagerly, outside any ``tf.function``)."""
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    # -- shared helpers -------------------------------------------------------------------------------------------
+    def preprocess(self, images: tf.Tensor) -> tf.Tensor:
+        """Pixel-space RGB → the network input the reference feeds its first convolution."""
+        return preprocess(images, self.mean)
+
+    def detector_kwargs(self) -> dict:
+        return dict(
+            num_classes=self.num_classes,
+            width=self.width,
+            extras=self.extras,
+            boxes_per_location=self.boxes_per_location,
+            name="detector",
+        )
+
+    def detection_loss(
+        self, outputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor], weights=None, global_norm=False
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """MultiBox ``(loss_l, loss_c)``; ``global_norm`` normalises by positives summed over replicas."""
+        num_pos = None
+        if global_norm:
+            _, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], self.priors, self.match_threshold)
+            num_pos = training.global_sum(tf.reduce_sum(tf.cast(conf_t > 0, tf.float32)))
+        return multibox_loss(
+            outputs,
+            targets,
+            self.priors,
+            threshold=self.match_threshold,
+            neg_pos_ratio=self.neg_pos_ratio,
+            weights=weights,
+            num_positives=num_pos,
+        )
+
+    def postprocess_settings(self) -> dict:
+        """The model's decode + NMS thresholds as ``detections.postprocess`` arguments (exports store them)."""
+        return dict(
+            score_threshold=self.score_threshold,
+            pre_nms_top_k=self.pre_nms_top_k,
+            iou_threshold=self.nms_iou_threshold,
+            max_detections=self.max_detections,
+        )
+
+    def postprocess(self, outputs: Mapping[str, tf.Tensor], **overrides) -> dict[str, tf.Tensor]:
+        """Raw outputs → OD-API detections with the model's thresholds (overridable per call)."""
+        kwargs = {**self.postprocess_settings(), **overrides}
+        return postprocess(outputs["loc"], outputs["logits"], self.priors, **kwargs)
+
+    def detect(self, images: tf.Tensor, **overrides) -> dict[str, tf.Tensor]:
+        """Pixel-space images → detections (test mode)."""
+        return self.postprocess(self(images, training=False), **overrides)
+
+    def build(self, input_shape=None):
+        """Create every weight by tracing one image of the configured size (sub-layers build lazily).
+
+        Models build themselves at construction, so ``fit`` works at once (also under ``tf.distribute``, where
+        Keras would otherwise trace the model with the first data element).
+        """
+        if self.built:
+            return
+        self.call(tf.zeros([1, self.image_size, self.image_size, 3]), training=False)
+        self.built = True
+
+    def predict_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        return self.detect(images)
+
+    # -- the training step ------------------------------------------------------------------------------------
+    def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
+        """All loss terms of one step, inside the caller's tape; ``"loss"`` is the one optimised.
+
+        Terms are per replica (normalised by global counts), so their sum over replicas is the single-device value.
+        """
+        raise NotImplementedError
+
+    def train_step(self, data):
+        data = unpack_training_data(data, adversarial=self.adversary is not None)
+        adversarial = None
+        if self.adversary is not None:
+            adversarial = self.adversary.next_batch(self, data.to_attack, data.attack_targets)
+        with tf.GradientTape() as tape:
+            terms = self.compute_losses(data, adversarial)
+        parts = {k: v for k, v in terms.items() if k not in COUNT_TERMS and k != TOTAL}
+        checks = training.check_finite(parts, self.optimizer.iterations)
+        self.apply_gradients(terms[TOTAL], tape, checks)
+        return self._track(terms)
+
+    def test_step(self, data):
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        loss_l, loss_c = self.detection_loss(self(images, training=False), targets, global_norm=True)
+        return self._track({"loss": loss_l + loss_c, "loss_l": loss_l, "loss_c": loss_c})
+
+    def _track(self, terms: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Running means of the step's terms (what ``fit`` prints); losses shown as the global-batch value."""
+        replicas = float(training.num_replicas())
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value if name in COUNT_TERMS else value * replicas)
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    def apply_gradients(self, loss: tf.Tensor, tape: tf.GradientTape, checks=()) -> None:
+        """Coupled weight decay + the optimiser update, after the given assertions."""
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        grads = training.add_weight_decay(grads, variables, self.weight_decay)
+        with tf.control_dependencies(list(checks)):
+            self.optimizer.apply_gradients(zip(grads, variables))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "width": self.width,
+            "extras": [list(e) for e in self.extras],
+            **{k: v for k, v in self.prior_spec.to_dict().items() if k in prior_lib.PriorSpec.KEYS},
+            "mean": list(self.mean),
+            "weight_decay": self.weight_decay,
+            "match_threshold": self.match_threshold,
+            "neg_pos_ratio": self.neg_pos_ratio,
+            "score_threshold": self.score_threshold,
+            "pre_nms_top_k": self.pre_nms_top_k,
+            "nms_iou_threshold": self.nms_iou_threshold,
+            "max_detections": self.max_detections,
+            "kernel_initializer": self.kernel_initializer,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
