@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.data import pipeline
-from robustdet_tf.data.detection_source import DetectionSource
+from robustdet_tf.data.contract import DetectionSource
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.io import atomic_output, write_text
 from robustdet_tf.models import training

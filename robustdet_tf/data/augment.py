@@ -37,109 +37,14 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from robustdet_tf.data.photometric import photometric_distort
+from robustdet_tf.data.random_draws import as_seed, coin, key, uniform
+
 EXPAND_FILL_RGB: tuple[float, float, float] = (123.0, 117.0, 104.0)
 
 # RandomSampleCrop modes in the reference's order: index 0 = keep the whole image; then minimum IoUs; the last
 # mode (-inf) is unconstrained.
 CROP_MIN_IOUS: tuple[float, ...] = (0.0, 0.1, 0.3, 0.7, 0.9, float("-inf"))
-
-_CHANNEL_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-_FLT_EPSILON = 1.1920929e-07  # OpenCV's FLT_EPSILON in its float RGB->HSV conversion
-
-
-def _key(seed: tf.Tensor, tag: int) -> tf.Tensor:
-    return tf.random.experimental.stateless_fold_in(seed, tag)
-
-
-def _uniform(seed: tf.Tensor, tag: int, shape=(), low: float = 0.0, high: float = 1.0) -> tf.Tensor:
-    return tf.random.stateless_uniform(shape, _key(seed, tag), minval=low, maxval=high, dtype=tf.float32)
-
-
-def _coin(seed: tf.Tensor, tag: int, probability: float = 0.5) -> tf.Tensor:
-    """The reference's ``random.randint(2)`` (true with probability 0.5) as a boolean scalar."""
-    return _uniform(seed, tag) < probability
-
-
-def _as_seed(seed) -> tf.Tensor:
-    seed = tf.convert_to_tensor(seed)
-    if seed.shape.rank is not None and seed.shape != [2]:
-        raise ValueError(
-            "augment: seed must be a stateless RNG seed of shape [2] (e.g. tf.constant([1, 2])), "
-            f"got shape {seed.shape}."
-        )
-    return tf.cast(seed, tf.int64)
-
-
-# ------------------------------------------------------------------------------------------------ colour space
-
-
-def rgb_to_hsv_degrees(image: tf.Tensor) -> tf.Tensor:
-    """RGB -> HSV with OpenCV's float semantics: H in degrees [0, 360), S = range / (|V| + eps), V = max."""
-    r, g, b = tf.unstack(image, axis=-1)
-    value = tf.maximum(tf.maximum(r, g), b)
-    spread = value - tf.minimum(tf.minimum(r, g), b)
-    saturation = spread / (tf.abs(value) + _FLT_EPSILON)
-    scale = 60.0 / (spread + _FLT_EPSILON)
-    hue = tf.where(
-        tf.equal(value, r),
-        (g - b) * scale,
-        tf.where(tf.equal(value, g), (b - r) * scale + 120.0, (r - g) * scale + 240.0),
-    )
-    hue = tf.where(hue < 0.0, hue + 360.0, hue)
-    return tf.stack([hue, saturation, value], axis=-1)
-
-
-def hsv_degrees_to_rgb(hsv: tf.Tensor) -> tf.Tensor:
-    """OpenCV's float HSV -> RGB (its sector table written in clamp form, equal for any S and V); the inverse of
-    ``rgb_to_hsv_degrees`` for non-negative values."""
-    hue, saturation, value = tf.unstack(hsv, axis=-1)
-    sector = tf.math.floormod(hue / 60.0, 6.0)
-
-    def channel(weight):
-        return value * (1.0 - saturation + saturation * tf.clip_by_value(weight, 0.0, 1.0))
-
-    red = channel(tf.abs(sector - 3.0) - 1.0)
-    green = channel(2.0 - tf.abs(sector - 2.0))
-    blue = channel(2.0 - tf.abs(sector - 4.0))
-    return tf.stack([red, green, blue], axis=-1)
-
-
-# ------------------------------------------------------------------------------------------------ photometric
-
-
-def photometric_distort(image: tf.Tensor, seed, *, faithful: bool = True) -> tf.Tensor:
-    """Reference ``PhotometricDistort``: brightness, then contrast before or after (saturation, hue), then a
-    random channel permutation.  Each step fires with probability 0.5.  ``image`` is float32 [H, W, 3]."""
-    seed = _as_seed(seed)
-    image = tf.cast(image, tf.float32)
-
-    def clip(x):
-        return x if faithful else tf.clip_by_value(x, 0.0, 255.0)
-
-    delta = _uniform(seed, 1, low=-32.0, high=32.0)
-    image = clip(image + tf.where(_coin(seed, 0), delta, 0.0))
-
-    alpha = tf.where(_coin(seed, 3), _uniform(seed, 4, low=0.5, high=1.5), 1.0)
-    contrast_first = _coin(seed, 2)
-    image = clip(image * tf.where(contrast_first, alpha, 1.0))
-
-    hsv = rgb_to_hsv_degrees(image)
-    hue, saturation, value = tf.unstack(hsv, axis=-1)
-    saturation *= tf.where(_coin(seed, 5), _uniform(seed, 6, low=0.5, high=1.5), 1.0)
-    if not faithful:
-        saturation = tf.clip_by_value(saturation, 0.0, 1.0)
-    hue += tf.where(_coin(seed, 7), _uniform(seed, 8, low=-18.0, high=18.0), 0.0)
-    hue = tf.where(hue > 360.0, hue - 360.0, hue)
-    hue = tf.where(hue < 0.0, hue + 360.0, hue)
-    image = clip(hsv_degrees_to_rgb(tf.stack([hue, saturation, value], axis=-1)))
-
-    image = clip(image * tf.where(contrast_first, 1.0, alpha))
-
-    which = tf.random.stateless_uniform([], _key(seed, 10), minval=0, maxval=6, dtype=tf.int32)
-    permutation = tf.gather(tf.constant(_CHANNEL_PERMUTATIONS, tf.int32), which)
-    permutation = tf.where(_coin(seed, 9), permutation, tf.range(3))
-    return tf.gather(image, permutation, axis=-1)
-
 
 # ------------------------------------------------------------------------------------------------ geometric
 #
@@ -161,11 +66,11 @@ def _scale(width: tf.Tensor, height: tf.Tensor) -> tf.Tensor:
 def _draw_expand(seed: tf.Tensor, height, width, probability: float, max_ratio: float):
     """Reference ``Expand`` parameters: (canvas_h, canvas_w, top, left) as int32 scalars."""
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    ratio = tf.where(_coin(seed, 0, probability), _uniform(seed, 1, low=1.0, high=max_ratio), 1.0)
+    ratio = tf.where(coin(seed, 0, probability), uniform(seed, 1, low=1.0, high=max_ratio), 1.0)
     canvas_h = tf.cast(tf.floor(h * ratio), tf.int32)
     canvas_w = tf.cast(tf.floor(w * ratio), tf.int32)
-    left = tf.cast(tf.floor(_uniform(seed, 2) * (w * ratio - w)), tf.int32)
-    top = tf.cast(tf.floor(_uniform(seed, 3) * (h * ratio - h)), tf.int32)
+    left = tf.cast(tf.floor(uniform(seed, 2) * (w * ratio - w)), tf.int32)
+    top = tf.cast(tf.floor(uniform(seed, 3) * (h * ratio - h)), tf.int32)
     # Guard against float rounding pushing the image past the canvas edge.
     return canvas_h, canvas_w, tf.minimum(top, canvas_h - height), tf.minimum(left, canvas_w - width)
 
@@ -197,7 +102,7 @@ def random_expand(
     Canvas ``int(H r) x int(W r)``, top-left offset ``(int(U(0, W r - W)), int(U(0, H r - H)))``.  ``boxes`` are
     rel_xyxy of the input and come back rel_xyxy of the canvas.
     """
-    seed = _as_seed(seed)
+    seed = as_seed(seed)
     image = tf.cast(image, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     height, width = _image_size(image)
@@ -261,10 +166,10 @@ def _draw_crop(seed: tf.Tensor, height, width, abs_boxes, faithful: bool, max_tr
 
     def one_round(round_index, done, rect, keep):
         del done, rect, keep
-        round_seed = _key(seed, round_index)
-        mode = tf.random.stateless_uniform([], _key(round_seed, 0), minval=0, maxval=6, dtype=tf.int32)
+        round_seed = key(seed, round_index)
+        mode = tf.random.stateless_uniform([], key(round_seed, 0), minval=0, maxval=6, dtype=tf.int32)
         rects, valid, centre_inside = _crop_candidates(
-            _key(round_seed, 1), w, h, abs_boxes, tf.gather(min_ious, mode), faithful, max_trials
+            key(round_seed, 1), w, h, abs_boxes, tf.gather(min_ious, mode), faithful, max_trials
         )
         first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
         use_whole = tf.equal(mode, 0)
@@ -307,7 +212,7 @@ def random_sample_crop(
     whole, which is what the "whole image" mode returns anyway.  An example without boxes is returned unchanged.
     In the whole-image case boxes are clipped to the image (a no-op for valid boxes; the reference does not clip).
     """
-    seed = _as_seed(seed)
+    seed = as_seed(seed)
     image = tf.cast(image, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     height, width = _image_size(image)
@@ -325,7 +230,7 @@ def _mirror_boxes(boxes: tf.Tensor) -> tf.Tensor:
 
 def random_mirror(image: tf.Tensor, boxes: tf.Tensor, seed, *, probability: float = 0.5) -> tuple[tf.Tensor, tf.Tensor]:
     """Reference ``RandomMirror``: horizontal flip with x1' = 1 - x2, x2' = 1 - x1 (relative coordinates)."""
-    flip = _coin(_as_seed(seed), 0, probability)
+    flip = coin(as_seed(seed), 0, probability)
     image = tf.convert_to_tensor(image)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     return tf.where(flip, tf.reverse(image, axis=[1]), image), tf.where(flip, _mirror_boxes(boxes), boxes)
@@ -416,25 +321,25 @@ def ssd_augment(
     Returns:
       (image float32 [S, S, 3] in pixel space, boxes [m, 4] rel_xyxy, labels [m]).
     """
-    seed = _as_seed(seed)
+    seed = as_seed(seed)
     image = tf.cast(image, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     labels = tf.convert_to_tensor(labels)
     if photometric:
-        image = photometric_distort(image, _key(seed, 1), faithful=faithful)
+        image = photometric_distort(image, key(seed, 1), faithful=faithful)
     height, width = _image_size(image)
     canvas_h, canvas_w, top, left = height, width, tf.constant(0), tf.constant(0)
     if expand:
-        canvas_h, canvas_w, top, left = _draw_expand(_key(seed, 2), height, width, 0.5, 4.0)
+        canvas_h, canvas_w, top, left = _draw_expand(key(seed, 2), height, width, 0.5, 4.0)
         boxes = _expand_boxes(boxes, height, width, canvas_h, canvas_w, top, left)
     rect = tf.cast(tf.stack([0, 0, canvas_w, canvas_h]), tf.float32)
     if crop:
         abs_boxes = boxes * _scale(canvas_w, canvas_h)
-        rect, keep = _draw_crop(_key(seed, 3), canvas_h, canvas_w, abs_boxes, faithful, 50, 100)
+        rect, keep = _draw_crop(key(seed, 3), canvas_h, canvas_w, abs_boxes, faithful, 50, 100)
         boxes, labels = _crop_boxes(abs_boxes, labels, rect, keep)
     flip = tf.constant(False)
     if mirror:
-        flip = _coin(_key(seed, 4), 0)
+        flip = coin(key(seed, 4), 0)
         boxes = tf.where(flip, _mirror_boxes(boxes), boxes)
     out_h, out_w = _size_pair(image_size)
     rendered = _render_view(image, top, left, rect, flip, (out_h, out_w), fill)

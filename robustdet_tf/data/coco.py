@@ -1,6 +1,6 @@
 """MS-COCO 2017 readers: a local ``annotations/instances_<split>.json`` + image folder, or tfds ``coco/2017``.
 
-Both produce the example contract of ``detection_source.py``.
+Both produce the example contract of ``contract.py``.
 
 Labels.  The reference numbers the 80 COCO categories contiguously in official category-id order
 (``coco_labels.txt``: id 1 -> 1, ..., id 90 -> 80, network class = label + 1), so ``labels`` are 0..79 in that
@@ -36,8 +36,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from robustdet_tf.data import detection_source as ds_lib
-from robustdet_tf.data.detection_source import DatasetNotFoundError, DetectionSource
+from robustdet_tf import boxes as boxes_lib
+from robustdet_tf.data import contract, tfds_helpers, validation
+from robustdet_tf.data.contract import DatasetNotFoundError, DetectionSource
 
 _LOG = logging.getLogger(__name__)
 
@@ -142,9 +143,9 @@ def _load_coco(annotation_file: str):
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             return COCO(annotation_file)
     except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
-        raise ds_lib.BadExampleError(
+        raise contract.BadExampleError(
             f"{annotation_file}: not a COCO instances json ({type(e).__name__}: {e}). Re-extract "
-            "annotations_trainval2017.zip.", ds_lib.BAD_ANNOTATION, annotation_file) from None
+            "annotations_trainval2017.zip.", validation.BAD_ANNOTATION, annotation_file) from None
 
 
 def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
@@ -159,9 +160,9 @@ def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
       annotation_file: json path, if not the standard one.
       crowd: "keep" (reference) or "difficult" (see module docstring).
       skip_bad: leave out bad images/objects (counted in ``.skipped``) instead of raising.
-      validate: image check at construction, "header" (default), "full" or "none" (see detection_source).
+      validate: image check at construction, "header" (default), "full" or "none" (see validation.py).
     """
-    ds_lib.check_validate_mode(validate)
+    validation.check_validate_mode(validate)
     _check_crowd(crowd)
     split = _LOCAL_SPLITS.get(split, split)
     annotation_file, image_dir = _resolve_files(root, split, image_dir, annotation_file)
@@ -170,41 +171,41 @@ def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
     category_ids = tuple(int(c["id"]) for c in categories)
     class_names = tuple(str(c["name"]) for c in categories)
     index = {c: i for i, c in enumerate(category_ids)}
-    log = ds_lib.ProblemLog(skip_bad)
+    log = validation.ProblemLog(skip_bad)
     images = []
     for image_id, image_annotations in coco.imgToAnns.items():  # images with >= 1 annotation, reference order
         info = coco.imgs.get(image_id)
         if info is None:
-            raise ds_lib.BadExampleError(
+            raise contract.BadExampleError(
                 f"{annotation_file}: annotations refer to image id {image_id}, which is not in 'images'. "
-                "Re-extract the annotation file.", ds_lib.BAD_ANNOTATION, annotation_file)
+                "Re-extract the annotation file.", validation.BAD_ANNOTATION, annotation_file)
         parsed = _parse_image(info, image_annotations, image_dir, annotation_file, index, crowd, validate, log)
         if parsed is not None:
             images.append(parsed)
     name = f"COCO {split} (local {root})"
     log.log_summary(name, len(images))
     if not images:
-        raise ds_lib.BadExampleError(f"{name}: no usable annotated image in {annotation_file}.",
-                                     ds_lib.NO_OBJECTS, annotation_file)
-    return CocoSource(dataset=ds_lib.images_to_dataset(images), name=name, class_names=class_names,
+        raise contract.BadExampleError(f"{name}: no usable annotated image in {annotation_file}.",
+                                     validation.NO_OBJECTS, annotation_file)
+    return CocoSource(dataset=contract.images_to_dataset(images), name=name, class_names=class_names,
                       num_examples=len(images), skipped=log.counts, problems=log.problems,
                       category_ids=category_ids)
 
 
 def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file: str, index: dict[int, int],
-                 crowd: str, validate: str, log: ds_lib.ProblemLog) -> ds_lib.ParsedImage | None:
+                 crowd: str, validate: str, log: validation.ProblemLog) -> contract.ParsedImage | None:
     """Check and convert one image's annotations; ``None`` if it is skipped."""
     path = os.path.join(image_dir, info["file_name"])
     json_size = (int(info.get("height") or 0), int(info.get("width") or 0))
     try:
-        size = ds_lib.image_size(path, validate)
+        size = validation.image_size(path, validate)
         if size is None:  # validate="none": trust the json, read the header only if it has no size
-            size = json_size if min(json_size) > 0 else ds_lib.image_size(path, "header")
-    except ds_lib.MissingFileError as e:
-        log.report(ds_lib.missing(f"image of COCO image id {info['id']} in {annotation_file} not found",
+            size = json_size if min(json_size) > 0 else validation.image_size(path, "header")
+    except contract.MissingFileError as e:
+        log.report(validation.missing(f"image of COCO image id {info['id']} in {annotation_file} not found",
                                   e.reason, path, f"Unzip the complete image archive into {image_dir}"))
         return None
-    except ds_lib.BadExampleError as e:
+    except contract.BadExampleError as e:
         log.report(e)
         return None
     if min(json_size) > 0 and json_size != size:
@@ -216,27 +217,30 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
     for ann in annotations:
         what = f"annotation id {ann.get('id')}"
         if ann.get("category_id") not in index:
-            log.report(ds_lib.bad(f"{what} has category_id {ann.get('category_id')}, not in the json's "
-                                  "categories", ds_lib.UNKNOWN_CLASS, where, "Correct the annotation"))
+            log.report(validation.bad(f"{what} has category_id {ann.get('category_id')}, not in the json's "
+                                  "categories", validation.UNKNOWN_CLASS, where, "Correct the annotation"))
             continue
         try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
+            bbox = np.array([float(v) for v in ann["bbox"]])
+            if bbox.shape != (4,):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
-            log.report(ds_lib.bad(f"{what} has no [x, y, w, h] bbox", ds_lib.BAD_ANNOTATION, where,
+            log.report(validation.bad(f"{what} has no [x, y, w, h] bbox", validation.BAD_ANNOTATION, where,
                                   "Correct the annotation"))
             continue
-        error = ds_lib.check_box((x, y, x + w, y + h), height, width, where, what)
+        pixel_box = boxes_lib.convert_format(bbox, "xywh", "xyxy")
+        error = validation.check_box(pixel_box, height, width, where, what)
         if error is not None:
             log.report(error)
             continue
-        boxes.append(np.array([x, y, x + w, y + h]) / np.array([width, height, width, height]))
+        boxes.append(boxes_lib.convert_format(pixel_box, "xyxy", boxes_lib.BOX_FORMAT, height, width))
         labels.append(index[ann["category_id"]])
         difficult.append(crowd == "difficult" and bool(ann.get("iscrowd", 0)))
     if not labels:
-        log.report(ds_lib.bad("image has no usable annotation left", ds_lib.NO_OBJECTS, where,
+        log.report(validation.bad("image has no usable annotation left", validation.NO_OBJECTS, where,
                               "Correct its annotations"))
         return None
-    return ds_lib.ParsedImage(path=path, image_id=str(info["id"]), height=height, width=width,
+    return contract.ParsedImage(path=path, image_id=str(info["id"]), height=height, width=width,
                               boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
                               difficult=np.array(difficult, bool))
 
@@ -276,23 +280,23 @@ def tfds_coco(name: str = "coco/2017", split: str = "validation", data_dir: str 
     """
     _check_crowd(crowd)
     tfds_split = _TFDS_SPLITS.get(split, split)
-    builder = ds_lib.tfds_builder(name, data_dir, manual_dir, download, COCO_ZIP_FILES)
-    dataset = ds_lib.tfds_as_dataset(builder, tfds_split, name, data_dir, COCO_ZIP_FILES)
+    builder = tfds_helpers.tfds_builder(name, data_dir, manual_dir, download, COCO_ZIP_FILES)
+    dataset = tfds_helpers.tfds_as_dataset(builder, tfds_split, name, data_dir, COCO_ZIP_FILES)
     remap = tfds_label_remap(builder.info.features["objects"]["label"].names)
 
     def convert(example: dict) -> dict:
         image = example["image"]
         objects = example["objects"]
-        n = ds_lib.common_length(objects["bbox"], objects["label"], objects["is_crowd"])
+        n = tfds_helpers.common_length(objects["bbox"], objects["label"], objects["is_crowd"])
         shape = tf.shape(image)
-        boxes = ds_lib.sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=0.0)
+        boxes = tfds_helpers.sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=0.0)
         labels = tf.cast(objects["label"][:n], tf.int32)
         if remap is not None:
             labels = tf.gather(tf.constant(remap), labels)
         crowd_flags = tf.cast(objects["is_crowd"][:n], tf.bool)
         difficult = crowd_flags if crowd == "difficult" else tf.zeros_like(crowd_flags)
         image_id = tf.strings.as_string(example["image/id"])
-        return ds_lib.make_example(image, boxes, labels, difficult, image_id)
+        return contract.make_example(image, boxes, labels, difficult, image_id)
 
     dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.filter(lambda ex: tf.size(ex["labels"]) > 0)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from robustdet_tf.data import coco, shapes, voc
-from robustdet_tf.data.detection_source import DetectionSource
+from robustdet_tf.data.contract import DetectionSource
 
 
 def _get(config: Mapping[str, Any], key: str, default=None):

@@ -1,6 +1,6 @@
 """PASCAL VOC readers: a local VOCdevkit tree, or TensorFlow Datasets' ``voc/2007`` and ``voc/2012``.
 
-Both produce the example contract of ``detection_source.py`` (uint8 RGB image, ``rel_xyxy`` boxes, 0-based
+Both produce the example contract of ``contract.py`` (uint8 RGB image, ``rel_xyxy`` boxes, 0-based
 labels in the order of ``VOC_CLASSES``, ``difficult`` flags, ``image_id``, ``original_size``).
 
 Box convention.  VOC XML stores 1-based, inclusive pixel corners.  The reference (ssd.pytorch lineage)
@@ -30,8 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from robustdet_tf.data import detection_source as ds_lib
-from robustdet_tf.data.detection_source import DatasetNotFoundError, DetectionSource
+from robustdet_tf import boxes as boxes_lib
+from robustdet_tf.data import contract, tfds_helpers, validation
+from robustdet_tf.data.contract import DatasetNotFoundError, DetectionSource
 
 _LOG = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def parse_voc_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[str, tu
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
-        raise ds_lib.bad(f"annotation is not valid XML ({e})", ds_lib.BAD_ANNOTATION, path,
+        raise validation.bad(f"annotation is not valid XML ({e})", validation.BAD_ANNOTATION, path,
                          "Re-extract the annotation from the VOC archive") from None
     size = None
     size_el = root.find("size")
@@ -121,8 +122,8 @@ def parse_voc_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[str, tu
                 raise ValueError
             box = tuple(float(_text(box_el, tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError):
-            raise ds_lib.bad(f"object #{i} lacks <name> or a numeric <bndbox> xmin/ymin/xmax/ymax",
-                             ds_lib.BAD_ANNOTATION, path, "Correct the annotation") from None
+            raise validation.bad(f"object #{i} lacks <name> or a numeric <bndbox> xmin/ymin/xmax/ymax",
+                             validation.BAD_ANNOTATION, path, "Correct the annotation") from None
         difficult = (_text(obj, "difficult") or "0") == "1"
         objects.append((name.lower(), box, difficult))
     return size, objects
@@ -141,17 +142,17 @@ def local_voc(root: str, year: str = "2007", split: str = "trainval",
       split: name of the list in ``ImageSets/Main`` ("trainval", "test", "train", "val", ...).
       class_names: object classes; ``labels`` index this sequence.  Use your own for custom VOC-format data.
       skip_bad: leave out bad images/objects (counted in ``.skipped``) instead of raising.
-      validate: image check at construction, "header" (default), "full" or "none" (see detection_source).
+      validate: image check at construction, "header" (default), "full" or "none" (see validation.py).
     Raises:
       DatasetNotFoundError: the root folder or split list is missing.
       MissingFileError / BadExampleError: a bad annotation or image, unless ``skip_bad``.
     """
-    ds_lib.check_validate_mode(validate)
+    validation.check_validate_mode(validate)
     year = str(year)
     class_names = tuple(str(n).strip().lower() for n in class_names)
     class_index = {n: i for i, n in enumerate(class_names)}
     voc_dir = find_voc_dir(root, year)
-    log = ds_lib.ProblemLog(skip_bad)
+    log = validation.ProblemLog(skip_bad)
     images = []
     for image_id in _read_split(voc_dir, year, split):
         parsed = _parse_image(voc_dir, image_id, class_index, validate, log)
@@ -160,52 +161,52 @@ def local_voc(root: str, year: str = "2007", split: str = "trainval",
     name = f"VOC{year} {split} (local {voc_dir})"
     log.log_summary(name, len(images))
     if not images:
-        raise ds_lib.BadExampleError(f"{name}: no usable image left; see the problems logged above.",
-                                     ds_lib.NO_OBJECTS, voc_dir)
-    return DetectionSource(dataset=ds_lib.images_to_dataset(images), name=name, class_names=class_names,
+        raise contract.BadExampleError(f"{name}: no usable image left; see the problems logged above.",
+                                     validation.NO_OBJECTS, voc_dir)
+    return DetectionSource(dataset=contract.images_to_dataset(images), name=name, class_names=class_names,
                            num_examples=len(images), skipped=log.counts, problems=log.problems)
 
 
 def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], validate: str,
-                 log: ds_lib.ProblemLog) -> ds_lib.ParsedImage | None:
+                 log: validation.ProblemLog) -> contract.ParsedImage | None:
     """Parse, check and convert one image's annotation; ``None`` if it is skipped."""
     xml_path = os.path.join(voc_dir, "Annotations", f"{image_id}.xml")
     jpg_path = os.path.join(voc_dir, "JPEGImages", f"{image_id}.jpg")
     try:
         if not os.path.isfile(xml_path):
-            raise ds_lib.missing("annotation file not found (listed in the split file)",
-                                 ds_lib.MISSING_ANNOTATION, xml_path, "Re-extract the VOC archive")
+            raise validation.missing("annotation file not found (listed in the split file)",
+                                 validation.MISSING_ANNOTATION, xml_path, "Re-extract the VOC archive")
         xml_size, objects = parse_voc_xml(xml_path)
-        size = ds_lib.image_size(jpg_path, validate)
+        size = validation.image_size(jpg_path, validate)
         if size is None:  # validate="none": trust <size>, read the header only if it is missing
-            size = xml_size or ds_lib.image_size(jpg_path, "header")
+            size = xml_size or validation.image_size(jpg_path, "header")
         elif xml_size is not None and xml_size != size:
             _LOG.warning("%s: <size> says HxW %s but %s is %s; using the image's size, as the reference",
                          xml_path, xml_size, jpg_path, size)
-    except (ds_lib.BadExampleError, ds_lib.MissingFileError) as e:
+    except (contract.BadExampleError, contract.MissingFileError) as e:
         log.report(e)
         return None
     height, width = size
     boxes, labels, difficult = [], [], []
     for i, (name, (xmin, ymin, xmax, ymax), is_difficult) in enumerate(objects):
         if name not in class_index:
-            log.report(ds_lib.bad(f"object #{i} has class {name!r}, which is not in class_names "
-                                  f"{sorted(class_index)}", ds_lib.UNKNOWN_CLASS, xml_path,
+            log.report(validation.bad(f"object #{i} has class {name!r}, which is not in class_names "
+                                  f"{sorted(class_index)}", validation.UNKNOWN_CLASS, xml_path,
                                   "Pass the dataset's classes as class_names"))
             continue
         pixel_box = (xmin - 1.0, ymin - 1.0, xmax - 1.0, ymax - 1.0)  # 1-based -> 0-based, as the reference
-        error = ds_lib.check_box(pixel_box, height, width, xml_path, f"object #{i} ({name})")
+        error = validation.check_box(pixel_box, height, width, xml_path, f"object #{i} ({name})")
         if error is not None:
             log.report(error)
             continue
-        boxes.append(np.array(pixel_box) / np.array([width, height, width, height]))
+        boxes.append(boxes_lib.convert_format(np.array(pixel_box), "xyxy", boxes_lib.BOX_FORMAT, height, width))
         labels.append(class_index[name])
         difficult.append(is_difficult)
     if not labels:
-        log.report(ds_lib.bad("image has no (usable) object", ds_lib.NO_OBJECTS, xml_path,
+        log.report(validation.bad("image has no (usable) object", validation.NO_OBJECTS, xml_path,
                               "Remove the image from the split list"))
         return None
-    return ds_lib.ParsedImage(path=jpg_path, image_id=image_id, height=height, width=width,
+    return contract.ParsedImage(path=jpg_path, image_id=image_id, height=height, width=width,
                               boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
                               difficult=np.array(difficult, bool))
 
@@ -234,21 +235,21 @@ def tfds_voc(name: str = "voc/2007", split: str = "test", data_dir: str | None =
         raise ValueError("VOC2012 test has no public annotations (tfds yields it without objects); "
                          "evaluate on VOC2007 test.")
     tfds_split = _TFDS_SPLITS.get(split, split)
-    builder = ds_lib.tfds_builder(name, data_dir, manual_dir, download, archives)
-    dataset = ds_lib.tfds_as_dataset(builder, tfds_split, name, data_dir, archives)
+    builder = tfds_helpers.tfds_builder(name, data_dir, manual_dir, download, archives)
+    dataset = tfds_helpers.tfds_as_dataset(builder, tfds_split, name, data_dir, archives)
     dataset = dataset.map(_from_tfds_voc, num_parallel_calls=tf.data.AUTOTUNE)
     return DetectionSource(dataset=dataset, name=f"{name} {split} (tfds)", class_names=VOC_CLASSES,
-                           num_examples=ds_lib.tfds_num_examples(builder, tfds_split))
+                           num_examples=tfds_helpers.tfds_num_examples(builder, tfds_split))
 
 
 def _from_tfds_voc(example: dict) -> dict:
     image = example["image"]
     objects = example["objects"]
-    n = ds_lib.common_length(objects["bbox"], objects["label"], objects["is_difficult"])
+    n = tfds_helpers.common_length(objects["bbox"], objects["label"], objects["is_difficult"])
     shape = tf.shape(image)
-    boxes = ds_lib.sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=1.0)
+    boxes = tfds_helpers.sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=1.0)
     image_id = tf.strings.regex_replace(example["image/filename"], r"\.jpe?g$", "")
-    return ds_lib.make_example(image, boxes, objects["label"][:n], objects["is_difficult"][:n], image_id)
+    return contract.make_example(image, boxes, objects["label"][:n], objects["is_difficult"][:n], image_id)
 
 
 def parse_voc_spec(spec: str) -> list[str]:
@@ -289,4 +290,4 @@ def voc_dataset(spec: str = "2007+2012", split: str = "trainval", source: str = 
         raise ValueError(f"source={source!r}: use 'local' or 'tfds'.")
     if len(sources) == 1:
         return sources[0]
-    return ds_lib.concatenate(sources, f"VOC{'+'.join(years)} {split} ({source})")
+    return contract.concatenate(sources, f"VOC{'+'.join(years)} {split} ({source})")

@@ -35,6 +35,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from robustdet_tf.boxes import BOX_FORMAT, convert_format
+from robustdet_tf.detections import DETECTION_BOX_FORMAT
 from robustdet_tf.evaluation.per_image import unbatch_detections, unbatch_ground_truth
 
 COCO_STAT_NAMES: tuple[str, ...] = (
@@ -205,9 +207,10 @@ class COCOMetric:
             self.num_dropped_detections += int(np.sum(~mapped))
             if np.any(mapped):
                 # float32 pixel corners as the reference's tensor scaling, then float64 width/height.
-                ymin, xmin, ymax, xmax = (det.boxes[keep][mapped] * np.array(
-                    [height, width, height, width], np.float32)).astype(np.float64).T
-                rows = np.stack([np.full(xmin.shape, image_id, np.float64), xmin, ymin, xmax - xmin, ymax - ymin,
+                corners = convert_format(det.boxes[keep][mapped].astype(np.float32), DETECTION_BOX_FORMAT, "xyxy",
+                                         np.float32(height), np.float32(width)).astype(np.float64)
+                x, y, w, h = convert_format(corners, "xyxy", "xywh").T
+                rows = np.stack([np.full(x.shape, image_id, np.float64), x, y, w, h,
                                  det.scores[keep][mapped].astype(np.float64), cats[mapped].astype(np.float64)], 1)
                 self._det_rows.append(rows)
             if self._coco_gt is None:
@@ -233,12 +236,11 @@ class COCOMetric:
 
     def _add_gt(self, image_id: int, height: int, width: int, gt: Any, cats: np.ndarray,
                 crowd: np.ndarray | None) -> None:
-        boxes = gt.boxes.astype(np.float64) * np.array([width, height, width, height])
-        for n, ((x1, y1, x2, y2), cat) in enumerate(zip(boxes, cats, strict=True)):
-            w, h = x2 - x1, y2 - y1
+        boxes = convert_format(gt.boxes.astype(np.float64), BOX_FORMAT, "xywh", height, width)
+        for n, ((x, y, w, h), cat) in enumerate(zip(boxes, cats, strict=True)):
             self._gt_anns.append({
                 "id": len(self._gt_anns) + 1,  # COCOeval treats id 0 as "unmatched": start at 1
-                "image_id": image_id, "category_id": int(cat), "bbox": [x1, y1, w, h], "area": w * h,
+                "image_id": image_id, "category_id": int(cat), "bbox": [x, y, w, h], "area": w * h,
                 "iscrowd": int(bool(crowd[n])) if crowd is not None else 0,
             })
             self._gt_category_ids.add(int(cat))

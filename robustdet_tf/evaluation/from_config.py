@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.data import pipeline
-from robustdet_tf.data.detection_source import DetectionSource
+from robustdet_tf.data.contract import DetectionSource
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation import robustness
 

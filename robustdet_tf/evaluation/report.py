@@ -20,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from robustdet_tf.boxes import BOX_FORMAT, convert_format
+from robustdet_tf.detections import DETECTION_BOX_FORMAT
 from robustdet_tf.evaluation.protocol import COLUMN_TITLES, describe_protocol
 from robustdet_tf.io import atomic_output
 
@@ -110,7 +112,7 @@ def _draw_detections(axes, image: np.ndarray, detections: Mapping[str, np.ndarra
     for box, label in zip(ground_truth["boxes"], ground_truth["labels"], strict=True):
         if label < 0:
             continue
-        x0, y0, x1, y1 = box * np.array([width, height, width, height])
+        x0, y0, x1, y1 = convert_format(np.asarray(box, np.float64), BOX_FORMAT, "xyxy", height, width)
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linestyle="--",
                                  linewidth=1.0))
     count = int(detections["num_detections"])
@@ -118,7 +120,7 @@ def _draw_detections(axes, image: np.ndarray, detections: Mapping[str, np.ndarra
                                detections["detection_classes"][:count], strict=True):
         if score < score_threshold:
             continue
-        y0, x0, y1, x1 = box * np.array([height, width, height, width])
+        x0, y0, x1, y1 = convert_format(np.asarray(box, np.float64), DETECTION_BOX_FORMAT, "xyxy", height, width)
         cls = int(round(float(cls)))
         name = class_names[cls - 1] if class_names is not None and 0 < cls <= len(class_names) else str(cls)
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.2))

@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from robustdet_tf.boxes import BOX_FORMAT, convert_format
+from robustdet_tf.detections import DETECTION_BOX_FORMAT
 from robustdet_tf.evaluation.per_image import unbatch_detections, unbatch_ground_truth
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -167,16 +169,16 @@ class VOCMetric:
             return 1.0, 1.0
         return float(size[0]), float(size[1])
 
-    def _detection_pixels(self, boxes_yxyx: np.ndarray, height: float, width: float) -> np.ndarray:
-        xyxy = boxes_yxyx[:, [1, 0, 3, 2]]
+    def _detection_pixels(self, boxes: np.ndarray, height: float, width: float) -> np.ndarray:
         if not self.reference_offsets:
-            return xyxy.astype(np.float64) * np.array([width, height, width, height])
+            return convert_format(boxes.astype(np.float64), DETECTION_BOX_FORMAT, "xyxy", height, width)
         # float32 product like the reference's in-place tensor scaling, then "+1" and the 1-decimal text file.
-        pixels = xyxy.astype(np.float32) * np.array([width, height, width, height], np.float32)
+        pixels = convert_format(boxes.astype(np.float32), DETECTION_BOX_FORMAT, "xyxy", np.float32(height),
+                                np.float32(width))
         return np.round(pixels.astype(np.float64) + 1.0, 1)
 
-    def _gt_pixels(self, boxes_xyxy: np.ndarray, height: float, width: float) -> np.ndarray:
-        pixels = boxes_xyxy.astype(np.float64) * np.array([width, height, width, height])
+    def _gt_pixels(self, boxes: np.ndarray, height: float, width: float) -> np.ndarray:
+        pixels = convert_format(boxes.astype(np.float64), BOX_FORMAT, "xyxy", height, width)
         return np.round(pixels, 1) if self.reference_offsets else pixels
 
     def update(self, detections: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> None:

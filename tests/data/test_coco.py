@@ -11,8 +11,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from robustdet_tf.data import coco  # noqa: E402
-from robustdet_tf.data import detection_source as ds_lib  # noqa: E402
+from robustdet_tf.data import coco, contract, validation  # noqa: E402
 from tests.data.fake_datasets import FakeAnnotation, FakeCocoImage, write_coco  # noqa: E402
 
 
@@ -49,7 +48,7 @@ def test_label_maps_follow_official_category_id_order():
 def test_local_coco_reads_boxes_and_labels_exactly(tmp_path):
     fake = write_coco(tmp_path, "val2017", images=IMAGES, unannotated_images=1)
     source = coco.local_coco(fake.root, "val2017")
-    assert source.dataset.element_spec == ds_lib.EXAMPLE_SPEC
+    assert source.dataset.element_spec == contract.EXAMPLE_SPEC
     assert source.num_examples == 2 and source.skipped == {}  # the image without annotations is left out
     assert source.class_names == coco.COCO_CLASSES and source.category_ids == coco.COCO_CATEGORY_IDS
     assert source.category_id_to_label[90] == 79 and source.label_to_category_id[11] == 13
@@ -95,13 +94,13 @@ def test_custom_categories_are_numbered_in_id_order(tmp_path):
 
 
 def test_missing_annotation_file_and_image_folder(tmp_path):
-    with pytest.raises(ds_lib.DatasetNotFoundError) as info:
+    with pytest.raises(contract.DatasetNotFoundError) as info:
         coco.local_coco(tmp_path, "val2017")
     assert str(tmp_path / "annotations" / "instances_val2017.json") in str(info.value)
     assert "annotations_trainval2017.zip" in str(info.value)
     fake = write_coco(tmp_path, images=IMAGES)
     fake.image_dir.rename(tmp_path / "elsewhere")
-    with pytest.raises(ds_lib.DatasetNotFoundError, match="val2017.zip"):
+    with pytest.raises(contract.DatasetNotFoundError, match="val2017.zip"):
         coco.local_coco(tmp_path, "val2017")
     assert coco.local_coco(tmp_path, image_dir=str(tmp_path / "elsewhere")).num_examples == 2
 
@@ -118,16 +117,16 @@ GOOD = FakeAnnotation(1, (4.0, 4.0, 20.0, 12.0))
 
 BAD_CASES = {
     # name: (annotations and image mode of the bad image, error type, reasons counted, bad image survives)
-    "missing_image": ([GOOD], "missing", ds_lib.MissingFileError, {ds_lib.MISSING_IMAGE: 1}, False),
-    "truncated_jpeg": ([GOOD], "truncated", ds_lib.BadExampleError, {ds_lib.CORRUPT_IMAGE: 1}, False),
-    "unknown_category": ([GOOD, FakeAnnotation(12, (1, 1, 5, 5))], "ok", ds_lib.BadExampleError,
-                         {ds_lib.UNKNOWN_CLASS: 1}, True),
-    "zero_width_box": ([GOOD, FakeAnnotation(2, (5, 5, 0, 8))], "ok", ds_lib.BadExampleError,
-                       {ds_lib.DEGENERATE_BOX: 1}, True),
-    "box_outside": ([GOOD, FakeAnnotation(2, (50, 30, 40, 30))], "ok", ds_lib.BadExampleError,
-                    {ds_lib.BOX_OUTSIDE_IMAGE: 1}, True),
-    "only_bad_objects": ([FakeAnnotation(2, (5, 5, 0, 8))], "ok", ds_lib.BadExampleError,
-                         {ds_lib.DEGENERATE_BOX: 1, ds_lib.NO_OBJECTS: 1}, False),
+    "missing_image": ([GOOD], "missing", contract.MissingFileError, {validation.MISSING_IMAGE: 1}, False),
+    "truncated_jpeg": ([GOOD], "truncated", contract.BadExampleError, {validation.CORRUPT_IMAGE: 1}, False),
+    "unknown_category": ([GOOD, FakeAnnotation(12, (1, 1, 5, 5))], "ok", contract.BadExampleError,
+                         {validation.UNKNOWN_CLASS: 1}, True),
+    "zero_width_box": ([GOOD, FakeAnnotation(2, (5, 5, 0, 8))], "ok", contract.BadExampleError,
+                       {validation.DEGENERATE_BOX: 1}, True),
+    "box_outside": ([GOOD, FakeAnnotation(2, (50, 30, 40, 30))], "ok", contract.BadExampleError,
+                    {validation.BOX_OUTSIDE_IMAGE: 1}, True),
+    "only_bad_objects": ([FakeAnnotation(2, (5, 5, 0, 8))], "ok", contract.BadExampleError,
+                         {validation.DEGENERATE_BOX: 1, validation.NO_OBJECTS: 1}, False),
 }
 
 
@@ -166,7 +165,7 @@ def test_tfds_mock_data_follows_the_contract():
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
         source = coco.tfds_coco("coco/2017", "validation")
         got = _examples(source)
-    assert source.dataset.element_spec == ds_lib.EXAMPLE_SPEC and 0 < len(got) <= 4
+    assert source.dataset.element_spec == contract.EXAMPLE_SPEC and 0 < len(got) <= 4
     for ex in got:
         n = len(ex["labels"])
         assert n > 0 and ex["boxes"].shape == (n, 4) and ex["difficult"].shape == (n,)
@@ -211,12 +210,12 @@ def test_tfds_boxes_crowd_and_empty_images(tmp_path):
 
 def test_tfds_not_prepared_raises_without_downloading(tmp_path):
     start = time.time()
-    with pytest.raises(ds_lib.DatasetNotFoundError) as info:
+    with pytest.raises(contract.DatasetNotFoundError) as info:
         coco.tfds_coco("coco/2017", "validation", data_dir=str(tmp_path))
     message = str(info.value)
     assert str(tmp_path) in message and "manual_dir" in message
     assert all(name in message for name in coco.COCO_ZIP_FILES)
-    with pytest.raises(ds_lib.DatasetNotFoundError, match="lacks train2017.zip"):
+    with pytest.raises(contract.DatasetNotFoundError, match="lacks train2017.zip"):
         coco.tfds_coco("coco/2017", data_dir=str(tmp_path), manual_dir=str(tmp_path), download=True)
     assert time.time() - start < 30
 
@@ -228,5 +227,5 @@ def test_validate_none_uses_json_sizes_and_still_checks_existence(tmp_path):
     for x, y in zip(fast, checked, strict=True):
         np.testing.assert_array_equal(x["boxes"], y["boxes"])
     (fake.image_dir / IMAGES[1].name).unlink()
-    with pytest.raises(ds_lib.MissingFileError, match=IMAGES[1].name):
+    with pytest.raises(contract.MissingFileError, match=IMAGES[1].name):
         coco.local_coco(fake.root, validate="none")

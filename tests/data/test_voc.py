@@ -11,8 +11,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from robustdet_tf.data import detection_source as ds_lib  # noqa: E402
-from robustdet_tf.data import voc  # noqa: E402
+from robustdet_tf.data import contract, validation, voc  # noqa: E402
 from tests.data.fake_datasets import FakeObject, FakeVocImage, write_voc_tree  # noqa: E402
 
 SPEC_ORDER = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -43,7 +42,7 @@ def test_local_voc_reads_boxes_labels_and_difficult_exactly(tmp_path):
     tree = write_voc_tree(tmp_path, "2007", "test", images=images)
     source = voc.local_voc(tree.root, "2007", "test")
     assert source.num_examples == 2 and source.skipped == {} and source.class_names == voc.VOC_CLASSES
-    assert source.dataset.element_spec == ds_lib.EXAMPLE_SPEC
+    assert source.dataset.element_spec == contract.EXAMPLE_SPEC
     got = _examples(source)
     assert [g["image_id"] for g in got] == [b"img_a", b"img_b"]  # split-file order
     a, b = got
@@ -118,7 +117,7 @@ def test_parse_voc_spec():
 
 def test_missing_root_names_the_folder_and_the_archive(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(ds_lib.DatasetNotFoundError) as info:
+    with pytest.raises(contract.DatasetNotFoundError) as info:
         voc.local_voc(missing, "2007", "trainval")
     assert str(missing) in str(info.value) and "VOCtrainval_06-Nov-2007.tar" in str(info.value)
     tmp_path.joinpath("empty").mkdir()
@@ -128,7 +127,7 @@ def test_missing_root_names_the_folder_and_the_archive(tmp_path):
 
 def test_missing_split_file_names_the_path_and_the_test_archive(tmp_path):
     tree = write_voc_tree(tmp_path, split="trainval")
-    with pytest.raises(ds_lib.DatasetNotFoundError) as info:
+    with pytest.raises(contract.DatasetNotFoundError) as info:
         voc.local_voc(tree.root, "2007", "test")
     message = str(info.value)
     assert os.path.join("ImageSets", "Main", "test.txt") in message and "VOCtest_06-Nov-2007.tar" in message
@@ -138,19 +137,19 @@ GOOD = FakeObject("car", (4, 4, 30, 20))
 
 BAD_CASES = {
     # name: (bad image, exception type, reason, whether the bad image survives with its good object)
-    "truncated_jpeg": (FakeVocImage("bad", objects=[GOOD], image="truncated"), ds_lib.BadExampleError,
-                       ds_lib.CORRUPT_IMAGE, False),
-    "not_a_jpeg": (FakeVocImage("bad", objects=[GOOD], image="garbage"), ds_lib.BadExampleError,
-                   ds_lib.CORRUPT_IMAGE, False),
-    "missing_jpeg": (FakeVocImage("bad", objects=[GOOD], image="missing"), ds_lib.MissingFileError,
-                     ds_lib.MISSING_IMAGE, False),
+    "truncated_jpeg": (FakeVocImage("bad", objects=[GOOD], image="truncated"), contract.BadExampleError,
+                       validation.CORRUPT_IMAGE, False),
+    "not_a_jpeg": (FakeVocImage("bad", objects=[GOOD], image="garbage"), contract.BadExampleError,
+                   validation.CORRUPT_IMAGE, False),
+    "missing_jpeg": (FakeVocImage("bad", objects=[GOOD], image="missing"), contract.MissingFileError,
+                     validation.MISSING_IMAGE, False),
     "box_outside": (FakeVocImage("bad", objects=[GOOD, FakeObject("car", (10, 10, 90, 20))]),
-                    ds_lib.BadExampleError, ds_lib.BOX_OUTSIDE_IMAGE, True),
+                    contract.BadExampleError, validation.BOX_OUTSIDE_IMAGE, True),
     "zero_area_box": (FakeVocImage("bad", objects=[GOOD, FakeObject("car", (10, 10, 10, 20))]),
-                      ds_lib.BadExampleError, ds_lib.DEGENERATE_BOX, True),
-    "no_objects": (FakeVocImage("bad", objects=[]), ds_lib.BadExampleError, ds_lib.NO_OBJECTS, False),
+                      contract.BadExampleError, validation.DEGENERATE_BOX, True),
+    "no_objects": (FakeVocImage("bad", objects=[]), contract.BadExampleError, validation.NO_OBJECTS, False),
     "unknown_class": (FakeVocImage("bad", objects=[GOOD, FakeObject("unicorn", (2, 2, 8, 8))]),
-                      ds_lib.BadExampleError, ds_lib.UNKNOWN_CLASS, True),
+                      contract.BadExampleError, validation.UNKNOWN_CLASS, True),
 }
 
 
@@ -179,17 +178,17 @@ def test_missing_and_malformed_xml(tmp_path):
     voc_dir = tree.root / "VOC2007" / "Annotations"
     (voc_dir / "noxml.xml").unlink()
     (voc_dir / "broken.xml").write_text("<annotation><object><name>car</name>")
-    with pytest.raises(ds_lib.MissingFileError, match="noxml.xml"):
+    with pytest.raises(contract.MissingFileError, match="noxml.xml"):
         voc.local_voc(tree.root)
     source = voc.local_voc(tree.root, skip_bad=True)
-    assert source.skipped == {ds_lib.MISSING_ANNOTATION: 1, ds_lib.BAD_ANNOTATION: 1}
+    assert source.skipped == {validation.MISSING_ANNOTATION: 1, validation.BAD_ANNOTATION: 1}
     assert source.num_examples == 1
 
 
 def test_truncated_jpeg_found_by_full_validation_and_missed_by_none(tmp_path):
     tree = write_voc_tree(tmp_path, images=[FakeVocImage("good", objects=[GOOD]),
                                             FakeVocImage("bad", objects=[GOOD], image="truncated")])
-    assert voc.local_voc(tree.root, skip_bad=True, validate="full").skipped == {ds_lib.CORRUPT_IMAGE: 1}
+    assert voc.local_voc(tree.root, skip_bad=True, validate="full").skipped == {validation.CORRUPT_IMAGE: 1}
     unchecked = voc.local_voc(tree.root, validate="none")  # the documented trade-off: fails when decoded
     assert unchecked.num_examples == 2
     with pytest.raises(tf.errors.InvalidArgumentError):
@@ -200,7 +199,7 @@ def test_truncated_jpeg_found_by_full_validation_and_missed_by_none(tmp_path):
 
 def test_all_images_bad_raises_even_with_skip_bad(tmp_path):
     tree = write_voc_tree(tmp_path, images=[FakeVocImage("bad", objects=[])])
-    with pytest.raises(ds_lib.BadExampleError, match="no usable image"):
+    with pytest.raises(contract.BadExampleError, match="no usable image"):
         voc.local_voc(tree.root, skip_bad=True)
 
 
@@ -214,7 +213,7 @@ def test_tfds_mock_data_follows_the_contract():
         trainval = voc.voc_dataset("2007", "trainval", source="tfds")
         got = _examples(source)
         assert len(_examples(trainval)) == 3
-    assert source.dataset.element_spec == ds_lib.EXAMPLE_SPEC and len(got) == 3
+    assert source.dataset.element_spec == contract.EXAMPLE_SPEC and len(got) == 3
     for ex in got:
         n = len(ex["labels"])
         assert ex["boxes"].shape == (n, 4) and ex["difficult"].shape == (n,)
@@ -263,7 +262,7 @@ def test_tfds_boxes_match_the_local_reader_exactly(tmp_path):
 
 def test_tfds_not_prepared_raises_without_downloading(tmp_path):
     start = time.time()
-    with pytest.raises(ds_lib.DatasetNotFoundError) as info:
+    with pytest.raises(contract.DatasetNotFoundError) as info:
         voc.tfds_voc("voc/2007", "test", data_dir=str(tmp_path))
     message = str(info.value)
     assert str(tmp_path) in message and "manual_dir" in message
@@ -271,7 +270,7 @@ def test_tfds_not_prepared_raises_without_downloading(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     (manual / "VOCtest_06-Nov-2007.tar").write_bytes(b"")
-    with pytest.raises(ds_lib.DatasetNotFoundError, match="lacks VOCtrainval_06-Nov-2007.tar"):
+    with pytest.raises(contract.DatasetNotFoundError, match="lacks VOCtrainval_06-Nov-2007.tar"):
         voc.tfds_voc("voc/2007", "test", data_dir=str(tmp_path), manual_dir=str(manual), download=True)
     assert time.time() - start < 30  # no network retry happened
 
