@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import ml_collections
 
+from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.models.adversarial import REFERENCE_TRAINING_ATTACK
+from robustdet_tf.models.detector import SSD300_EXTRAS
+from robustdet_tf.priors import SSD300_COCO, SSD300_VOC, PriorSpec
+
 VOC_CLASSES = 21
+
+
+def _prior_keys(spec: PriorSpec) -> dict:
+    """The prior keys a model config carries (feature maps follow from the network, image size is its own key)."""
+    return {k: getattr(spec, k) for k in PriorSpec.KEYS}
 
 
 def ssd300_model(dataset: str = "voc", num_classes: int = VOC_CLASSES) -> ml_collections.ConfigDict:
@@ -21,12 +31,8 @@ def ssd300_model(dataset: str = "voc", num_classes: int = VOC_CLASSES) -> ml_col
             num_classes=num_classes,
             image_size=300,
             width=1.0,
-            extras=((256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1), (128, 1, 1, 0), (256, 3, 1, 0),
-                    (128, 1, 1, 0), (256, 3, 1, 0)),
-            min_sizes=(30, 60, 111, 162, 213, 264) if voc else (21, 45, 99, 153, 207, 261),
-            max_sizes=(60, 111, 162, 213, 264, 315) if voc else (45, 99, 153, 207, 261, 315),
-            aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
-            steps=(8, 16, 32, 64, 100, 300),
+            extras=SSD300_EXTRAS,
+            **_prior_keys(SSD300_VOC if voc else SSD300_COCO),
             mean=(104.0, 117.0, 123.0),
             weight_decay=5e-4,
             match_threshold=0.5,
@@ -122,11 +128,11 @@ def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
 
 
 def adversarial(method: str = "mtd") -> ml_collections.ConfigDict:
-    """Adversarial-training attack: PGD/MTD steps of ε = α = 8, renewed every 20 steps, interleaved (spec §6.3)."""
-    return ml_collections.ConfigDict(
-        dict(method=method, epsilon=8.0, step_size=8.0, steps=20, schedule="interleaved", random_start=False,
-             mtd_per_image=False)
-    )
+    """Adversarial-training attack: the ``AttackSpec`` keys (PGD/MTD steps of ε = α = 8, renewed every 20 steps)
+    plus ``schedule`` (interleaved, spec §6.3).  ``seed`` is left out: it follows ``config.train.seed``."""
+    attack = REFERENCE_TRAINING_ATTACK if method == REFERENCE_TRAINING_ATTACK.method else AttackSpec(method)
+    settings = {k: v for k, v in attack.to_dict().items() if k != "seed"}
+    return ml_collections.ConfigDict(dict(settings, con_weights=tuple(settings["con_weights"]), schedule="interleaved"))
 
 
 def robustdet_model(dataset: str = "voc", num_classes: int = VOC_CLASSES, cfr: bool = False):

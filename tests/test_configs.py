@@ -5,7 +5,10 @@ import pathlib
 
 import pytest
 
+from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.models import build_model
+from robustdet_tf.models.adversarial import AdversarialSchedule
+from robustdet_tf.priors import SSD300_COCO, SSD300_VOC, PriorSpec
 
 CONFIGS = sorted(p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
                  if p.stem not in ("__init__", "common"))
@@ -43,3 +46,23 @@ def test_demo_compares_robustdet_and_ssd_at_on_equal_terms():
     adversarial = config.robustdet.model.adversarial
     assert (adversarial.method, adversarial.epsilon, adversarial.step_size) == ("cls", 8.0, 8.0)
     assert adversarial.schedule == "interleaved" and config.robustdet.train.steps % adversarial.steps == 0
+
+
+@pytest.mark.parametrize("name, spec", [("ssd300_voc", SSD300_VOC), ("robustdet_voc", SSD300_VOC),
+                                        ("ssd300_coco", SSD300_COCO), ("robustdet_coco", SSD300_COCO)])
+def test_configs_take_priors_from_the_one_prior_spec(name, spec):
+    model = importlib.import_module(f"configs.{name}").get_config().model
+    assert PriorSpec.from_dict(model.to_dict()) == PriorSpec(**{k: getattr(spec, k) for k in PriorSpec.KEYS})
+    assert PriorSpec.from_dict(model.to_dict()).with_feature_maps(300, spec.feature_maps) == spec
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_adversarial_config_keys_are_attack_spec_keys(name):
+    model = importlib.import_module(f"configs.{name}").get_config().model
+    if "adversarial" not in model:
+        return
+    settings = model.adversarial.to_dict()
+    assert set(settings) == (set(AttackSpec.keys()) - {"seed"}) | {"schedule"}
+    schedule = AdversarialSchedule.from_config(settings, seed=3)
+    assert schedule.attack == AttackSpec(**{k: v for k, v in settings.items() if k != "schedule"}, seed=3)
+    assert schedule.schedule == settings["schedule"]
