@@ -186,7 +186,7 @@ def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
     log.log_summary(name, len(images))
     if not images:
         raise contract.BadExampleError(f"{name}: no usable annotated image in {annotation_file}.",
-                                     validation.NO_OBJECTS, annotation_file)
+                                       validation.NO_OBJECTS, annotation_file)
     return CocoSource(dataset=contract.images_to_dataset(images), name=name, class_names=class_names,
                       num_examples=len(images), skipped=log.counts, problems=log.problems,
                       category_ids=category_ids)
@@ -203,7 +203,7 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
             size = json_size if min(json_size) > 0 else validation.image_size(path, "header")
     except contract.MissingFileError as e:
         log.report(validation.missing(f"image of COCO image id {info['id']} in {annotation_file} not found",
-                                  e.reason, path, f"Unzip the complete image archive into {image_dir}"))
+                                      e.reason, path, f"Unzip the complete image archive into {image_dir}"))
         return None
     except contract.BadExampleError as e:
         log.report(e)
@@ -218,7 +218,7 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
         what = f"annotation id {ann.get('id')}"
         if ann.get("category_id") not in index:
             log.report(validation.bad(f"{what} has category_id {ann.get('category_id')}, not in the json's "
-                                  "categories", validation.UNKNOWN_CLASS, where, "Correct the annotation"))
+                                      "categories", validation.UNKNOWN_CLASS, where, "Correct the annotation"))
             continue
         try:
             bbox = np.array([float(v) for v in ann["bbox"]])
@@ -226,7 +226,7 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             log.report(validation.bad(f"{what} has no [x, y, w, h] bbox", validation.BAD_ANNOTATION, where,
-                                  "Correct the annotation"))
+                                      "Correct the annotation"))
             continue
         pixel_box = boxes_lib.convert_format(bbox, "xywh", "xyxy")
         error = validation.check_box(pixel_box, height, width, where, what)
@@ -238,11 +238,11 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
         difficult.append(crowd == "difficult" and bool(ann.get("iscrowd", 0)))
     if not labels:
         log.report(validation.bad("image has no usable annotation left", validation.NO_OBJECTS, where,
-                              "Correct its annotations"))
+                                  "Correct its annotations"))
         return None
     return contract.ParsedImage(path=path, image_id=str(info["id"]), height=height, width=width,
-                              boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
-                              difficult=np.array(difficult, bool))
+                                boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
+                                difficult=np.array(difficult, bool))
 
 
 def tfds_label_remap(names: Sequence[str]) -> np.ndarray | None:

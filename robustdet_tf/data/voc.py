@@ -103,7 +103,7 @@ def parse_voc_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[str, tu
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
         raise validation.bad(f"annotation is not valid XML ({e})", validation.BAD_ANNOTATION, path,
-                         "Re-extract the annotation from the VOC archive") from None
+                             "Re-extract the annotation from the VOC archive") from None
     size = None
     size_el = root.find("size")
     if size_el is not None:
@@ -123,7 +123,7 @@ def parse_voc_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[str, tu
             box = tuple(float(_text(box_el, tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError):
             raise validation.bad(f"object #{i} lacks <name> or a numeric <bndbox> xmin/ymin/xmax/ymax",
-                             validation.BAD_ANNOTATION, path, "Correct the annotation") from None
+                                 validation.BAD_ANNOTATION, path, "Correct the annotation") from None
         difficult = (_text(obj, "difficult") or "0") == "1"
         objects.append((name.lower(), box, difficult))
     return size, objects
@@ -162,7 +162,7 @@ def local_voc(root: str, year: str = "2007", split: str = "trainval",
     log.log_summary(name, len(images))
     if not images:
         raise contract.BadExampleError(f"{name}: no usable image left; see the problems logged above.",
-                                     validation.NO_OBJECTS, voc_dir)
+                                       validation.NO_OBJECTS, voc_dir)
     return DetectionSource(dataset=contract.images_to_dataset(images), name=name, class_names=class_names,
                            num_examples=len(images), skipped=log.counts, problems=log.problems)
 
@@ -175,7 +175,7 @@ def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], valid
     try:
         if not os.path.isfile(xml_path):
             raise validation.missing("annotation file not found (listed in the split file)",
-                                 validation.MISSING_ANNOTATION, xml_path, "Re-extract the VOC archive")
+                                     validation.MISSING_ANNOTATION, xml_path, "Re-extract the VOC archive")
         xml_size, objects = parse_voc_xml(xml_path)
         size = validation.image_size(jpg_path, validate)
         if size is None:  # validate="none": trust <size>, read the header only if it is missing
@@ -191,8 +191,8 @@ def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], valid
     for i, (name, (xmin, ymin, xmax, ymax), is_difficult) in enumerate(objects):
         if name not in class_index:
             log.report(validation.bad(f"object #{i} has class {name!r}, which is not in class_names "
-                                  f"{sorted(class_index)}", validation.UNKNOWN_CLASS, xml_path,
-                                  "Pass the dataset's classes as class_names"))
+                                      f"{sorted(class_index)}", validation.UNKNOWN_CLASS, xml_path,
+                                      "Pass the dataset's classes as class_names"))
             continue
         pixel_box = (xmin - 1.0, ymin - 1.0, xmax - 1.0, ymax - 1.0)  # 1-based -> 0-based, as the reference
         error = validation.check_box(pixel_box, height, width, xml_path, f"object #{i} ({name})")
@@ -204,11 +204,11 @@ def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], valid
         difficult.append(is_difficult)
     if not labels:
         log.report(validation.bad("image has no (usable) object", validation.NO_OBJECTS, xml_path,
-                              "Remove the image from the split list"))
+                                  "Remove the image from the split list"))
         return None
     return contract.ParsedImage(path=jpg_path, image_id=image_id, height=height, width=width,
-                              boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
-                              difficult=np.array(difficult, bool))
+                                boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
+                                difficult=np.array(difficult, bool))
 
 
 def tfds_voc(name: str = "voc/2007", split: str = "test", data_dir: str | None = None,
