@@ -37,7 +37,7 @@ from pycocotools.cocoeval import COCOeval
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
-from robustdet_tf.evaluation.per_image import unbatch_detections, unbatch_ground_truth
+from robustdet_tf.evaluation.per_image import unbatch_pair
 
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -174,11 +174,7 @@ class COCOMetric:
 
     def update(self, detections: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> None:
         """Adds one batch: OD-API ``detections`` and the padded ``ground_truth`` of the same B images."""
-        dets = unbatch_detections(detections)
-        gts = unbatch_ground_truth(ground_truth)
-        if len(dets) != len(gts):
-            raise ValueError(f"detections hold {len(dets)} images but ground_truth holds {len(gts)}; pass the "
-                             "detections of exactly the images of the target batch.")
+        dets, gts = unbatch_pair(detections, ground_truth)
         crowd: list[np.ndarray | None] = [None] * len(gts)
         if "is_crowd" in ground_truth:
             raw_crowd, raw_labels = ground_truth["is_crowd"], ground_truth["labels"]

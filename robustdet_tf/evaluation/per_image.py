@@ -114,3 +114,14 @@ def unbatch_ground_truth(ground_truth: Mapping[str, Any]) -> list[ImageGroundTru
         keep = labels[i] >= 0
         out.append(ImageGroundTruth(boxes[i][keep], labels[i][keep], difficult[i][keep], sizes[i], ids[i]))
     return out
+
+
+def unbatch_pair(detections: Mapping[str, Any],
+                 ground_truth: Mapping[str, Any]) -> tuple[list[ImageDetections], list[ImageGroundTruth]]:
+    """Both halves of one metric update, refused unless they describe the same number of images."""
+    dets = unbatch_detections(detections)
+    gts = unbatch_ground_truth(ground_truth)
+    if len(dets) != len(gts):
+        raise ValueError(f"detections hold {len(dets)} images but ground_truth holds {len(gts)}; pass the "
+                         "detections of exactly the images of the target batch.")
+    return dets, gts

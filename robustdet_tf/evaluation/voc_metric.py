@@ -51,7 +51,7 @@ import numpy as np
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
-from robustdet_tf.evaluation.per_image import unbatch_detections, unbatch_ground_truth
+from robustdet_tf.evaluation.per_image import unbatch_pair
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -183,11 +183,7 @@ class VOCMetric:
 
     def update(self, detections: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> None:
         """Adds one batch: OD-API ``detections`` and padded ``ground_truth`` of the same B images, in order."""
-        dets = unbatch_detections(detections)
-        gts = unbatch_ground_truth(ground_truth)
-        if len(dets) != len(gts):
-            raise ValueError(f"detections hold {len(dets)} images but ground_truth holds {len(gts)}; pass the "
-                             "detections of exactly the images of the target batch.")
+        dets, gts = unbatch_pair(detections, ground_truth)
         # Validate the whole batch before storing anything, so that a bad batch leaves the state untouched.
         scales, kept = [], []
         for det, gt in zip(dets, gts, strict=True):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustdet_tf.data import pipeline
+from robustdet_tf.data import contract, pipeline
 from robustdet_tf.data.shapes import shapes_dataset
 
 DIFFICULT_LABEL = 7  # only difficult objects carry this label in the test source
@@ -46,14 +46,7 @@ def _source_examples():
 
 
 def _source():
-    signature = {
-        "image": tf.TensorSpec([None, None, 3], tf.uint8),
-        "boxes": tf.TensorSpec([None, 4], tf.float32),
-        "labels": tf.TensorSpec([None], tf.int32),
-        "difficult": tf.TensorSpec([None], tf.bool),
-        "image_id": tf.TensorSpec([], tf.string),
-        "original_size": tf.TensorSpec([2], tf.int32),
-    }
+    signature = contract.EXAMPLE_SPEC
     return tf.data.Dataset.from_generator(_source_examples, output_signature=signature)
 
 

@@ -240,6 +240,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="label 5"):
         metric.update(dets, gt)
     assert len(VOC_CLASSES) == 20 and VOC_CLASSES[14] == "person"
+    two, _ = make_batch([{"gt": [(0, A0, False)], "det": [(1, 0.9, A0)]}] * 2, size=(100, 100))
+    with pytest.raises(ValueError, match="detections hold 2 images but ground_truth holds 1"):
+        metric.update(two, gt)
 
 
 def reference_style_eval(images, num_classes, use_07):
