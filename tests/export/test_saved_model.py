@@ -1,4 +1,4 @@
-"""SavedModel export (OD-API ``serving_default`` + ``raw``), atomic writes, and ``export_all`` with ``.keras``."""
+"""SavedModel export (OD-API ``serving_default`` + ``raw``) and its atomic writes."""
 
 import os
 
@@ -9,7 +9,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from robustdet_tf.export import FORMATS, export_all  # noqa: E402
 from robustdet_tf.export import saved_model as sm  # noqa: E402
 from tests.export.tiny_models import tiny_robustdet, tiny_ssd  # noqa: E402
 
@@ -113,31 +112,3 @@ def test_existing_exports_are_refused_replaced_only_on_request_and_failures_leav
     with pytest.raises(ValueError, match="max_detections"):
         sm.export_saved_model(ssd, tmp_path / "zero", max_detections=0)
 
-
-def test_export_all_writes_every_format_and_the_keras_file_round_trips(ssd, tmp_path):
-    out = tmp_path / "exports"
-    paths = export_all(ssd, out)
-    assert FORMATS == ("saved_model", "tflite", "keras")
-    assert set(paths) == {"saved_model", "tflite_float32", "tflite_dynamic_range", "keras"}
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["model.keras", "model_dynamic_range.json", "model_dynamic_range.tflite", "model_float32.json",
-                     "model_float32.tflite", "saved_model"]
-
-    images = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    reloaded = keras.saving.load_model(paths["keras"])
-    assert type(reloaded) is type(ssd) and reloaded.get_config() == ssd.get_config()
-    for key in ("loc", "logits"):
-        np.testing.assert_array_equal(reloaded(images, training=False)[key].numpy(),
-                                      ssd(images, training=False)[key].numpy())
-    raw = tf.saved_model.load(paths["saved_model"]).signatures["raw"](images=tf.constant(images))
-    np.testing.assert_allclose(raw["logits"].numpy(), ssd(images, training=False)["logits"].numpy(), **TOL)
-
-    before = {name: os.path.getmtime(out / name) for name in names}
-    with pytest.raises(FileExistsError):
-        export_all(ssd, out, formats=("keras",))
-    assert {name: os.path.getmtime(out / name) for name in names} == before
-    with pytest.raises(ValueError, match="unknown export format"):
-        export_all(ssd, tmp_path / "other", formats=("onnx",))
-    assert not (tmp_path / "other").exists()
-    with pytest.raises(TypeError, match="SSD or RobustDet"):
-        export_all(keras.Sequential([keras.layers.Dense(1)]), tmp_path / "other")

@@ -17,6 +17,7 @@ from robustdet_tf.layers.aaconv import (
     dynamic_xavier_uniform_bound,
     grouped_conv_supported,
 )
+from tests.helpers import assert_keras_round_trip
 
 # The grouped path needs oneDNN's grouped-convolution kernels, which TensorFlow enables by default only on some x86
 # CPUs; elsewhere it is left out here and checked by test_grouped_path_agrees_under_onednn in a subprocess.
@@ -231,11 +232,7 @@ def test_keras_file_round_trip(tmp_path):
     y = AAConv2D(2, 1, kernel_initializer=DynamicXavierUniform(2.0), bias_initializer="zeros", name="bb")([y, pi_in])
     model = keras.Model([x_in, pi_in], y)
     x, pi = _inputs(size=9)
-    want = model([x, pi]).numpy()
-    path = str(tmp_path / "aaconv.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded([x, pi]).numpy(), want, atol=1e-6)
+    loaded = assert_keras_round_trip(model, [x, pi], tmp_path)
     config = loaded.get_layer("aa").get_config()
     assert (config["strides"], config["implementation"], config["num_kernels"]) == ((2, 2), "stacked", 4)
     assert isinstance(loaded.get_layer("bb").kernel_initializer, DynamicXavierUniform)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustdet_tf.layers.l2norm import L2Norm
 from robustdet_tf.models.detector import Detector, feature_map_sizes
 from robustdet_tf.models.ssd import SSD
 
@@ -80,16 +79,3 @@ def test_too_small_image_is_refused():
     with pytest.raises(ValueError, match="boxes_per_location"):
         Detector(num_classes=3, extras=((256, 1, 1, 0), (512, 3, 2, 1)))
 
-
-def test_l2norm_values_and_round_trip(tmp_path):
-    import keras
-
-    x = tf.constant([[[[3.0, 4.0]]]])
-    layer = L2Norm(20.0)
-    np.testing.assert_allclose(layer(x).numpy(), [[[[12.0, 16.0]]]], rtol=1e-6)
-    inp = keras.Input((1, 1, 2))
-    model = keras.Model(inp, L2Norm(5.0, name="n")(inp))
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy())
-    assert loaded.get_layer("n").scale == 5.0

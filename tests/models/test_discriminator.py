@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from robustdet_tf.models.discriminator import PaddedMaxPool2D, build_discriminator, torchvision_weight_map
+from tests.helpers import assert_keras_round_trip
 
 
 def _torchvision_resnet18_shapes(width=64, num_kernels=4):
@@ -118,11 +119,7 @@ def test_keras_file_round_trip(tmp_path):
     model = build_discriminator(num_kernels=3, base_width=4)
     x = np.random.default_rng(2).uniform(-100, 100, (2, 33, 33, 3)).astype(np.float32)
     model(x, training=True)  # move the BN running statistics away from their init
-    want = model(x, training=False).numpy()
-    path = str(tmp_path / "aid.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded(x, training=False).numpy(), want, atol=1e-6)
+    loaded = assert_keras_round_trip(model, x, tmp_path, call_kwargs={"training": False})
     assert isinstance(loaded.get_layer("maxpool"), PaddedMaxPool2D)
 
 

@@ -1,6 +1,5 @@
 """RobustDet: parameter counts, the K-fold expansion of an SSD, CFR outputs, the loss composition."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +8,7 @@ from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.models.robustdet import RobustDet, total_loss
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
+from tests.helpers import assert_keras_round_trip
 
 TINY_RD = dict(aid_width=8, decoder_width=16)
 
@@ -78,10 +78,8 @@ def test_keras_round_trip(tmp_path):
     model = RobustDet(**TINY_SSD, cfr=True, adversarial={"method": "cls", "steps": 5}, **TINY_RD)
     model.build()
     x = tf.random.uniform([2, 64, 64, 3], 0, 255, seed=7)
-    model.save(tmp_path / "rd.keras")
-    loaded = keras.saving.load_model(tmp_path / "rd.keras")
+    loaded = assert_keras_round_trip(model, x, tmp_path, rtol=1e-5, atol=1e-5, call_kwargs={"training": False})
     assert loaded.adversary.attack == AttackSpec("cls", steps=5) and loaded.cfr
-    np.testing.assert_allclose(loaded(x)["logits"].numpy(), model(x)["logits"].numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_nan_guard_fused_into_relu_equals_the_per_module_guard():

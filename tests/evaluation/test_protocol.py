@@ -1,0 +1,88 @@
+"""Robustness protocols as data (spec §5, §7): predefined protocols, checked overrides, the caption sentence and the
+attack of each table column (``AttackSpec`` for the PGD family, DAG's settings)."""
+
+import pytest
+
+from robustdet_tf.attacks.dag import dag
+from robustdet_tf.attacks.pgd import pgd
+from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.evaluation import protocol as P
+
+
+def test_predefined_protocols():
+    ref = P.make_protocol("reference")
+    assert ref["pgd"]["steps"] == 20 and ref["pgd"]["epsilon"] == ref["pgd"]["step_size"] == 8.0
+    assert ref["pgd"]["random_start"] is False and ref["metric"] == "voc07"
+    assert ref["dag"] == {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None}
+    strong = P.make_protocol("strong")
+    assert strong["pgd"]["random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
+    assert strong["dag"]["faithful"] is False and strong["dag"]["epsilon"] == 8.0
+    assert set(P.ATTACKS) == {"clean", "DAG", *P.PGD_METHODS}
+
+
+def test_overrides_are_deep_merged_and_checked():
+    merged = P.make_protocol("strong", {"pgd": {"steps": 100, "con_weights": (2.0, 1.0)}, "seed": 3})
+    assert merged["pgd"]["steps"] == 100 and merged["pgd"]["step_size"] == 2.0 and merged["seed"] == 3
+    assert merged["pgd"]["con_weights"] == [2.0, 1.0]  # tuples become lists: the protocol is JSON data
+    assert P.PROTOCOLS["strong"]["pgd"]["steps"] == 50  # the predefined dicts are not modified
+    custom = P.make_protocol({"name": "mine", "dag": {"steps": 5}})  # a dict: the reference with its keys
+    assert custom["name"] == "mine" and custom["dag"]["steps"] == 5 and custom["pgd"]["steps"] == 20
+
+    with pytest.raises(KeyError, match=r"'pgd\.stpes' is not a protocol key; accepted keys at this level: "
+                                       r"\['con_weights', 'epsilon'"):
+        P.make_protocol("reference", {"pgd": {"stpes": 5}})
+    with pytest.raises(KeyError, match="'metrics' is not a protocol key"):
+        P.make_protocol({"metrics": "coco"})
+    with pytest.raises(TypeError, match="'dag' must be a dict of"):
+        P.make_protocol("reference", {"dag": 10})
+    with pytest.raises(ValueError, match=r"unknown robustness protocol 'weak'; choose one of \['reference', "
+                                         r"'strong'\]"):
+        P.make_protocol("weak")
+    with pytest.raises(ValueError, match="needs dag.epsilon"):
+        P.make_protocol("reference", {"dag": {"faithful": False}})
+    with pytest.raises(ValueError, match=r"steps must be >= 0; got pgd.steps=-1"):
+        P.make_protocol("reference", {"pgd": {"steps": -1}})
+
+
+@pytest.mark.parametrize("name", sorted(P.PROTOCOLS))
+@pytest.mark.parametrize("column", sorted(P.PGD_METHODS))
+def test_attack_spec_of_every_pgd_column_follows_the_protocol(name, column):
+    protocol = P.make_protocol(name, {"seed": 11})
+    spec = P.attack_spec(column, protocol)
+    assert spec == AttackSpec.from_dict({**protocol["pgd"], "method": P.PGD_METHODS[column], "seed": 11})
+    attack = P.make_attack(column, protocol)
+    assert attack.func is pgd and attack.keywords == {"spec": spec}
+
+
+def test_pgd_columns_differ_only_in_their_objective():
+    protocol = P.make_protocol("strong")
+    specs = {column: P.attack_spec(column, protocol) for column in P.PGD_METHODS}
+    assert {s.method for s in specs.values()} == {"cls", "loc", "con", "mtd", "cwa"}
+    assert len({s.replace(method="cls") for s in specs.values()}) == 1
+
+
+def test_dag_column_is_faithful_or_bounded_as_the_protocol_says():
+    faithful = P.make_attack("DAG", P.make_protocol("reference", {"dag": {"steps": 7}, "seed": 2}))
+    assert faithful.func is dag
+    assert faithful.keywords == {"steps": 7, "gamma": 0.5, "faithful": True, "seed": 2}
+    bounded = P.make_attack("DAG", P.make_protocol("strong", {"dag": {"epsilon": 4, "gamma": 0.25}}))
+    assert bounded.keywords == {"steps": 150, "gamma": 0.25, "faithful": False, "seed": 0, "epsilon": 4.0}
+
+
+def test_clean_is_no_attack_and_unknown_columns_are_refused():
+    protocol = P.make_protocol("reference")
+    assert P.make_attack("clean", protocol) is None
+    with pytest.raises(ValueError, match=r"unknown attack 'FGSM'; choose from \('clean', 'A_cls'"):
+        P.make_attack("FGSM", protocol)
+    for name in ("FGSM", "DAG", "clean", "cls"):  # attack_spec is for the PGD-family columns only
+        with pytest.raises(KeyError, match=name):
+            P.attack_spec(name, protocol)
+
+
+def test_description_names_every_setting():
+    assert P.describe_protocol(P.make_protocol("reference")) == (
+        "PGD-20, ε = 8, α = 8, no random start; MTD choice per batch; DAG 150 steps, γ = 0.5, faithful (unbounded); "
+        "metric voc07.")
+    strong = P.describe_protocol(P.make_protocol("strong", {"pgd": {"steps": 9, "epsilon": 4}, "metric": "coco"}))
+    assert strong == ("PGD-9, ε = 4, α = 2, random start; MTD choice per image; DAG 150 steps, γ = 0.5, bounded "
+                      "ε = 8, early stop; metric coco.")

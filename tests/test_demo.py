@@ -1,0 +1,106 @@
+"""The demo's helpers: stage configs, the phenomenon check, and the wiring of its four stages (with the training
+and evaluation functions replaced by recorders; the real end-to-end demo runs in test_main.py)."""
+
+import os
+
+import pytest
+
+from configs import demo as demo_config
+from robustdet_tf import demo
+from robustdet_tf import train as train_lib
+
+
+def results(ssd_clean=0.35, ssd_cls=0.01, rd_clean=0.39, rd_cls=0.11):
+    return {"models": {"ssd": {"clean": ssd_clean, "A_cls": ssd_cls}, "robustdet": {"clean": rd_clean, "A_cls": rd_cls},
+                       "ssd_at": {"clean": 0.3, "A_cls": 0.07}}}
+
+
+def test_stage_config_is_a_copy_with_the_stage_sections():
+    config = demo_config.get_config()
+    stage = demo.stage_config(config, dict(config.robustdet.model), {"steps": 7, "optimizer": "sgd"})
+    assert stage.model.kind == "robustdet" and stage.model.aid_width == 8  # keys the clean config lacks
+    assert stage.model.adversarial.to_dict() == config.robustdet.model.adversarial.to_dict()
+    assert stage.model.width == config.model.width  # everything else kept from the base config
+    assert (stage.train.steps, stage.train.optimizer, stage.train.batch_size) == (7, "sgd", config.train.batch_size)
+    assert "aid_width" not in config.model and config.train.steps == 1500 and config.model.kind == "ssd"
+    assert stage.data is not config.data and stage.data.to_dict() == config.data.to_dict()
+
+
+@pytest.mark.parametrize(
+    "numbers, collapses, keeps",
+    [
+        (dict(), True, True),
+        (dict(ssd_cls=0.069), True, True),  # just below 0.2 × 0.35
+        (dict(ssd_cls=0.071), False, True),
+        (dict(rd_clean=0.316), True, True),  # just above 0.9 × 0.35
+        (dict(rd_clean=0.314), True, False),
+    ],
+)
+def test_phenomenon_applies_the_readme_criteria(numbers, collapses, keeps):
+    claims = demo.phenomenon(results(**numbers))
+    assert claims["ssd_collapses_under_A_cls"] is collapses and claims["robustdet_keeps_clean_map"] is keeps
+    r = results(**numbers)["models"]
+    assert claims["robustdet_A_cls_over_ssd"] == pytest.approx(r["robustdet"]["A_cls"] / r["ssd"]["A_cls"])
+    assert claims["robustdet_A_cls_over_own_clean"] == pytest.approx(r["robustdet"]["A_cls"] / r["robustdet"]["clean"])
+
+
+def test_phenomenon_survives_zero_maps():
+    claims = demo.phenomenon(results(ssd_clean=0.0, ssd_cls=0.0, rd_clean=0.0, rd_cls=0.0))
+    assert claims["robustdet_A_cls_over_ssd"] == 0.0 and claims["robustdet_A_cls_over_own_clean"] == 0.0
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Replace training, expansion, data and evaluation by recorders; each trained "model" is its stage folder."""
+    calls = []
+
+    def train_in_workdir(config, workdir, model=None, source=None, printer=print):
+        calls.append(("train", os.path.basename(workdir), config, model, source))
+        return f"model<{os.path.basename(workdir)}>"
+
+    def model_from_ssd(ssd, config):
+        calls.append(("expand", ssd, config))
+        return f"init<{ssd}|{config.model.get('kind', 'ssd')}>"
+
+    def evaluate_models(config, models, output_dir, printer=print):
+        calls.append(("evaluate", dict(models), output_dir))
+        return results()
+
+    monkeypatch.setattr(train_lib, "train_in_workdir", train_in_workdir)
+    monkeypatch.setattr(train_lib, "model_from_ssd", model_from_ssd)
+    monkeypatch.setattr(demo, "load_source", lambda data, role: f"source<{role}>")
+    monkeypatch.setattr(demo, "evaluate_models", evaluate_models)
+    return calls
+
+
+def test_run_trains_the_stages_in_order_from_the_clean_ssd_and_evaluates_all_three(recorded, tmp_path):
+    config = demo_config.get_config()
+    printed = []
+    out = demo.run(config, str(tmp_path), printer=printed.append)
+
+    trains = [c for c in recorded if c[0] == "train"]
+    assert [c[1] for c in trains] == ["ssd", "robustdet", "ssd_at"]
+    assert all(c[4] == "source<train>" for c in trains)  # one training source for every stage
+    ssd_stage, rd_stage, at_stage = (c[2] for c in trains)
+    assert ssd_stage.model.to_dict() == config.model.to_dict() and trains[0][3] is None  # fresh clean SSD
+    assert rd_stage.model.kind == "robustdet" and rd_stage.train.steps == config.robustdet.train.steps
+    assert at_stage.model.kind == "ssd" and at_stage.model.adversarial == config.ssd_at.model.adversarial
+    assert trains[1][3] == "init<model<ssd>|robustdet>" and trains[2][3] == "init<model<ssd>|ssd>"  # both from it
+    assert [c[1] for c in recorded if c[0] == "expand"] == ["model<ssd>", "model<ssd>"]
+
+    evaluation = recorded[-1]
+    assert evaluation == ("evaluate", {"ssd": "model<ssd>", "ssd_at": "model<ssd_at>",
+                                       "robustdet": "model<robustdet>"}, str(tmp_path))
+    assert out == {"results": results(), "phenomenon": demo.phenomenon(results())}
+    line = next(p for p in printed if p.startswith("phenomenon: "))
+    assert "ssd_collapses_under_A_cls=True" in line and "robustdet_A_cls_over_ssd=11" in line
+    assert printed[-1].startswith("demo finished in") and str(tmp_path) in printed[-1]
+
+
+def test_a_stage_with_checkpoints_resumes_instead_of_expanding_again(recorded, tmp_path):
+    (tmp_path / "robustdet" / "checkpoints").mkdir(parents=True)
+    demo.run(demo_config.get_config(), str(tmp_path), printer=lambda *_: None)
+    trains = {c[1]: c for c in recorded if c[0] == "train"}
+    assert trains["robustdet"][3] is None  # resumes from its own checkpoints
+    assert trains["ssd_at"][3] == "init<model<ssd>|ssd>"
+    assert [c[2].model.get("kind", "ssd") for c in recorded if c[0] == "expand"] == ["ssd"]
