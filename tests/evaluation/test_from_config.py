@@ -65,6 +65,7 @@ def test_protocol_overrides_add_the_metric_settings_and_leave_the_config_alone()
 
 def test_evaluate_models_writes_and_prints_the_table_of_the_config(tmp_path):
     config = tiny_config()
+    config.eval.batch_size = NUM_EVAL  # one batch: one trace per attack
     model = SSD(**{**TINY_SSD, "num_classes": config.model.num_classes}, max_detections=20)
     printed = []
     results = evaluate_models(config, {"tiny": model}, str(tmp_path), printer=printed.append)

@@ -9,6 +9,7 @@ from robustdet_tf.evaluation.per_image import (
     ImageGroundTruth,
     unbatch_detections,
     unbatch_ground_truth,
+    unbatch_pair,
 )
 
 
@@ -103,3 +104,10 @@ def test_ground_truth_difficult_size_and_ids():
 def test_wrong_ground_truth_layouts_are_refused(extra, error, message):
     with pytest.raises(error, match=message):
         unbatch_ground_truth({**ground_truth(), **extra})
+
+
+def test_pair_unbatches_both_halves_of_the_same_images():
+    dets, gts = unbatch_pair(detections(num=(1, 2)), ground_truth())
+    assert [len(d.scores) for d in dets] == [1, 2] and [g.labels.tolist() for g in gts] == [[2, 0], []]
+    with pytest.raises(ValueError, match="detections hold 3 images but ground_truth holds 2"):
+        unbatch_pair(detections(batch=3, num=(1, 1, 1)), ground_truth())
