@@ -118,6 +118,8 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
 
 def attack_spec(name: str, protocol: Mapping[str, Any]) -> AttackSpec:
     """The ``AttackSpec`` of a PGD-family column (``A_cls``, ``A_loc``, ``con``, ``MTD``, ``CWA``) of a protocol."""
+    if name not in PGD_METHODS:
+        raise ValueError(f"{name!r} is not a PGD-family column; attack_spec takes one of {sorted(PGD_METHODS)}.")
     return AttackSpec(method=PGD_METHODS[name], seed=int(protocol["seed"]), **protocol["pgd"])
 
 

@@ -43,6 +43,10 @@ def unpack_training_data(data, adversarial: bool) -> TrainingData:
     if not adversarial:
         images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         return TrainingData(tf.cast(images, tf.float32), training.as_targets(targets))
+    pair = lambda x: isinstance(x, (tuple, list)) and len(x) == 2 and isinstance(x[1], Mapping)  # noqa: E731
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(pair(half) for half in data)):
+        raise ValueError("adversarial training takes ((clean_images, clean_targets), (images_to_attack, targets)) "
+                         "batches, e.g. from robustdet_tf.data.pipeline.two_streams; got a plain batch.")
     (clean, clean_targets), (to_attack, attack_targets) = data
     return TrainingData(tf.cast(clean, tf.float32), training.as_targets(clean_targets), tf.cast(to_attack, tf.float32),
                         training.as_targets(attack_targets))

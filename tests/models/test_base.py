@@ -89,6 +89,12 @@ def test_unpack_adversarial_form():
     np.testing.assert_array_equal(got.attack_targets["labels"].numpy(), other_t["labels"])
 
 
+def test_unpack_adversarial_refuses_a_plain_batch_clearly():
+    clean, clean_t = batch(1.0, objects=1)
+    with pytest.raises(ValueError, match="two_streams; got a plain batch"):
+        unpack_training_data((tf.constant(clean), clean_t), adversarial=True)
+
+
 # ------------------------------------------------------------------------------------------------ the step
 def test_the_subclass_compute_losses_is_what_the_optimiser_minimises():
     model = Toy(weight_decay=0.1)
