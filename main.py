@@ -26,6 +26,10 @@ _MODE = flags.DEFINE_enum(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config file name>).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "--mode=import: the official PyTorch .pth file.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "--mode=export: where exports go.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None,
+    "--mode=evaluate / attack: a new or empty folder for the results (default: a new <workdir>/evaluation[_N] or "
+    "<workdir>/adversarial[_N]); a folder holding results is refused, so nothing is overwritten.")
 
 
 def default_workdir() -> str:
@@ -49,6 +53,8 @@ def main(argv):
         cli.run_import(config, workdir, _CHECKPOINT.value)
     elif mode == "export":
         cli.run_export(config, workdir, _EXPORT_DIR.value)
+    elif mode in ("evaluate", "attack"):
+        getattr(cli, f"run_{mode}")(config, workdir, output_dir=_OUTPUT_DIR.value)
     else:
         getattr(cli, f"run_{mode}")(config, workdir)
 

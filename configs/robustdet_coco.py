@@ -6,10 +6,8 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = common.robustdet_model("coco", num_classes=81, cfr=False)
-    config.data = common.coco_data()
-    config.train = common.reference_train(steps=120_000, lr_steps=(180000, 220000, 260000))
+    config = common.experiment(common.robustdet_model("coco", num_classes=81, cfr=False), common.coco_data(),
+                               common.reference_train(steps=120_000, lr_steps=(180000, 220000, 260000)),
+                               common.eval_settings("coco"))
     config.train.init_from = "runs/ssd300_coco/model.keras"
-    config.eval = common.eval_settings("coco")
     return config

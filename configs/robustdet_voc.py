@@ -11,10 +11,8 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = common.robustdet_model("voc", num_classes=21, cfr=False)
-    config.data = common.voc_data()
-    config.train = common.reference_train(steps=40_000, lr_steps=(80000, 100000, 120000))
+    config = common.experiment(common.robustdet_model("voc", cfr=False), common.voc_data(),
+                               common.reference_train(steps=40_000, lr_steps=(80000, 100000, 120000)),
+                               common.eval_settings("voc07"))
     config.train.init_from = "runs/ssd300_voc/model.keras"
-    config.eval = common.eval_settings("voc07")
     return config

@@ -10,9 +10,7 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = common.ssd300_model("coco", num_classes=81)
-    config.data = common.coco_data()
-    config.train = common.reference_train(steps=400_000, lr_steps=(280_000, 360_000, 400_000))
-    config.eval = common.eval_settings("coco")
+    config = common.experiment(common.ssd300_model("coco", num_classes=81), common.coco_data(),
+                               common.reference_train(steps=400_000, lr_steps=(280_000, 360_000, 400_000)),
+                               common.eval_settings("coco"))
     return config

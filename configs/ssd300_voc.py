@@ -6,9 +6,7 @@ from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = common.ssd300_model("voc")
-    config.data = common.voc_data()
-    config.train = common.reference_train(steps=120_000, lr_steps=(80_000, 100_000, 120_000))
-    config.eval = common.eval_settings("voc07")
+    config = common.experiment(common.ssd300_model("voc"), common.voc_data(),
+                               common.reference_train(steps=120_000, lr_steps=(80_000, 100_000, 120_000)),
+                               common.eval_settings("voc07"))
     return config

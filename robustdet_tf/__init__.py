@@ -14,3 +14,8 @@ Conventions used everywhere in the package:
 BOX_FORMAT = "rel_xyxy"
 
 __version__ = "0.1.0"
+
+# A plain ``import robustdet_tf`` registers every serialisable layer and model with Keras (registration happens
+# when their modules run), so ``keras.saving.load_model("model.keras")`` needs nothing else.  Imported last:
+# the modules below read the names defined above.
+from robustdet_tf.models import robustdet as _robustdet  # noqa: E402,F401  (imports the SSD and every layer)

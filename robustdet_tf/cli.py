@@ -1,7 +1,8 @@
 """What each ``main.py --mode`` does, as plain functions of ``(config, workdir)`` so tests can call them.
 
 ``train`` trains (and resumes) in the workdir; ``evaluate`` scores the trained model under the configured attacks;
-``attack`` writes adversarial images for inspection; ``demo`` runs the embedded end-to-end demonstration;
+``attack`` writes the adversarial images of the evaluation set (exact pixels) and the mAP drop they cause;
+``demo`` runs the embedded end-to-end demonstration;
 ``export`` and ``import`` move models to and from SavedModel / TFLite / official PyTorch checkpoints.  The work is
 done by the rooms below (``train``, ``evaluation``, ``export``, ``checkpoints``, ``demo``); this module only wires
 them to the workdir.
@@ -11,45 +12,35 @@ from __future__ import annotations
 
 import os
 
-import keras
-import numpy as np
-import tensorflow as tf
-
 from robustdet_tf import demo
 from robustdet_tf import train as train_lib
-from robustdet_tf.attacks.pgd import pgd
-from robustdet_tf.attacks.spec import AttackSpec
-from robustdet_tf.checkpoints.torch_import import import_checkpoint
-from robustdet_tf.evaluation.from_config import eval_batches, evaluate_models
+from robustdet_tf.checkpoints import backbone
+from robustdet_tf.checkpoints.torch_import import import_checkpoint, read_state_dict
+from robustdet_tf.evaluation.from_config import attack_dataset, evaluate_models
 from robustdet_tf.export import export_all
+from robustdet_tf.io import new_output_dir
 
 load_trained_model = train_lib.load_trained_model
 run_train = train_lib.train_in_workdir
 
 
-def run_evaluate(config, workdir: str, models: dict | None = None, printer=print) -> dict:
-    """Robustness evaluation of the workdir's model (or ``models``) under ``config.eval.attacks``."""
+def run_evaluate(config, workdir: str, models: dict | None = None, output_dir: str | None = None,
+                 printer=print) -> dict:
+    """Robustness table of the workdir's model (or ``models``) under ``config.eval.attacks``, written to
+    ``output_dir`` (refused if it holds results) or to a new ``<workdir>/evaluation[_N]`` folder."""
     models = models or {os.path.basename(os.path.normpath(workdir)): load_trained_model(workdir, config)}
-    return evaluate_models(config, models, workdir, printer=printer)
+    folder = new_output_dir(output_dir or os.path.join(workdir, "evaluation"), explicit=output_dir is not None)
+    results = evaluate_models(config, models, folder, printer=printer)
+    printer(f"robustness table, JSON and figures in {folder}")
+    return results
 
 
-def run_attack(config, workdir: str, printer=print) -> list[str]:
-    """Write clean and adversarial images (A_cls PGD by default) of the first eval batch as PNG files."""
+def run_attack(config, workdir: str, output_dir: str | None = None, printer=print) -> dict:
+    """The evaluation set under ``config.eval.attack`` as exact uint8 PNGs (clean and attacked) in ``output_dir``
+    or a new ``<workdir>/adversarial[_N]`` folder, with the mAP drop measured on those pixels."""
     model = load_trained_model(workdir, config)
-    _, batches = eval_batches(config)
-    images, targets = next(iter(batches))
-    method = config.eval.get("attack_method", "cls")
-    adv = pgd(model, images, {"boxes": targets["boxes"], "labels": targets["labels"]}, AttackSpec(method))
-    out = os.path.join(workdir, "adversarial")
-    os.makedirs(out, exist_ok=True)
-    written = []
-    for i in range(int(tf.shape(images)[0])):
-        for tag, batch in (("clean", images), (method, adv)):
-            path = os.path.join(out, f"{i:03d}_{tag}.png")
-            keras.utils.save_img(path, np.clip(batch[i].numpy(), 0, 255).astype(np.uint8))
-            written.append(path)
-    printer(f"wrote {len(written)} images to {out}")
-    return written
+    folder = new_output_dir(output_dir or os.path.join(workdir, "adversarial"), explicit=output_dir is not None)
+    return attack_dataset(config, model, folder, printer=printer)
 
 
 def run_export(config, workdir: str, export_dir: str, printer=print) -> dict:
@@ -63,10 +54,14 @@ def run_import(config, workdir: str, checkpoint: str | None, printer=print) -> s
     if not checkpoint:
         raise ValueError("--mode=import needs --checkpoint=<official .pth file>")
     train_lib.check_workdir(workdir, config)
-    model = import_checkpoint(checkpoint, config.model)
     path = os.path.join(workdir, "model.keras")
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists; import into an empty --workdir so nothing is overwritten")
+    state = read_state_dict(checkpoint)
+    if backbone.is_vgg_backbone_state(state):  # ssd.pytorch's vgg16_reducedfc.pth: a fresh model on that trunk
+        model = backbone.model_with_backbone(config.model, state, checkpoint)
+    else:
+        model = import_checkpoint(state, config.model)
     train_lib.save_model_atomically(model, path)
     train_lib.write_json_atomically(train_lib.model_config_dict(config), os.path.join(workdir, train_lib.MODEL_RECORD))
     printer(f"imported {checkpoint} into {path}")

@@ -68,3 +68,29 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write (or replace) a UTF-8 text file."""
     with atomic_output(path, overwrite=True) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def new_output_dir(path: str | os.PathLike, explicit: bool) -> str:
+    """A folder for a new set of results that never mixes with or replaces earlier ones.
+
+    ``explicit`` (the user named it): used if it is absent or empty, else refused.  Otherwise ``path`` is a default
+    and the first of ``path``, ``path_2``, ``path_3`` … that is absent or empty is taken.  The folder is created.
+    """
+    path = os.path.abspath(os.fspath(path))
+
+    def free(candidate: str) -> bool:
+        return not os.path.lexists(candidate) or (os.path.isdir(candidate) and not os.listdir(candidate))
+
+    if explicit:
+        if not free(path):
+            raise FileExistsError(f"{path} already holds results; name a new or empty folder so nothing is "
+                                  "overwritten")
+        chosen = path
+    else:
+        chosen = path
+        number = 2
+        while not free(chosen):
+            chosen = f"{path}_{number}"
+            number += 1
+    os.makedirs(chosen, exist_ok=True)
+    return chosen

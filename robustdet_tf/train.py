@@ -24,18 +24,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf.checkpoints.backbone import initialise_backbone
 from robustdet_tf.data import pipeline
-from robustdet_tf.data.contract import DetectionSource
+from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.io import atomic_output, write_text
 from robustdet_tf.models import training
-from robustdet_tf.models.factory import build_model
+from robustdet_tf.models.factory import build_model, resolved_model_config
 from robustdet_tf.models.robustdet import RobustDet
 
 # Model-config keys that decide the weights' shapes: a workdir trained with other values cannot be resumed.
 ARCHITECTURE_KEYS = (
     "kind", "num_classes", "image_size", "width", "extras", "aspect_ratios", "num_kernels", "cfr", "aid_width",
-    "decoder_width",
+    "decoder_width", "class_names",
 )
 MODEL_RECORD = "model_config.json"
 
@@ -115,8 +116,8 @@ def write_json_atomically(obj: Any, path: str) -> None:
 
 
 def model_config_dict(config) -> dict:
-    model = config.model
-    return json.loads(json.dumps(model.to_dict() if hasattr(model, "to_dict") else dict(model), default=list))
+    """``config.model`` as JSON data, label map settled (class names read, ``num_classes`` derived)."""
+    return json.loads(json.dumps(resolved_model_config(config.model), default=list))
 
 
 def check_workdir(workdir: str, config) -> None:
@@ -132,7 +133,9 @@ def check_workdir(workdir: str, config) -> None:
     with open(path) as f:
         recorded = json.load(f)
     wanted = model_config_dict(config)
-    diff = {k: (recorded.get(k), wanted.get(k)) for k in ARCHITECTURE_KEYS if recorded.get(k) != wanted.get(k)}
+    # A key the record lacks (a workdir of an earlier version) is not compared.
+    diff = {k: (recorded[k], wanted.get(k)) for k in ARCHITECTURE_KEYS
+            if k in recorded and recorded[k] != wanted.get(k)}
     if diff:
         details = ", ".join(f"{k}: workdir {a!r} vs config {b!r}" for k, (a, b) in diff.items())
         raise IncompatibleWorkdirError(
@@ -184,6 +187,14 @@ class CheckpointEvery(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def adopt_class_names(model: keras.Model, source: DetectionSource) -> None:
+    """Refuse a source the model cannot learn (more classes, other names) before a step runs; a model built without
+    a label map takes the source's, so the saved model knows its classes."""
+    check_labels_fit(source, model.num_classes, getattr(model, "class_names", None), f"the model {model.name!r}")
+    if getattr(model, "class_names", None) is None:
+        model.class_names = tuple(source.class_names)
+
+
 class Trainer:
     """Builds everything a run needs from ``config`` and trains in ``workdir``, resuming what is there."""
 
@@ -224,6 +235,7 @@ class Trainer:
             return {}
         if self.source is None:
             self.source = load_source(self.config.data, "train")
+        adopt_class_names(self.model, self.source)
         adversarial = getattr(self.model, "adversary", None) is not None
         batches = training_batches(self.source, self.config, self.start_step, adversarial)
         saver = CheckpointEvery(self.manager, self.step, self.start_step, self.config.train.checkpoint_every)
@@ -254,14 +266,19 @@ class Trainer:
 
 
 def initial_model(config) -> keras.Model:
-    """The model a run starts from: fresh, or ``train.init_from`` (an SSD ``.keras`` file) expanded into RobustDet.
+    """The model a run starts from: fresh (trunk from ``model.backbone_init``), or ``train.init_from`` (an SSD
+    ``.keras`` file) expanded into RobustDet.
 
     RobustDet is trained from a clean SSD (spec §3.5): every convolution's K kernels start as copies of the SSD's.
     For an SSD config ``init_from`` simply loads the weights of a compatible model.
     """
     init_from = config.train.get("init_from", None)
+    backbone_init = str(config.model.get("backbone_init", None) or "none")
     if not init_from:
-        return build_model(config.model)
+        return initialise_backbone(build_model(config.model), backbone_init)
+    if backbone_init != "none":
+        raise ValueError(f"config.train.init_from={init_from!r} and config.model.backbone_init={backbone_init!r} "
+                         "both say where the weights start: keep one of them.")
     if not os.path.exists(init_from):
         raise FileNotFoundError(
             f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
@@ -293,13 +310,29 @@ def load_trained_model(workdir: str, config) -> keras.Model:
     return trainer.model
 
 
+IMPORTED_MODEL = "imported_model.keras"
+
+
+def imported_model(workdir: str, printer=print) -> keras.Model | None:
+    """The model ``--mode=import`` left in an untrained workdir (``model.keras`` without checkpoints), kept as
+    ``imported_model.keras`` so the trained ``model.keras`` never replaces it; ``None`` if there is none."""
+    kept = os.path.join(workdir, IMPORTED_MODEL)
+    final = os.path.join(workdir, "model.keras")
+    if os.path.exists(final) and not os.path.exists(kept):
+        os.replace(final, kept)
+    if not os.path.exists(kept):
+        return None
+    printer(f"starting from the imported model {kept}")
+    return keras.saving.load_model(kept)
+
+
 def train_in_workdir(config, workdir: str, model: keras.Model | None = None, source: DetectionSource | None = None,
                      printer=print) -> keras.Model:
     """Train (resuming whatever the workdir holds) and save ``model.keras`` when the target step is reached."""
     check_workdir(workdir, config)
     has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
     if model is None and not has_checkpoint:
-        model = initial_model(config)
+        model = imported_model(workdir, printer) or initial_model(config)
     trainer = Trainer(config, workdir, source=source, model=model)
     if trainer.start_step:
         printer(f"resuming {workdir} at step {trainer.start_step}")

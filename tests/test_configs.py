@@ -24,9 +24,25 @@ def test_config_builds_a_model(name):
         if model_config["kind"] == "robustdet":
             model_config.update(aid_width=4, decoder_width=16)
     model = build_model(model_config)
-    assert model.num_classes == config.model.num_classes
+    names = config.data.get("class_names", None)
+    assert model.num_classes == (config.model.num_classes or len(names) + 1)
+    assert model.class_names == (None if names is None else tuple(names))
+    if config.data.dataset == "voc":
+        assert model.num_classes == 21 and len(model.class_names) == 20
     if "adversarial" in model_config:
         assert model.adversary.attack.method == model_config["adversarial"]["method"]
+
+
+def test_one_class_list_sets_the_model_classes_everywhere():
+    """``--config.data.class_names`` is the one key: the model's label map follows it, and num_classes with it."""
+    config = importlib.import_module("configs.ssd300_voc").get_config()
+    config.data.class_names = ("tree",)
+    assert config.model.class_names == ("tree",)
+    model_config = dict(config.model.to_dict(), width=1 / 16)
+    model = build_model(model_config)
+    assert model.num_classes == 2 and model.class_names == ("tree",)
+    with pytest.raises(ValueError, match="config.model.num_classes=1 is too small"):
+        build_model(dict(model_config, num_classes=1))
 
 
 def test_paper_configs_follow_the_reference():

@@ -1,9 +1,12 @@
 """The command line: the demo runs end to end on a tiny budget; bad keys and missing models are refused clearly."""
 
+import ast
 import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DEMO = (
@@ -41,10 +44,65 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "robustness.md").exists() and (tmp_path / "robustness_bars.png").exists()
     assert (tmp_path / "robustdet" / "model.keras").exists()
     assert "phenomenon:" in proc.stdout and "steps/s" in proc.stdout
+    _check_stages_start_from_the_clean_ssd(tmp_path)
+    _check_table_equals_a_fresh_evaluation(tmp_path, results)
     # A second run resumes every stage instead of retraining.
     again = run_main(f"--workdir={tmp_path}", *TINY_DEMO)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "already trained" in again.stdout
+
+
+def _tiny_demo_config():
+    """configs/demo.py with the TINY_DEMO flag overrides applied, as main.py applies them."""
+    sys.path.insert(0, ROOT)
+    from configs import demo
+
+    config = demo.get_config()
+    for flag in TINY_DEMO:
+        path, value = flag[len("--config."):].split("=", 1)
+        *parents, leaf = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[leaf] = ast.literal_eval(value)
+    return config
+
+
+def _check_stages_start_from_the_clean_ssd(workdir):
+    """RobustDet is the clean SSD expanded K-fold and SSD-AT a copy of it, each then trained 2 small Adam steps:
+    every kernel is within a few learning rates of the SSD's, and none of the stages is left untrained."""
+    import keras
+
+    import robustdet_tf  # noqa: F401  (registers the layers)
+
+    ssd, ssd_at, robustdet = (keras.saving.load_model(workdir / name / "model.keras")
+                              for name in ("ssd", "ssd_at", "robustdet"))
+    moved = [np.abs(a - b).max() for a, b in zip(ssd_at.get_weights(), ssd.get_weights())]
+    assert max(moved) < 5e-3 and max(moved) > 0
+    rd_convs = robustdet.detector.all_convs()
+    moved = []
+    for name, plain in ssd.detector.all_convs().items():
+        kernels = rd_convs[name].kernel.numpy()  # [K, kh, kw, Cin, Cout]
+        moved.append(np.abs(kernels - plain.kernel.numpy()[None]).max())
+    assert len(moved) == len(rd_convs) and max(moved) < 5e-3 and max(moved) > 0
+
+
+def _check_table_equals_a_fresh_evaluation(workdir, results):
+    """The clean column is what an independent evaluation of the saved models measures, to float precision, and
+    the attack columns differ from it (the attacks ran)."""
+    import keras
+
+    from robustdet_tf.evaluation.evaluate import evaluate_detections, make_metric
+    from robustdet_tf.evaluation.from_config import eval_batches
+
+    config = _tiny_demo_config()
+    source, batches = eval_batches(config)
+    for name, row in results["models"].items():
+        model = keras.saving.load_model(workdir / name / "model.keras")
+        fresh = evaluate_detections(model, batches, make_metric(config.eval.metric, source.class_names,
+                                                                 reference_offsets=config.eval.reference_offsets))["mAP"]
+        assert abs(fresh - row["clean"]) < 1e-9, name
+    assert any(row["A_cls"] != row["clean"] for row in results["models"].values())
 
 
 def test_wrong_config_key_is_refused(tmp_path):

@@ -68,19 +68,24 @@ def per_image_detection_loss(model: keras.Model, images: tf.Tensor, targets) -> 
     return terms
 
 
-def mtd_step(
+def attack_step(
     model: keras.Model,
     images: tf.Tensor,
     clean: tf.Tensor,
     targets: Mapping[str, tf.Tensor],
     spec: AttackSpec = REFERENCE,
 ) -> tf.Tensor:
-    """One MTD step: a loc step and a cls step from the same iterate; keep the one with the larger total loss.
+    """One step of any training attack: ``cls``, ``loc``, ``con``, ``cwa`` (PGD on that objective) or ``mtd``.
 
-    The reference chooses once per batch (``spec.mtd_per_image=False``): the loc candidate wins only if its batch
+    MTD takes a loc step and a cls step from the same iterate and keeps the one with the larger total loss.  The
+    reference chooses once per batch (``spec.mtd_per_image=False``): the loc candidate wins only if its batch
     ``loss_l + loss_c`` is strictly larger.  ``mtd_per_image=True`` makes the choice image by image, as the MTD
     paper intends.
     """
+    if spec.method == "clean":
+        return clean
+    if spec.method != "mtd":
+        return pgd_step(model, images, clean, targets, spec)
     cand_loc = pgd_step(model, images, clean, targets, spec.replace(method="loc"))
     cand_cls = pgd_step(model, images, clean, targets, spec.replace(method="cls"))
     if spec.mtd_per_image:
@@ -91,21 +96,6 @@ def mtd_step(
     total_loc = tf.add_n(detection_terms(model, cand_loc, targets))
     total_cls = tf.add_n(detection_terms(model, cand_cls, targets))
     return tf.where(total_loc > total_cls, cand_loc, cand_cls)
-
-
-def attack_step(
-    model: keras.Model,
-    images: tf.Tensor,
-    clean: tf.Tensor,
-    targets: Mapping[str, tf.Tensor],
-    spec: AttackSpec = REFERENCE,
-) -> tf.Tensor:
-    """One step of any training attack: ``cls``, ``loc``, ``con``, ``cwa`` (PGD on that objective) or ``mtd``."""
-    if spec.method == "clean":
-        return clean
-    if spec.method == "mtd":
-        return mtd_step(model, images, clean, targets, spec)
-    return pgd_step(model, images, clean, targets, spec)
 
 
 def random_start(images: tf.Tensor, epsilon: float, seed=None) -> tf.Tensor:

@@ -25,7 +25,7 @@ from robustdet_tf.checkpoints.key_maps import (
     to_torch_layout,
     torch_shape,
 )
-from robustdet_tf.models.factory import build_model, constructor_keys
+from robustdet_tf.models.factory import INIT_KEYS, build_model, constructor_keys, resolved_model_config
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
 
@@ -176,7 +176,7 @@ def _ssd_only_config(config: Mapping[str, Any]) -> tuple[dict, dict]:
     """Split a RobustDet config into (SSD constructor arguments, RobustDet-only arguments)."""
     accepted = constructor_keys(SSD)
     ssd = {k: v for k, v in config.items() if k in accepted and k not in ("adversarial", "clean_mix")}
-    rest = {k: v for k, v in config.items() if k not in ssd and k != "name"}
+    rest = {k: v for k, v in config.items() if k not in ssd and k != "name" and k not in INIT_KEYS}
     return ssd, rest
 
 
@@ -197,7 +197,7 @@ def import_checkpoint(
         spec §3.5); the AID, ``conv_std`` and the decoder keep their fresh init.
       aid_checkpoint: torchvision's ImageNet ResNet-18 for the AID (fc excluded), loaded after the checkpoint.
     """
-    config = dict(model_config.to_dict() if hasattr(model_config, "to_dict") else model_config)
+    config = resolved_model_config(model_config)
     state = read_state_dict(path)
     if expand_clean_ssd:
         if config.get("kind") != "robustdet":

@@ -12,7 +12,7 @@ is the same order; the tfds reader checks the class names tfds recorded and rema
 differ.
 
 Selection.  As in the reference, only images with at least one annotation are used (4,952 of val2017's
-5,000); crowd annotations do not disqualify an image.
+5,000) unless ``background_images="keep"``; crowd annotations do not disqualify an image.
 
 Boxes.  COCO ``[x, y, w, h]`` in pixels becomes ``[x / W, y / H, (x + w) / W, (y + h) / H]`` with the size of
 the decoded image (no 1-pixel offset: COCO coordinates are continuous).
@@ -150,7 +150,8 @@ def _load_coco(annotation_file: str):
 
 def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
                annotation_file: str | None = None, crowd: str = "keep", skip_bad: bool = False,
-               validate: str = "header") -> CocoSource:
+               validate: str = "header", class_names: Sequence[str] | None = None,
+               background_images: str = "drop") -> CocoSource:
     """Read COCO from ``<root>/annotations/instances_<split>.json`` and ``<root>/<split>/`` (or ``2017_clean``).
 
     Args:
@@ -161,19 +162,25 @@ def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
       crowd: "keep" (reference) or "difficult" (see module docstring).
       skip_bad: leave out bad images/objects (counted in ``.skipped``) instead of raising.
       validate: image check at construction, "header" (default), "full" or "none" (see validation.py).
+      class_names: the classes to read, by category name (case-insensitive; ``config.data.class_names``), in
+        label order; an annotation of another category is an unknown-class error.  ``None``: every category
+        of the json, sorted by id (the official 80 for the official files).
+      background_images: "drop" (default, the reference) images without annotations, or "keep" them as
+        background-only examples (your own data; all 5,000 val2017 images).
     """
     validation.check_validate_mode(validate)
+    contract.check_background_mode(background_images)
     _check_crowd(crowd)
     split = _LOCAL_SPLITS.get(split, split)
     annotation_file, image_dir = _resolve_files(root, split, image_dir, annotation_file)
     coco = _load_coco(annotation_file)
-    categories = sorted(coco.cats.values(), key=lambda c: c["id"])
-    category_ids = tuple(int(c["id"]) for c in categories)
-    class_names = tuple(str(c["name"]) for c in categories)
+    category_ids, class_names = _select_categories(coco, class_names, annotation_file)
     index = {c: i for i, c in enumerate(category_ids)}
     log = validation.ProblemLog(skip_bad)
     images = []
-    for image_id, image_annotations in coco.imgToAnns.items():  # images with >= 1 annotation, reference order
+    annotated = list(coco.imgToAnns.items())  # images with >= 1 annotation, in the reference's order
+    background = [(i, []) for i in coco.imgs if i not in coco.imgToAnns] if background_images == "keep" else []
+    for image_id, image_annotations in annotated + background:
         info = coco.imgs.get(image_id)
         if info is None:
             raise contract.BadExampleError(
@@ -182,14 +189,24 @@ def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
         parsed = _parse_image(info, image_annotations, image_dir, annotation_file, index, crowd, validate, log)
         if parsed is not None:
             images.append(parsed)
-    name = f"COCO {split} (local {root})"
-    log.log_summary(name, len(images))
-    if not images:
-        raise contract.BadExampleError(f"{name}: no usable annotated image in {annotation_file}.",
-                                       validation.NO_OBJECTS, annotation_file)
-    return CocoSource(dataset=contract.images_to_dataset(images), name=name, class_names=class_names,
-                      num_examples=len(images), skipped=log.counts, problems=log.problems,
-                      category_ids=category_ids)
+    fields = validation.finished_source_fields(images, log, f"COCO {split} (local {root})", annotation_file)
+    return CocoSource(class_names=class_names, category_ids=category_ids, **fields)
+
+
+def _select_categories(coco, class_names: Sequence[str] | None,
+                       annotation_file: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(category ids, class names) in label order: the json's categories sorted by id, or those named."""
+    categories = sorted(coco.cats.values(), key=lambda c: c["id"])
+    if class_names is None:
+        return tuple(int(c["id"]) for c in categories), tuple(str(c["name"]) for c in categories)
+    by_name = {str(c["name"]).strip().lower(): int(c["id"]) for c in categories}
+    wanted = tuple(str(n).strip().lower() for n in class_names)
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise ValueError(f"config.data.class_names lists {unknown}, which are not categories of "
+                         f"{annotation_file} (it has {sorted(by_name)}); correct the names or drop the key to use "
+                         "every category of the file.")
+    return tuple(by_name[n] for n in wanted), wanted
 
 
 def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file: str, index: dict[int, int],
@@ -217,8 +234,9 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
     for ann in annotations:
         what = f"annotation id {ann.get('id')}"
         if ann.get("category_id") not in index:
-            log.report(validation.bad(f"{what} has category_id {ann.get('category_id')}, not in the json's "
-                                      "categories", validation.UNKNOWN_CLASS, where, "Correct the annotation"))
+            log.report(validation.bad(f"{what} has category_id {ann.get('category_id')}, not one of the classes "
+                                      "read", validation.UNKNOWN_CLASS, where, "Correct the annotation, or list "
+                                      "its category in config.data.class_names"))
             continue
         try:
             bbox = np.array([float(v) for v in ann["bbox"]])
@@ -236,12 +254,12 @@ def _parse_image(info: dict, annotations: list, image_dir: str, annotation_file:
         boxes.append(boxes_lib.convert_format(pixel_box, "xyxy", boxes_lib.BOX_FORMAT, height, width))
         labels.append(index[ann["category_id"]])
         difficult.append(crowd == "difficult" and bool(ann.get("iscrowd", 0)))
-    if not labels:
+    if annotations and not labels:  # every annotation was bad and skipped: not a background image
         log.report(validation.bad("image has no usable annotation left", validation.NO_OBJECTS, where,
                                   "Correct its annotations"))
         return None
     return contract.ParsedImage(path=path, image_id=str(info["id"]), height=height, width=width,
-                                boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
+                                boxes=np.array(boxes, np.float32).reshape(-1, 4), labels=np.array(labels, np.int32),
                                 difficult=np.array(difficult, bool))
 
 
@@ -262,7 +280,8 @@ def tfds_label_remap(names: Sequence[str]) -> np.ndarray | None:
 
 
 def tfds_coco(name: str = "coco/2017", split: str = "validation", data_dir: str | None = None,
-              manual_dir: str | None = None, download: bool = False, crowd: str = "keep") -> CocoSource:
+              manual_dir: str | None = None, download: bool = False, crowd: str = "keep",
+              background_images: str = "drop") -> CocoSource:
     """COCO through TensorFlow Datasets, converted to the example contract.
 
     Args:
@@ -273,12 +292,15 @@ def tfds_coco(name: str = "coco/2017", split: str = "validation", data_dir: str 
       download: prepare the dataset if needed; otherwise an unprepared dataset raises
         ``DatasetNotFoundError`` and nothing is downloaded.
       crowd: "keep" (reference) or "difficult" (see module docstring).
+      background_images: "drop" (reference) or "keep" the images without any annotation.
 
-    Images without any annotation are filtered out, as in the reference (so ``num_examples`` is unknown).
+    Images without any annotation are filtered out, as in the reference (so ``num_examples`` is unknown), unless
+    ``background_images="keep"``.
     tfds boxes are relative yxyx of COCO's continuous coordinates; corners are sorted (mock data gives
     unordered ones) and objects are cut to their fields' common length (mock data differs there too).
     """
     _check_crowd(crowd)
+    contract.check_background_mode(background_images)
     tfds_split = _TFDS_SPLITS.get(split, split)
     builder = tfds_helpers.tfds_builder(name, data_dir, manual_dir, download, COCO_ZIP_FILES)
     dataset = tfds_helpers.tfds_as_dataset(builder, tfds_split, name, data_dir, COCO_ZIP_FILES)
@@ -299,6 +321,10 @@ def tfds_coco(name: str = "coco/2017", split: str = "validation", data_dir: str 
         return contract.make_example(image, boxes, labels, difficult, image_id)
 
     dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda ex: tf.size(ex["labels"]) > 0)
+    num_examples = None
+    if background_images == "drop":
+        dataset = dataset.filter(lambda ex: tf.size(ex["labels"]) > 0)
+    else:
+        num_examples = tfds_helpers.tfds_num_examples(builder, tfds_split)
     return CocoSource(dataset=dataset, name=f"{name} {split} (tfds)", class_names=COCO_CLASSES,
-                      num_examples=None, category_ids=COCO_CATEGORY_IDS)
+                      num_examples=num_examples, category_ids=COCO_CATEGORY_IDS)

@@ -100,8 +100,20 @@ class ParsedImage:
     difficult: np.ndarray  # [n] bool
 
 
+BACKGROUND_MODES = ("keep", "drop")
+"""What a reader does with an image whose annotation lists no object: keep it (a background-only image, valid for
+training and evaluation, as COCO has them) or drop it (the reference's COCO selection)."""
+
+
+def check_background_mode(background_images: str) -> None:
+    if background_images not in BACKGROUND_MODES:
+        raise ValueError(f"background_images={background_images!r} is not one of {BACKGROUND_MODES} "
+                         "(config.data.background_images).")
+
+
 def _decode(path: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    # decode_image: JPEG (decoded exactly as decode_jpeg does), PNG, BMP or GIF, whatever the file extension says.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     decoded = tf.shape(image)[:2]
     check = tf.debugging.Assert(
         tf.reduce_all(tf.equal(decoded, size)),
@@ -149,6 +161,27 @@ def make_example(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, difficul
         "original_size": tf.shape(image, out_type=tf.int32)[:2],
     }
     return {k: tf.ensure_shape(v, EXAMPLE_SPEC[k].shape) for k, v in example.items()}
+
+
+def check_labels_fit(source: DetectionSource, num_classes: int, class_names: Sequence[str] | None,
+                     what: str) -> None:
+    """Refuse, before any step runs, a source whose labels the model cannot hold or names differently.
+
+    ``num_classes`` counts the background; ``class_names`` is the model's saved label map (``None``: none saved).
+    """
+    names = tuple(source.class_names)
+    if len(names) + 1 > int(num_classes):
+        raise ValueError(
+            f"{source.name} has {len(names)} classes but {what} has num_classes={num_classes} ({int(num_classes) - 1} "
+            f"object classes + background): set config.model.num_classes={len(names) + 1}, or list the classes to "
+            "read in config.data.class_names."
+        )
+    lower = lambda seq: tuple(str(n).strip().lower() for n in seq)  # noqa: E731
+    if class_names is not None and lower(class_names) != lower(names):
+        raise ValueError(
+            f"{source.name} has the classes {list(names)} but {what} was built for {list(class_names)}: give the "
+            "model's classes in config.data.class_names, or use a model trained on these classes."
+        )
 
 
 def concatenate(sources: Sequence[DetectionSource], name: str) -> DetectionSource:

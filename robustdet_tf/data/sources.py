@@ -12,6 +12,7 @@ from typing import Any
 
 from robustdet_tf.data import coco, shapes, voc
 from robustdet_tf.data.contract import DetectionSource
+from robustdet_tf.labels import read_class_names
 
 
 def _get(config: Mapping[str, Any], key: str, default=None):
@@ -41,6 +42,7 @@ def load_source(data: Mapping[str, Any], role: str) -> DetectionSource:
             data["num_classes"],
             data["max_objects"],
         )
+    class_names = read_class_names(_get(data, "class_names"))
     if dataset == "voc":
         return voc.voc_dataset(
             data[f"{role}_years"],
@@ -50,17 +52,24 @@ def load_source(data: Mapping[str, Any], role: str) -> DetectionSource:
             data_dir=_get(data, "data_dir"),
             manual_dir=_get(data, "manual_dir"),
             download=_get(data, "download", False),
+            class_names=class_names or voc.VOC_CLASSES,
             skip_bad=_get(data, "skip_bad", False),
+            background_images=_get(data, "background_images", "keep"),
         )
     if dataset == "coco":
         split = data[f"{role}_split"]
+        background = _get(data, "background_images", "drop")
         if data["source"] == "local":
             if _get(data, "root") is None:
                 raise ValueError(
                     "config.data.root must name the COCO folder (annotations/ + images) for source='local'"
                 )
             return coco.local_coco(data["root"], split, image_dir=_get(data, "image_dir"),
-                                   skip_bad=_get(data, "skip_bad", False))
+                                   skip_bad=_get(data, "skip_bad", False), class_names=class_names,
+                                   background_images=background)
+        if class_names is not None and class_names != coco.COCO_CLASSES:
+            raise ValueError("config.data.class_names: tfds coco/2017 has the 80 COCO classes only; drop the key, or "
+                             "read your own COCO-format folder with source='local' and config.data.root.")
         return coco.tfds_coco(split=split, data_dir=_get(data, "data_dir"), manual_dir=_get(data, "manual_dir"),
-                              download=_get(data, "download", False))
+                              download=_get(data, "download", False), background_images=background)
     raise ValueError(f"config.data.dataset={dataset!r}: use 'shapes', 'voc' or 'coco'")

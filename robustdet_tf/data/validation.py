@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 from PIL import Image
 
-from robustdet_tf.data.contract import BadExampleError, MissingFileError, Problem
+from robustdet_tf.data.contract import BadExampleError, MissingFileError, ParsedImage, Problem, images_to_dataset
 
 _LOG = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ class ProblemLog:
                      self._problems[0].message)
 
 
+def finished_source_fields(images: Sequence[ParsedImage], log: ProblemLog, name: str, path: str) -> dict:
+    """The ``DetectionSource`` fields every local reader ends with: the dataset of its parsed images and the
+    bookkeeping of what it skipped (logged once); refuses a source left without any image."""
+    log.log_summary(name, len(images))
+    if not images:
+        raise BadExampleError(f"{name}: no usable image left in {path}; see the problems logged above.",
+                              NO_OBJECTS, path)
+    return dict(dataset=images_to_dataset(images), name=name, num_examples=len(images), skipped=log.counts,
+                problems=log.problems)
+
+
 def bad(message: str, reason: str, path: str, fix: str = "") -> BadExampleError:
     """Build a ``BadExampleError`` whose message names the file, the problem and the way out."""
     fix = f"{fix}, {_SKIP_HINT}" if fix else f"Fix the file, {_SKIP_HINT}"
@@ -110,10 +121,10 @@ def _has_jpeg_end_marker(path: str) -> bool:
 
 def _size_by_decoding(path: str) -> tuple[int, int]:
     try:
-        shape = tf.io.decode_jpeg(tf.io.read_file(path), channels=3).shape
+        shape = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).shape
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise bad(f"tf.io.decode_jpeg cannot decode this image ({detail})", CORRUPT_IMAGE, path,
+        raise bad(f"tf.io.decode_image cannot decode this image ({detail})", CORRUPT_IMAGE, path,
                   "Re-download or re-extract the image") from None
     return int(shape[0]), int(shape[1])
 

@@ -59,20 +59,40 @@ def _archive_hint(year: str, split: str) -> str:
 
 
 def find_voc_dir(root: str, year: str) -> str:
-    """Locate ``VOC<year>`` under ``root`` (which may be the VOCdevkit folder or the folder holding it)."""
+    """Locate the VOC-format folder (the one holding ``Annotations/``, ``ImageSets/Main/`` and the images).
+
+    ``root`` may be that folder itself, whatever its name (your own dataset), or hold it as ``VOC<year>``,
+    ``VOCdevkit/VOC<year>`` or ``<year>`` (so ``year`` may be any folder name).
+    """
     root = os.fspath(root)
-    candidates = [os.path.join(root, f"VOC{year}"), os.path.join(root, "VOCdevkit", f"VOC{year}")]
-    for path in candidates:
-        if os.path.isdir(path):
-            return path
     if not os.path.isdir(root):
         raise DatasetNotFoundError(
             f"VOC root folder {root} does not exist. Create it and {_archive_hint(year, 'trainval')} "
             f"(and {VOC_TAR_FILES.get(year, {}).get('test', 'the test archive')} for the test split), "
-            "or use source='tfds' with data_dir/manual_dir.")
+            "point config.data.root at your own VOC-format folder, or use source='tfds' with data_dir/manual_dir.")
+    candidates = [os.path.join(root, f"VOC{year}"), os.path.join(root, "VOCdevkit", f"VOC{year}"),
+                  os.path.join(root, str(year)), root]
+    for path in candidates:
+        if os.path.isdir(os.path.join(path, "Annotations")) or os.path.isdir(os.path.join(path, "ImageSets")):
+            return path
     raise DatasetNotFoundError(
-        f"No VOC{year} folder in {root}: expected {candidates[0]} or {candidates[1]}, containing "
-        f"ImageSets/Main/, Annotations/ and JPEGImages/. In {root}, {_archive_hint(year, 'trainval')}.")
+        f"No VOC-format folder in {root}: expected {root} itself, {candidates[0]}, {candidates[1]} or "
+        f"{candidates[2]} to contain ImageSets/Main/, Annotations/ and JPEGImages/. In {root}, "
+        f"{_archive_hint(year, 'trainval')}.")
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
+"""Image files a VOC-format folder may hold in ``JPEGImages/`` (decoded by content, not by extension)."""
+
+
+def find_image(voc_dir: str, image_id: str) -> str:
+    """``JPEGImages/<image_id>.jpg`` or the first existing file with another ``IMAGE_EXTENSIONS`` suffix (the
+    ``.jpg`` path if none exists, so the missing-image error names the usual file)."""
+    stem = os.path.join(voc_dir, "JPEGImages", image_id)
+    for extension in IMAGE_EXTENSIONS:
+        if os.path.isfile(stem + extension):
+            return stem + extension
+    return stem + ".jpg"
 
 
 def _read_split(voc_dir: str, year: str, split: str) -> list[str]:
@@ -131,23 +151,28 @@ def parse_voc_xml(path: str) -> tuple[tuple[int, int] | None, list[tuple[str, tu
 
 def local_voc(root: str, year: str = "2007", split: str = "trainval",
               class_names: Sequence[str] = VOC_CLASSES, skip_bad: bool = False,
-              validate: str = "header") -> DetectionSource:
-    """Read a VOC-format tree: ``<root>/VOC<year>/{ImageSets/Main/<split>.txt, Annotations, JPEGImages}``.
+              validate: str = "header", background_images: str = "keep") -> DetectionSource:
+    """Read a VOC-format tree: ``<root>/VOC<year>/{ImageSets/Main/<split>.txt, Annotations, JPEGImages}``,
+    or your own VOC-format folder of any name (see ``find_voc_dir``).
 
     Annotations are parsed once here; the returned dataset only reads and decodes JPEGs, in split-file order.
 
     Args:
-      root: the VOCdevkit folder (or the folder containing it).
-      year: "2007", "2012" or the name suffix of a custom ``VOC<year>`` folder.
+      root: the VOCdevkit folder (or the folder containing it), or the VOC-format folder itself.
+      year: "2007", "2012", the suffix of a custom ``VOC<year>`` folder or the name of a sub-folder of root.
       split: name of the list in ``ImageSets/Main`` ("trainval", "test", "train", "val", ...).
-      class_names: object classes; ``labels`` index this sequence.  Use your own for custom VOC-format data.
+      class_names: object classes; ``labels`` index this sequence.  Use your own for custom VOC-format data
+        (``config.data.class_names``); names are matched case-insensitively.
       skip_bad: leave out bad images/objects (counted in ``.skipped``) instead of raising.
       validate: image check at construction, "header" (default), "full" or "none" (see validation.py).
+      background_images: "keep" (default) an image whose annotation has no object, as a background-only
+        example, or "drop" it.
     Raises:
       DatasetNotFoundError: the root folder or split list is missing.
       MissingFileError / BadExampleError: a bad annotation or image, unless ``skip_bad``.
     """
     validation.check_validate_mode(validate)
+    contract.check_background_mode(background_images)
     year = str(year)
     class_names = tuple(str(n).strip().lower() for n in class_names)
     class_index = {n: i for i, n in enumerate(class_names)}
@@ -156,22 +181,17 @@ def local_voc(root: str, year: str = "2007", split: str = "trainval",
     images = []
     for image_id in _read_split(voc_dir, year, split):
         parsed = _parse_image(voc_dir, image_id, class_index, validate, log)
-        if parsed is not None:
+        if parsed is not None and (len(parsed.labels) or background_images == "keep"):
             images.append(parsed)
-    name = f"VOC{year} {split} (local {voc_dir})"
-    log.log_summary(name, len(images))
-    if not images:
-        raise contract.BadExampleError(f"{name}: no usable image left; see the problems logged above.",
-                                       validation.NO_OBJECTS, voc_dir)
-    return DetectionSource(dataset=contract.images_to_dataset(images), name=name, class_names=class_names,
-                           num_examples=len(images), skipped=log.counts, problems=log.problems)
+    fields = validation.finished_source_fields(images, log, f"VOC{year} {split} (local {voc_dir})", voc_dir)
+    return DetectionSource(class_names=class_names, **fields)
 
 
 def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], validate: str,
                  log: validation.ProblemLog) -> contract.ParsedImage | None:
     """Parse, check and convert one image's annotation; ``None`` if it is skipped."""
     xml_path = os.path.join(voc_dir, "Annotations", f"{image_id}.xml")
-    jpg_path = os.path.join(voc_dir, "JPEGImages", f"{image_id}.jpg")
+    jpg_path = find_image(voc_dir, image_id)
     try:
         if not os.path.isfile(xml_path):
             raise validation.missing("annotation file not found (listed in the split file)",
@@ -192,7 +212,8 @@ def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], valid
         if name not in class_index:
             log.report(validation.bad(f"object #{i} has class {name!r}, which is not in class_names "
                                       f"{sorted(class_index)}", validation.UNKNOWN_CLASS, xml_path,
-                                      "Pass the dataset's classes as class_names"))
+                                      "List the dataset's classes in config.data.class_names (a tuple of names "
+                                      "or a text file with one name a line)"))
             continue
         pixel_box = (xmin - 1.0, ymin - 1.0, xmax - 1.0, ymax - 1.0)  # 1-based -> 0-based, as the reference
         error = validation.check_box(pixel_box, height, width, xml_path, f"object #{i} ({name})")
@@ -202,12 +223,12 @@ def _parse_image(voc_dir: str, image_id: str, class_index: dict[str, int], valid
         boxes.append(boxes_lib.convert_format(np.array(pixel_box), "xyxy", boxes_lib.BOX_FORMAT, height, width))
         labels.append(class_index[name])
         difficult.append(is_difficult)
-    if not labels:
-        log.report(validation.bad("image has no (usable) object", validation.NO_OBJECTS, xml_path,
-                                  "Remove the image from the split list"))
+    if objects and not labels:  # every object was bad and skipped: not a background image
+        log.report(validation.bad("image has no usable object left", validation.NO_OBJECTS, xml_path,
+                                  "Correct its objects or remove the image from the split list"))
         return None
     return contract.ParsedImage(path=jpg_path, image_id=image_id, height=height, width=width,
-                                boxes=np.array(boxes, np.float32), labels=np.array(labels, np.int32),
+                                boxes=np.array(boxes, np.float32).reshape(-1, 4), labels=np.array(labels, np.int32),
                                 difficult=np.array(difficult, bool))
 
 
@@ -268,7 +289,7 @@ def parse_voc_spec(spec: str) -> list[str]:
 def voc_dataset(spec: str = "2007+2012", split: str = "trainval", source: str = "local",
                 root: str | None = None, data_dir: str | None = None, manual_dir: str | None = None,
                 download: bool = False, class_names: Sequence[str] = VOC_CLASSES, skip_bad: bool = False,
-                validate: str = "header") -> DetectionSource:
+                validate: str = "header", background_images: str = "keep") -> DetectionSource:
     """VOC selection as in the reference: the years of ``spec`` concatenated in order, one split.
 
     ``voc_dataset("2007+2012", "trainval")`` is the paper's training set, ``voc_dataset("2007", "test")``
@@ -279,11 +300,12 @@ def voc_dataset(spec: str = "2007+2012", split: str = "trainval", source: str = 
     if source == "local":
         if root is None:
             raise ValueError("voc_dataset(source='local') needs root=<VOCdevkit folder>.")
-        sources = [local_voc(root, y, split, class_names=class_names, skip_bad=skip_bad, validate=validate)
-                   for y in years]
+        sources = [local_voc(root, y, split, class_names=class_names, skip_bad=skip_bad, validate=validate,
+                             background_images=background_images) for y in years]
     elif source == "tfds":
-        if tuple(class_names) != VOC_CLASSES:
-            raise ValueError("source='tfds' only provides the 20 standard VOC classes; drop class_names.")
+        if tuple(str(n).strip().lower() for n in class_names) != VOC_CLASSES:
+            raise ValueError("source='tfds' only provides the 20 standard VOC classes: drop config.data.class_names "
+                             "or read your own VOC-format folder with source='local' and config.data.root.")
         sources = [tfds_voc(f"voc/{y}", split, data_dir=data_dir, manual_dir=manual_dir, download=download)
                    for y in years]
     else:

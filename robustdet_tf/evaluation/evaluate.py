@@ -27,15 +27,20 @@ def make_metric(kind: str, class_names: Sequence[str], reference_offsets: bool =
     raise ValueError(f"unknown metric {kind!r}; use 'voc07', 'voc' or 'coco'")
 
 
+def attack_targets(targets: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """What an evaluation attack aims at: the boxes and labels of the non-difficult objects, as the reference does
+    (difficult objects become padding, label -1)."""
+    out = {"boxes": targets["boxes"], "labels": targets["labels"]}
+    if "difficult" in targets:
+        out["labels"] = tf.where(tf.logical_not(targets["difficult"]), targets["labels"], -1)
+    return out
+
+
 def detection_step(model: keras.Model, attack: AttackFn | None = None, jit_compile: bool = False):
     """A compiled ``(images, targets) → (detections, attacked images)`` function for one batch."""
 
     def step(images, targets):
-        train_targets = {"boxes": targets["boxes"], "labels": targets["labels"]}
-        if "difficult" in targets:  # attacks use non-difficult objects only, as the reference does
-            keep = tf.logical_not(targets["difficult"])
-            train_targets["labels"] = tf.where(keep, targets["labels"], -1)
-        adv = images if attack is None else attack(model, images, train_targets)
+        adv = images if attack is None else attack(model, images, attack_targets(targets))
         return model.detect(adv), adv
 
     return tf.function(step, jit_compile=jit_compile, reduce_retracing=True)

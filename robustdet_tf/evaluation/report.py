@@ -102,9 +102,17 @@ def plot_bars(results: Mapping[str, Any], path: str) -> None:
     save_figure_atomic(figure, path)
 
 
+def detections_to_draw(scores: np.ndarray, count: int, score_threshold: float, top_n: int) -> list[int]:
+    """Indices of the detections a picture shows: the ``top_n`` best of the first ``count`` scoring at least
+    ``score_threshold``, best first."""
+    scores = np.asarray(scores)[:count]
+    order = np.argsort(-scores, kind="stable")
+    return [int(i) for i in order if scores[i] >= score_threshold][: max(0, int(top_n))]
+
+
 def _draw_detections(axes, image: np.ndarray, detections: Mapping[str, np.ndarray],
                      ground_truth: Mapping[str, np.ndarray], class_names: Sequence[str] | None, score_threshold: float,
-                     title: str) -> None:
+                     title: str, top_n: int) -> None:
     height, width = image.shape[:2]
     axes.imshow(np.clip(image, 0, 255).astype(np.uint8))
     axes.set_title(title, fontsize=9)
@@ -115,11 +123,10 @@ def _draw_detections(axes, image: np.ndarray, detections: Mapping[str, np.ndarra
         x0, y0, x1, y1 = convert_format(np.asarray(box, np.float64), BOX_FORMAT, "xyxy", height, width)
         axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linestyle="--",
                                  linewidth=1.0))
-    count = int(detections["num_detections"])
-    for box, score, cls in zip(detections["detection_boxes"][:count], detections["detection_scores"][:count],
-                               detections["detection_classes"][:count], strict=True):
-        if score < score_threshold:
-            continue
+    shown = detections_to_draw(detections["detection_scores"], int(detections["num_detections"]), score_threshold,
+                               top_n)
+    for box, score, cls in zip(detections["detection_boxes"][shown], detections["detection_scores"][shown],
+                               detections["detection_classes"][shown], strict=True):
         x0, y0, x1, y1 = convert_format(np.asarray(box, np.float64), DETECTION_BOX_FORMAT, "xyxy", height, width)
         cls = int(round(float(cls)))
         name = class_names[cls - 1] if class_names is not None and 0 < cls <= len(class_names) else str(cls)
@@ -133,9 +140,11 @@ def _row(batch: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
 
 
 def write_sample_pngs(clean, clean_dets, adv, adv_dets, targets, output_dir: str, prefix: str,
-                      class_names, num_images: int, score_threshold: float, attack_name: str) -> list[str]:
+                      class_names, num_images: int, score_threshold: float, attack_name: str,
+                      top_n: int = 10) -> list[str]:
     """One PNG per image, ``<output_dir>/<prefix>_<i>.png``: clean detections left, attacked right (red), the ground
-    truth dashed white on both, the perturbation's L∞ norm in the title.  Returns the paths written."""
+    truth dashed white on both, the perturbation's L∞ norm in the title; at most ``top_n`` detections scoring at
+    least ``score_threshold`` are drawn, so the picture stays readable.  Returns the paths written."""
     clean, adv = np.asarray(clean), np.asarray(adv)
     clean_dets = {k: np.asarray(v) for k, v in clean_dets.items()}
     adv_dets = {k: np.asarray(v) for k, v in adv_dets.items()}
@@ -145,9 +154,10 @@ def write_sample_pngs(clean, clean_dets, adv, adv_dets, targets, output_dir: str
         figure = Figure(figsize=(8.0, 4.2))
         left, right = figure.subplots(1, 2)
         linf = float(np.max(np.abs(adv[i] - clean[i])))
-        _draw_detections(left, clean[i], _row(clean_dets, i), _row(gt, i), class_names, score_threshold, "clean")
+        _draw_detections(left, clean[i], _row(clean_dets, i), _row(gt, i), class_names, score_threshold, "clean",
+                         top_n)
         _draw_detections(right, adv[i], _row(adv_dets, i), _row(gt, i), class_names, score_threshold,
-                         f"{attack_name} (‖δ‖∞ = {linf:.1f})")
+                         f"{attack_name} (‖δ‖∞ = {linf:.1f})", top_n)
         figure.tight_layout()
         path = os.path.join(output_dir, f"{prefix}_{i}.png")
         save_figure_atomic(figure, path)

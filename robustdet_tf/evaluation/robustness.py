@@ -58,6 +58,7 @@ def save_sample_detections(
     num_images: int = 4,
     score_threshold: float = 0.3,
     prefix: str | None = None,
+    top_n: int = 10,
 ) -> list[str]:
     """Draw clean vs attacked detections (red) with the ground truth (dashed white) for the first images.
 
@@ -73,7 +74,7 @@ def save_sample_detections(
     adv_dets, adv = detection_step(model, attack)(images, targets)
     return write_sample_pngs(images, clean_dets, adv, adv_dets, targets, output_dir,
                              prefix or file_stem(attack_name), class_names, num_images, score_threshold,
-                             attack_name)
+                             attack_name, top_n=top_n)
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ def evaluate_robustness(
     plots: bool = True,
     sample_images: int = 0,
     sample_score_threshold: float = 0.3,
+    sample_top_n: int = 10,
 ) -> dict[str, Any]:
     """Evaluate every model under every attack and write the table, JSON and figures to ``output_dir``.
 
@@ -113,6 +115,8 @@ def evaluate_robustness(
         reference_offsets=protocol["reference_offsets"])`` (COCO needs a factory with its annotations).
       plots: write the PR curves and the bar plot.
       sample_images: if > 0, also draw clean vs attacked detections of that many first-batch images per cell.
+      sample_score_threshold, sample_top_n: the pictures show at most ``sample_top_n`` detections per image, those
+        scoring at least ``sample_score_threshold`` (the metric itself uses every detection).
 
     Returns the dict written to ``robustness.json``.
     """
@@ -152,7 +156,7 @@ def evaluate_robustness(
                                os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
         if sample_images > 0:
             _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, sample_images,
-                               sample_score_threshold)
+                               (sample_score_threshold, sample_top_n))
 
     results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class}
     write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
@@ -162,7 +166,7 @@ def evaluate_robustness(
     return results
 
 
-def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, threshold):
+def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, shown):
     """Reuse the first batch each attack already produced; the clean detections come from the clean column
     (or one extra batched ``detect`` if the clean column was not requested)."""
     if not first_batch:
@@ -177,5 +181,5 @@ def _samples_for_model(model, model_name, first_batch, batches, output_dir, clas
         if attack_name == "clean":
             continue
         write_sample_pngs(clean_images, clean_dets, adv, adv_dets, targets, os.path.join(output_dir, "samples"),
-                          f"{file_stem(model_name)}_{file_stem(attack_name)}", class_names, num_images, threshold,
-                          attack_name)
+                          f"{file_stem(model_name)}_{file_stem(attack_name)}", class_names, num_images, shown[0],
+                          attack_name, top_n=shown[1])

@@ -59,6 +59,27 @@ def raw_outputs(model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
     return {key: out[key] for key in RAW_OUTPUTS if key in out}
 
 
+def positive_int(value: int, name: str) -> int:
+    """``value`` as an int, refusing anything below 1 with a message naming ``name``."""
+    if int(value) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def raw_archive(model: keras.Model, endpoint: str, batch_size: int | None) -> keras.export.ExportArchive:
+    """An archive tracking ``model`` with one endpoint ``endpoint``: float32 pixel images ``[batch_size, S, S, 3]``
+    → ``raw_outputs`` (the shared first step of the SavedModel and TFLite exports)."""
+    size = model.image_size
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        endpoint,
+        lambda images: raw_outputs(model, images),
+        input_signature=[tf.TensorSpec([batch_size, size, size, 3], tf.float32, name="images")],
+    )
+    return archive
+
+
 def serving_detections(model: keras.Model, images: tf.Tensor, max_detections: int) -> dict[str, tf.Tensor]:
     """uint8 images of any size → OD-API detections of the model at its own input size."""
     size = model.image_size
@@ -81,23 +102,13 @@ def export_saved_model(
     ``aaconv_implementation="map_fn"`` or ``"stacked"`` for an export that needs no grouped-convolution kernel.
     """
     check_detection_model(model, f"export_saved_model({os.fspath(path)})")
-    if int(max_detections) < 1:
-        raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-    max_detections = int(max_detections)
+    max_detections = positive_int(max_detections, "max_detections")
     model = with_aaconv_implementation(model, aaconv_implementation)
-    size = model.image_size
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive = raw_archive(model, "raw", batch_size=None)
     archive.add_endpoint(
         "serving_default",
         lambda images: serving_detections(model, images, max_detections),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
-    )
-    archive.add_endpoint(
-        "raw",
-        lambda images: raw_outputs(model, images),
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")],
     )
     with atomic_output(path, overwrite=overwrite, directory=True) as tmp:
         archive.write_out(tmp, verbose=False)

@@ -42,7 +42,12 @@ import numpy as np
 import tensorflow as tf
 
 from robustdet_tf.detections import postprocess
-from robustdet_tf.export.saved_model import check_detection_model, raw_outputs, with_aaconv_implementation
+from robustdet_tf.export.saved_model import (
+    check_detection_model,
+    positive_int,
+    raw_archive,
+    with_aaconv_implementation,
+)
 from robustdet_tf.io import atomic_output, check_destination
 from robustdet_tf.models.detector import feature_map_sizes
 from robustdet_tf.priors import PriorSpec
@@ -75,17 +80,8 @@ def write_raw_saved_model(
     """The converter's input: a SavedModel whose ``serving_default`` maps float32 pixel images
     ``[batch_size, S, S, 3]`` to ``loc``, ``logits`` (and ``pi`` for RobustDet), with TFLite-ready AAconvs."""
     check_detection_model(model, "TFLite export")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lite_model = tflite_ready_copy(model, aaconv_implementation)
-    size = lite_model.image_size
-    archive = keras.export.ExportArchive()
-    archive.track(lite_model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda images: raw_outputs(lite_model, images),
-        input_signature=[tf.TensorSpec([int(batch_size), size, size, 3], tf.float32, name="images")],
-    )
+    batch_size = positive_int(batch_size, "batch_size")
+    archive = raw_archive(tflite_ready_copy(model, aaconv_implementation), "serving_default", batch_size)
     archive.write_out(directory, verbose=False)
 
 

@@ -79,10 +79,17 @@ class DetectionModelBase(keras.Model):
         nms_iou_threshold: float = 0.45,
         max_detections: int | None = None,
         kernel_initializer: str = "glorot_uniform",
+        class_names: Sequence[str] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
+        self.class_names = None if class_names is None else tuple(str(n) for n in class_names)
+        if self.class_names is not None and len(self.class_names) >= self.num_classes:
+            raise ValueError(
+                f"{type(self).__name__}: {len(self.class_names)} class names need num_classes >= "
+                f"{len(self.class_names) + 1} (background + classes), got {self.num_classes}"
+            )
         self.image_size = int(image_size)
         self.width = float(width)
         self.extras = tuple(tuple(int(v) for v in e) for e in extras)
@@ -239,6 +246,7 @@ class DetectionModelBase(keras.Model):
             "nms_iou_threshold": self.nms_iou_threshold,
             "max_detections": self.max_detections,
             "kernel_initializer": self.kernel_initializer,
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
     @classmethod

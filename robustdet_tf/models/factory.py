@@ -12,10 +12,13 @@ from typing import Any
 
 import keras
 
+from robustdet_tf.labels import num_classes_for, read_class_names
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
 
 MODEL_CLASSES: dict[str, type] = {"ssd": SSD, "robustdet": RobustDet}
+INIT_KEYS = ("backbone_init",)
+"""Model-config keys that say how a fresh model's weights start (``checkpoints/backbone.py``), not what it is."""
 
 
 def constructor_keys(cls: type) -> set[str]:
@@ -28,13 +31,26 @@ def constructor_keys(cls: type) -> set[str]:
     return accepted
 
 
+def resolved_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config as a plain dict with its label map settled: ``class_names`` read (a tuple, or a text file
+    of ``config.data.class_names``, which the experiment configs link here) and ``num_classes`` derived from it
+    when not given (background + classes)."""
+    config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    names = read_class_names(config.get("class_names"))
+    config["class_names"] = names
+    if "num_classes" in config or names is not None:  # else the constructor's default applies
+        config["num_classes"] = num_classes_for(names, config.get("num_classes"))
+    return config
+
+
 def build_model(config: Mapping[str, Any]) -> keras.Model:
     """Build any model from its config (``config.model`` of a file in ``configs/``).
 
     ``config["kind"]`` selects the class (``"ssd"`` or ``"robustdet"``); every other key is a constructor
-    argument.  An unknown key is refused with the list of accepted ones.
+    argument.  An unknown key is refused with the list of accepted ones.  ``num_classes`` may be left ``None`` when
+    ``class_names`` is given (see ``resolved_model_config``).
     """
-    config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    config = {k: v for k, v in resolved_model_config(config).items() if k not in INIT_KEYS}
     kind = config.pop("kind", "ssd")
     if kind not in MODEL_CLASSES:
         raise ValueError(f"unknown model kind {kind!r} in the model config; choose one of {sorted(MODEL_CLASSES)}")

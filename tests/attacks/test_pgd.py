@@ -55,13 +55,13 @@ def test_projection_and_random_start(model_and_batch):
 
 def test_mtd_keeps_the_candidate_with_larger_total_loss(model_and_batch):
     model, x0, targets = model_and_batch
-    out = pgd_lib.mtd_step(model, x0, x0, targets)
+    out = pgd_lib.attack_step(model, x0, x0, targets, AttackSpec("mtd"))
     cand_loc = pgd_lib.pgd_step(model, x0, x0, targets, AttackSpec("loc"))
     cand_cls = pgd_lib.pgd_step(model, x0, x0, targets, AttackSpec("cls"))
     total = lambda x: float(tf.add_n(objectives.detection_terms(model, x, targets)))  # noqa: E731
     expected = cand_loc if total(cand_loc) > total(cand_cls) else cand_cls
     np.testing.assert_allclose(out.numpy(), expected.numpy())
-    per_image = pgd_lib.mtd_step(model, x0, x0, targets, AttackSpec("mtd", mtd_per_image=True)).numpy()
+    per_image = pgd_lib.attack_step(model, x0, x0, targets, AttackSpec("mtd", mtd_per_image=True)).numpy()
     for i in range(4):  # each image is one of the two candidates
         assert np.allclose(per_image[i], cand_loc[i]) or np.allclose(per_image[i], cand_cls[i])
 

@@ -15,6 +15,37 @@ VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 5
 MEAN_RGB = np.array([104.0, 117.0, 123.0], np.float32)
 
 
+def _bn_shapes(name: str, n: int, counters: bool) -> dict[str, tuple]:
+    """A BatchNorm's four vectors (and, as PyTorch writes it, its ``num_batches_tracked`` counter)."""
+    shapes = {f"{name}.{param}": (n,) for param in ("weight", "bias", "running_mean", "running_var")}
+    if counters:
+        shapes[f"{name}.num_batches_tracked"] = ()
+    return shapes
+
+
+def resnet18_state_shapes(width: int = 64, num_kernels: int = 4, prefix: str = "",
+                          counters: bool = False) -> dict[str, tuple]:
+    """State-dict keys and PyTorch shapes of torchvision's resnet18 with fc -> Linear(8*width, K), written out
+    from torchvision's layout (independently of the Keras model); ``counters`` adds the BN step counters."""
+    shapes = {prefix + "conv1.weight": (width, 3, 7, 7), **_bn_shapes(prefix + "bn1", width, counters)}
+    in_ch = width
+    for stage in range(1, 5):
+        out_ch = width * 2 ** (stage - 1)
+        for block in range(2):
+            pre = f"{prefix}layer{stage}.{block}"
+            shapes[f"{pre}.conv1.weight"] = (out_ch, in_ch, 3, 3)
+            shapes.update(_bn_shapes(f"{pre}.bn1", out_ch, counters))
+            shapes[f"{pre}.conv2.weight"] = (out_ch, out_ch, 3, 3)
+            shapes.update(_bn_shapes(f"{pre}.bn2", out_ch, counters))
+            if block == 0 and stage > 1:
+                shapes[f"{pre}.downsample.0.weight"] = (out_ch, in_ch, 1, 1)
+                shapes.update(_bn_shapes(f"{pre}.downsample.1", out_ch, counters))
+            in_ch = out_ch
+    shapes[prefix + "fc.weight"] = (num_kernels, 8 * width)
+    shapes[prefix + "fc.bias"] = (num_kernels,)
+    return shapes
+
+
 def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
@@ -87,30 +118,7 @@ def official_shapes(
     if num_kernels is None:
         return shapes
 
-    p = "disc.base_net."
-
-    def bn(name, n):
-        for param in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{name}.{param}"] = (n,)
-        shapes[f"{name}.num_batches_tracked"] = ()
-
-    shapes[p + "conv1.weight"] = (aid_width, 3, 7, 7)
-    bn(p + "bn1", aid_width)
-    inplanes = aid_width
-    for stage in range(1, 5):
-        planes = aid_width * 2 ** (stage - 1)
-        for block in range(2):
-            name = f"{p}layer{stage}.{block}"
-            shapes[f"{name}.conv1.weight"] = (planes, inplanes, 3, 3)
-            bn(f"{name}.bn1", planes)
-            shapes[f"{name}.conv2.weight"] = (planes, planes, 3, 3)
-            bn(f"{name}.bn2", planes)
-            if block == 0 and stage > 1:
-                shapes[f"{name}.downsample.0.weight"] = (planes, inplanes, 1, 1)
-                bn(f"{name}.downsample.1", planes)
-            inplanes = planes
-    shapes[p + "fc.weight"] = (num_kernels, inplanes)
-    shapes[p + "fc.bias"] = (num_kernels,)
+    shapes.update(resnet18_state_shapes(aid_width, num_kernels, prefix="disc.base_net.", counters=True))
     if cfr:
         w = decoder_width
         plan = [(0, "conv", conv43, w), (3, "convT", w, w // 2), (6, "conv", w // 2, w // 2),
@@ -119,7 +127,7 @@ def official_shapes(
         for index, kind, cin_, cout in plan:
             shapes[f"decoder.{index}.weight"] = (cout, cin_, 3, 3) if kind == "conv" else (cin_, cout, 3, 3)
             shapes[f"decoder.{index}.bias"] = (cout,)
-            bn(f"decoder.{index + 1}", cout)
+            shapes.update(_bn_shapes(f"decoder.{index + 1}", cout, counters=True))
         shapes["decoder.24.weight"] = (3, w // 16, 3, 3)
         shapes["decoder.24.bias"] = (3,)
     return shapes

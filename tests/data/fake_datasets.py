@@ -24,12 +24,15 @@ import io
 import json
 import os
 import pathlib
+import time
 from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from robustdet_tf.data import contract
 from robustdet_tf.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from robustdet_tf.data.voc import VOC_CLASSES
 
@@ -46,12 +49,18 @@ class FakeObject:
 
 
 @dataclasses.dataclass
-class FakeVocImage:
-    """One VOC image; ``xml_size`` overrides the written ``<size>`` (H, W); ``write_size=False`` omits it."""
+class FakeImage:
+    """What every fake image has: an id and a size; ``image`` (a field of each kind) is one of IMAGE_MODES."""
 
-    image_id: str
+    image_id: str | int
     height: int = 48
     width: int = 64
+
+
+@dataclasses.dataclass
+class FakeVocImage(FakeImage):
+    """One VOC image; ``xml_size`` overrides the written ``<size>`` (H, W); ``write_size=False`` omits it."""
+
     objects: list[FakeObject] = dataclasses.field(default_factory=list)
     write_size: bool = True
     xml_size: tuple[int, int] | None = None
@@ -76,10 +85,9 @@ class FakeAnnotation:
 
 
 @dataclasses.dataclass
-class FakeCocoImage:
-    image_id: int
-    height: int = 48
-    width: int = 64
+class FakeCocoImage(FakeImage):
+    """One COCO image; ``file_name`` overrides the 12-digit default name."""
+
     annotations: list[FakeAnnotation] = dataclasses.field(default_factory=list)
     file_name: str | None = None
     image: str = "ok"
@@ -246,3 +254,24 @@ def write_coco(root, split: str = "val2017", images: Sequence[FakeCocoImage] | N
     annotation_file = root / "annotations" / f"instances_{split}.json"
     annotation_file.write_text(json.dumps(payload))
     return FakeCoco(root, split, annotation_file, image_dir, images)
+
+
+def assert_unprepared_tfds_refused(load, tmp_path: pathlib.Path, archives: Sequence[str], present: Sequence[str],
+                                   missing: str) -> None:
+    """``load(data_dir=..., **kw)`` on an unprepared tfds folder raises DatasetNotFoundError naming the folder,
+    ``manual_dir`` and every archive, and with ``download=True`` and a manual folder holding only ``present`` it
+    names the ``missing`` archive; neither call waits on the network."""
+    start = time.time()
+    with pytest.raises(contract.DatasetNotFoundError) as info:
+        load(data_dir=str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path) in message and "manual_dir" in message
+    assert all(name in message for name in archives)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in present:
+        (manual / name).write_bytes(b"")
+    with pytest.raises(contract.DatasetNotFoundError, match=f"lacks {missing}"):
+        load(data_dir=str(tmp_path), manual_dir=str(manual), download=True)
+    assert time.time() - start < 30  # no network retry happened
+

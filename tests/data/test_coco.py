@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import time  # noqa: E402
+import functools  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from robustdet_tf.data import coco, contract, validation  # noqa: E402
-from tests.data.fake_datasets import FakeAnnotation, FakeCocoImage, write_coco  # noqa: E402
+from tests.data.fake_datasets import FakeAnnotation, FakeCocoImage, assert_unprepared_tfds_refused, write_coco  # noqa: E402
 
 
 def _examples(source):
@@ -209,15 +209,8 @@ def test_tfds_boxes_crowd_and_empty_images(tmp_path):
 
 
 def test_tfds_not_prepared_raises_without_downloading(tmp_path):
-    start = time.time()
-    with pytest.raises(contract.DatasetNotFoundError) as info:
-        coco.tfds_coco("coco/2017", "validation", data_dir=str(tmp_path))
-    message = str(info.value)
-    assert str(tmp_path) in message and "manual_dir" in message
-    assert all(name in message for name in coco.COCO_ZIP_FILES)
-    with pytest.raises(contract.DatasetNotFoundError, match="lacks train2017.zip"):
-        coco.tfds_coco("coco/2017", data_dir=str(tmp_path), manual_dir=str(tmp_path), download=True)
-    assert time.time() - start < 30
+    assert_unprepared_tfds_refused(functools.partial(coco.tfds_coco, "coco/2017", "validation"), tmp_path,
+                                   coco.COCO_ZIP_FILES, present=(), missing="train2017.zip")
 
 
 def test_validate_none_uses_json_sizes_and_still_checks_existence(tmp_path):
@@ -229,3 +222,43 @@ def test_validate_none_uses_json_sizes_and_still_checks_existence(tmp_path):
     (fake.image_dir / IMAGES[1].name).unlink()
     with pytest.raises(contract.MissingFileError, match=IMAGES[1].name):
         coco.local_coco(fake.root, validate="none")
+
+
+# ------------------------------------------------------------------------------------------------ own data
+
+
+def test_background_only_images_are_kept_on_request(tmp_path):
+    fake = write_coco(tmp_path, images=IMAGES, unannotated_images=2)
+    assert coco.local_coco(fake.root).num_examples == 2  # the reference's selection
+    source = coco.local_coco(fake.root, background_images="keep")
+    got = _examples(source)
+    assert source.num_examples == len(got) == 4
+    assert [g["image_id"] for g in got][:2] == [b"7", b"3"]
+    for empty in got[2:]:
+        assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
+
+
+def test_class_names_select_and_order_the_categories(tmp_path):
+    """Your own list: labels follow config.data.class_names, by category name, whatever the ids."""
+    images = [FakeCocoImage(1, annotations=[FakeAnnotation(7, (1, 1, 9, 9)), FakeAnnotation(4, (2, 2, 5, 5))])]
+    fake = write_coco(tmp_path, images=images, categories=[(4, "Tree"), (7, "bush"), (9, "rock")])
+    source = coco.local_coco(fake.root, class_names=("bush", "tree"))
+    assert source.class_names == ("bush", "tree") and source.category_ids == (7, 4)
+    (got,) = _examples(source)
+    np.testing.assert_array_equal(got["labels"], [0, 1])
+    every = coco.local_coco(fake.root)  # no list: every category, sorted by id
+    assert every.class_names == ("Tree", "bush", "rock")
+    with pytest.raises(contract.BadExampleError, match="config.data.class_names"):
+        coco.local_coco(fake.root, class_names=("tree",))  # the bush annotation is not a class read
+    with pytest.raises(ValueError, match=r"config.data.class_names lists \['cactus'\]"):
+        coco.local_coco(fake.root, class_names=("tree", "cactus"))
+
+
+def test_more_categories_than_the_model_has_classes_is_refused_naming_both_numbers():
+    source = contract.DetectionSource(dataset=None, name="COCO val2017 (local x)",
+                                      class_names=tuple(f"c{i}" for i in range(100)))
+    with pytest.raises(ValueError, match=r"has 100 classes but .* num_classes=81 .*config.model.num_classes=101"):
+        contract.check_labels_fit(source, 81, None, "the model")
+    with pytest.raises(ValueError, match="config.data.class_names"):
+        contract.check_labels_fit(source, 101, ("a",) * 100, "the model")
+    contract.check_labels_fit(source, 201, None, "the model")  # the reference's 201 holds 100 classes

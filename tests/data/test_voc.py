@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import time  # noqa: E402
+import functools  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 from robustdet_tf.data import contract, validation, voc  # noqa: E402
-from tests.data.fake_datasets import FakeObject, FakeVocImage, write_voc_tree  # noqa: E402
+from tests.data.fake_datasets import FakeObject, FakeVocImage, assert_unprepared_tfds_refused, write_voc_tree  # noqa: E402
 
 SPEC_ORDER = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -147,7 +147,6 @@ BAD_CASES = {
                     contract.BadExampleError, validation.BOX_OUTSIDE_IMAGE, True),
     "zero_area_box": (FakeVocImage("bad", objects=[GOOD, FakeObject("car", (10, 10, 10, 20))]),
                       contract.BadExampleError, validation.DEGENERATE_BOX, True),
-    "no_objects": (FakeVocImage("bad", objects=[]), contract.BadExampleError, validation.NO_OBJECTS, False),
     "unknown_class": (FakeVocImage("bad", objects=[GOOD, FakeObject("unicorn", (2, 2, 8, 8))]),
                       contract.BadExampleError, validation.UNKNOWN_CLASS, True),
 }
@@ -198,9 +197,57 @@ def test_truncated_jpeg_found_by_full_validation_and_missed_by_none(tmp_path):
 
 
 def test_all_images_bad_raises_even_with_skip_bad(tmp_path):
-    tree = write_voc_tree(tmp_path, images=[FakeVocImage("bad", objects=[])])
+    tree = write_voc_tree(tmp_path, images=[FakeVocImage("bad", objects=[FakeObject("car", (10, 10, 10, 20))])])
     with pytest.raises(contract.BadExampleError, match="no usable image"):
         voc.local_voc(tree.root, skip_bad=True)
+
+
+def test_an_image_whose_objects_were_all_bad_is_skipped_not_kept_as_background(tmp_path):
+    bad = FakeVocImage("bad", objects=[FakeObject("car", (10, 10, 10, 20))])
+    tree = write_voc_tree(tmp_path, images=[FakeVocImage("good", objects=[GOOD]), bad])
+    source = voc.local_voc(tree.root, skip_bad=True)
+    assert source.skipped == {validation.DEGENERATE_BOX: 1, validation.NO_OBJECTS: 1}
+    assert [g["image_id"] for g in _examples(source)] == [b"good"]
+
+
+def test_background_only_images_are_valid_examples(tmp_path):
+    tree = write_voc_tree(tmp_path, images=[FakeVocImage("good", objects=[GOOD]), FakeVocImage("empty", objects=[])])
+    got = _examples(voc.local_voc(tree.root))
+    assert [g["image_id"] for g in got] == [b"good", b"empty"]
+    assert got[1]["boxes"].shape == (0, 4) and got[1]["labels"].shape == (0,) and got[1]["difficult"].shape == (0,)
+    assert got[1]["image"].shape == (48, 64, 3)
+    dropped = voc.local_voc(tree.root, background_images="drop")
+    assert [g["image_id"] for g in _examples(dropped)] == [b"good"]
+    with pytest.raises(ValueError, match="config.data.background_images"):
+        voc.local_voc(tree.root, background_images="sometimes")
+
+
+def test_a_voc_format_folder_of_any_name_with_png_images(tmp_path):
+    """Your own data: the folder holding Annotations/ImageSets/JPEGImages may have any name, be given as the root
+    itself or by name as ``year``, and hold PNG files."""
+    images = [FakeVocImage("a1", objects=[FakeObject("Tree", (4, 4, 30, 20))])]
+    tree = write_voc_tree(tmp_path / "devkit", images=images)
+    own = tmp_path / "aerial_trees"
+    (tree.root / "VOC2007").rename(own)
+    jpg = own / "JPEGImages" / "a1.jpg"
+    png = own / "JPEGImages" / "a1.png"
+    tf.keras.utils.save_img(str(png), tf.io.decode_jpeg(jpg.read_bytes()).numpy(), scale=False)
+    jpg.unlink()
+    for root, year in ((own, "2007"), (tmp_path, "aerial_trees")):
+        source = voc.local_voc(root, year, class_names=("tree",))
+        (got,) = _examples(source)
+        assert source.class_names == ("tree",)
+        np.testing.assert_array_equal(got["labels"], [0])
+        np.testing.assert_allclose(got["boxes"], [_ref_box((4, 4, 30, 20), 48, 64)], atol=1e-7)
+    with pytest.raises(contract.DatasetNotFoundError, match="No VOC-format folder"):
+        voc.local_voc(tmp_path, "elsewhere")
+
+
+def test_unknown_class_error_names_the_config_key(tmp_path):
+    tree = write_voc_tree(tmp_path, images=[FakeVocImage("a", objects=[FakeObject("Tree", (4, 4, 30, 20))])])
+    with pytest.raises(contract.BadExampleError, match="config.data.class_names") as info:
+        voc.local_voc(tree.root)
+    assert "'tree'" in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------------- tfds
@@ -261,18 +308,9 @@ def test_tfds_boxes_match_the_local_reader_exactly(tmp_path):
 
 
 def test_tfds_not_prepared_raises_without_downloading(tmp_path):
-    start = time.time()
-    with pytest.raises(contract.DatasetNotFoundError) as info:
-        voc.tfds_voc("voc/2007", "test", data_dir=str(tmp_path))
-    message = str(info.value)
-    assert str(tmp_path) in message and "manual_dir" in message
-    assert "VOCtest_06-Nov-2007.tar" in message and "VOCtrainval_06-Nov-2007.tar" in message
-    manual = tmp_path / "manual"
-    manual.mkdir()
-    (manual / "VOCtest_06-Nov-2007.tar").write_bytes(b"")
-    with pytest.raises(contract.DatasetNotFoundError, match="lacks VOCtrainval_06-Nov-2007.tar"):
-        voc.tfds_voc("voc/2007", "test", data_dir=str(tmp_path), manual_dir=str(manual), download=True)
-    assert time.time() - start < 30  # no network retry happened
+    archives = ("VOCtest_06-Nov-2007.tar", "VOCtrainval_06-Nov-2007.tar")
+    assert_unprepared_tfds_refused(functools.partial(voc.tfds_voc, "voc/2007", "test"), tmp_path, archives,
+                                   present=archives[:1], missing=archives[1])
 
 
 def test_tfds_voc2012_test_is_refused():

@@ -10,30 +10,8 @@ import pytest
 import tensorflow as tf
 
 from robustdet_tf.models.discriminator import PaddedMaxPool2D, build_discriminator, torchvision_weight_map
+from tests.checkpoints.official_reference import resnet18_state_shapes
 from tests.helpers import assert_keras_round_trip
-
-
-def _torchvision_resnet18_shapes(width=64, num_kernels=4):
-    """State-dict keys and PyTorch shapes of torchvision's resnet18 with fc -> Linear(8*width, K), written out
-    from torchvision's layout (independently of the Keras model)."""
-    shapes = {"conv1.weight": (width, 3, 7, 7)}
-    bn = ("weight", "bias", "running_mean", "running_var")
-    shapes.update({f"bn1.{p}": (width,) for p in bn})
-    in_ch = width
-    for stage in range(1, 5):
-        out_ch = width * 2 ** (stage - 1)
-        for block in range(2):
-            pre = f"layer{stage}.{block}"
-            shapes[f"{pre}.conv1.weight"] = (out_ch, in_ch, 3, 3)
-            shapes[f"{pre}.conv2.weight"] = (out_ch, out_ch, 3, 3)
-            shapes.update({f"{pre}.bn{i}.{p}": (out_ch,) for i in (1, 2) for p in bn})
-            if block == 0 and stage > 1:
-                shapes[f"{pre}.downsample.0.weight"] = (out_ch, in_ch, 1, 1)
-                shapes.update({f"{pre}.downsample.1.{p}": (out_ch,) for p in bn})
-            in_ch = out_ch
-    shapes["fc.weight"] = (num_kernels, 8 * width)
-    shapes["fc.bias"] = (num_kernels,)
-    return shapes
 
 
 def _torch_to_keras_shape(shape):
@@ -104,7 +82,7 @@ def test_padded_max_pool_pads_with_minus_infinity():
 def test_torchvision_keys_map_to_every_weight_with_converted_shapes():
     model = build_discriminator(num_kernels=4, base_width=8)
     mapping = torchvision_weight_map(model, prefix="disc.base_net.")
-    want = {"disc.base_net." + k: v for k, v in _torchvision_resnet18_shapes(width=8).items()}
+    want = resnet18_state_shapes(width=8, prefix="disc.base_net.")
     assert set(mapping) == set(want)
     assert len({id(v) for v in mapping.values()}) == len(model.weights)
     for key, variable in mapping.items():

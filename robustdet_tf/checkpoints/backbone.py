@@ -1,0 +1,177 @@
+"""An ImageNet start for the VGG16 trunk: Keras' VGG16 weights or ssd.pytorch's ``vgg16_reducedfc.pth``.
+
+SSD is trained from an ImageNet VGG16 (the reference's baselines load ``weights/vgg16_reducedfc.pth``, spec §6.5).
+``config.model.backbone_init`` picks the source of a fresh model's trunk:
+
+* ``"imagenet"``: ``keras.applications.VGG16(weights="imagenet")`` (Keras downloads it once into
+  ``~/.keras/models/``); a path to that ``.h5`` file works offline.
+* a ``.pth`` / ``.npz`` file: ssd.pytorch's ``vgg16_reducedfc.pth`` (keys ``0.weight`` … ``33.bias``, the
+  reference's ``vgg`` ModuleList), loaded as the reference loads it (no channel or mean change).
+* ``"none"``: the initialiser's weights.
+
+Mapping Keras' VGG16.  The 13 convolutions go to ``vgg_0`` … ``vgg_28`` in order.  Keras' weights expect BGR input
+with the ImageNet mean ``(103.939, 116.779, 123.68)`` subtracted from (B, G, R); our models take RGB and subtract
+``model.mean`` from (R, G, B).  So the first convolution's input channels are reversed, and its bias absorbs the
+mean difference: ``b' = b + Σ W'·(mean_ours − mean_keras)``, which makes every feature equal to Keras VGG16's
+wherever no zero padding is involved (at the borders the padded zeros stand for different pixel values).
+conv6 / conv7 come from fc6 / fc7 by the reduced-fc subsampling of the SSD paper: fc6 ``[7·7·512, 4096]`` is
+viewed as a 7×7 convolution and kept at every 3rd tap (7×7 → 3×3, which conv6's dilation 6 spreads back over the
+same 13-pixel field) and every 4th output (4096 → 1024); fc7 keeps every 4th input and output (4096 → 1024).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+
+from robustdet_tf.checkpoints.key_maps import to_keras_layout
+from robustdet_tf.checkpoints.torch_import import read_state_dict
+from robustdet_tf.layers.aaconv import AAConv2D
+from robustdet_tf.layers.cfr import ProbConv
+from robustdet_tf.models.factory import build_model
+
+KERAS_VGG16_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+)
+KERAS_VGG16_FILE = os.path.basename(KERAS_VGG16_URL)
+KERAS_IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# Keras VGG16 layer → our trunk convolution (the reference's vgg ModuleList index).
+KERAS_CONVS = {
+    "block1_conv1": "vgg_0", "block1_conv2": "vgg_2",
+    "block2_conv1": "vgg_5", "block2_conv2": "vgg_7",
+    "block3_conv1": "vgg_10", "block3_conv2": "vgg_12", "block3_conv3": "vgg_14",
+    "block4_conv1": "vgg_17", "block4_conv2": "vgg_19", "block4_conv3": "vgg_21",
+    "block5_conv1": "vgg_24", "block5_conv2": "vgg_26", "block5_conv3": "vgg_28",
+}
+CONV6, CONV7 = "vgg_31", "vgg_33"
+TRUNK = (*KERAS_CONVS.values(), CONV6, CONV7)
+_BACKBONE_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
+
+TrunkArrays = dict[str, tuple[np.ndarray, np.ndarray]]  # vgg_<i> → (Keras-layout kernel, bias)
+
+
+class BackboneWeightsError(ValueError):
+    """The backbone weights cannot be had or do not fit the model; the message says what to do."""
+
+
+def keras_cache_path() -> str:
+    """Where Keras looks for (and downloads) the ImageNet VGG16 file."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "models", KERAS_VGG16_FILE)
+
+
+def keras_vgg16(weights: str = "imagenet") -> keras.Model:
+    """Keras' VGG16 with its classifier (fc1/fc2 become conv6/conv7): ``"imagenet"`` or a local ``.h5`` path."""
+    if weights != "imagenet" and not os.path.isfile(weights):
+        raise BackboneWeightsError(f"config.model.backbone_init={weights!r}: no such file; give Keras' "
+                                   f"{KERAS_VGG16_FILE}, ssd.pytorch's vgg16_reducedfc.pth, 'imagenet' or 'none'.")
+    try:
+        return keras.applications.VGG16(weights=weights, include_top=True)
+    except Exception as err:  # get_file raises a bare Exception on a failed download
+        raise BackboneWeightsError(
+            f"could not load the ImageNet VGG16 weights ({type(err).__name__}: {err}). Without network access, "
+            f"download {KERAS_VGG16_URL} on another machine and put it at {keras_cache_path()} (Keras' cache, "
+            f"$KERAS_HOME/models), or pass its path: --config.model.backbone_init=/path/to/{KERAS_VGG16_FILE}."
+        ) from err
+
+
+def reduced_fc(fc6_kernel: np.ndarray, fc6_bias: np.ndarray, fc7_kernel: np.ndarray,
+               fc7_bias: np.ndarray) -> TrunkArrays:
+    """conv6 ``[3, 3, 512, 1024]`` and conv7 ``[1, 1, 1024, 1024]`` from Keras' fc1 ``[25088, 4096]`` and fc2
+    ``[4096, 4096]`` (the flattened 7×7×512 input is row-major in (y, x, channel), channels last)."""
+    fc6 = np.asarray(fc6_kernel).reshape(7, 7, 512, -1)
+    fc7 = np.asarray(fc7_kernel)
+    return {
+        CONV6: (fc6[::3, ::3, :, ::4], np.asarray(fc6_bias)[::4]),
+        CONV7: (fc7[::4, ::4][None, None], np.asarray(fc7_bias)[::4]),
+    }
+
+
+def keras_vgg16_arrays(vgg: keras.Model, mean: Sequence[float]) -> TrunkArrays:
+    """Our trunk's kernels from a Keras VGG16, for a model subtracting ``mean`` from its RGB input."""
+    arrays: TrunkArrays = {}
+    for keras_name, ours in KERAS_CONVS.items():
+        kernel, bias = (np.asarray(w) for w in vgg.get_layer(keras_name).get_weights())
+        arrays[ours] = (kernel, bias)
+    kernel, bias = arrays["vgg_0"]
+    kernel = kernel[:, :, ::-1, :]  # BGR → RGB input channels
+    shift = np.asarray(mean, np.float64) - np.asarray(KERAS_IMAGENET_MEAN_BGR[::-1], np.float64)
+    bias = bias + np.einsum("hwco,c->o", kernel.astype(np.float64), shift)
+    arrays["vgg_0"] = (np.ascontiguousarray(kernel), bias.astype(np.float32))
+    fc1, fc2 = (vgg.get_layer(name).get_weights() for name in ("fc1", "fc2"))
+    arrays.update(reduced_fc(fc1[0], fc1[1], fc2[0], fc2[1]))
+    return arrays
+
+
+def is_vgg_backbone_state(state: Mapping[str, np.ndarray]) -> bool:
+    """A state dict of the bare ``vgg`` ModuleList (``vgg16_reducedfc.pth``): only ``<index>.weight|bias`` keys."""
+    return bool(state) and all(_BACKBONE_KEY.match(key) for key in state)
+
+
+def reducedfc_arrays(state: Mapping[str, np.ndarray]) -> TrunkArrays:
+    """Our trunk's kernels from ssd.pytorch's ``vgg16_reducedfc.pth`` state dict (PyTorch layout)."""
+    wanted = {f"{name.split('_')[1]}.{part}" for name in TRUNK for part in ("weight", "bias")}
+    missing, unknown = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if missing or unknown:
+        raise BackboneWeightsError(f"not ssd.pytorch's vgg16_reducedfc state dict: missing {missing}, unknown "
+                                   f"{unknown}; it holds the 15 convolutions 0, 2, …, 28, 31, 33.")
+    return {name: (to_keras_layout(np.asarray(state[f"{name.split('_')[1]}.weight"]), "conv"),
+                   np.asarray(state[f"{name.split('_')[1]}.bias"])) for name in TRUNK}
+
+
+def load_trunk(model: keras.Model, arrays: TrunkArrays, source: str) -> keras.Model:
+    """Assign ``arrays`` to the model's trunk (plain, AAconv: all K kernels, CFR: ``conv_mean``); every shape is
+    checked first, so a model of another width is refused with nothing assigned."""
+    if not model.built:
+        model.build()
+    convs = model.detector.all_convs()
+    targets = {}
+    wrong = []
+    for name, (kernel, _) in arrays.items():
+        layer = convs[name]
+        layer = layer.conv_mean if isinstance(layer, ProbConv) else layer
+        expected = tuple(layer.kernel.shape[1:] if isinstance(layer, AAConv2D) else layer.kernel.shape)
+        if tuple(kernel.shape) != expected:
+            wrong.append(f"{name}: weights {tuple(kernel.shape)}, model {expected}")
+        targets[name] = layer
+    if wrong:
+        raise BackboneWeightsError(
+            f"{source} does not fit the model's VGG16 trunk ({'; '.join(wrong)}); the ImageNet trunk needs the full "
+            f"SSD300 channels: config.model.width=1.0 (got {getattr(model, 'width', '?')})."
+        )
+    for name, (kernel, bias) in arrays.items():
+        layer = targets[name]
+        if isinstance(layer, AAConv2D):
+            layer.set_from_plain(kernel.astype(np.float32), bias.astype(np.float32))
+        else:
+            layer.kernel.assign(kernel.astype(np.float32))
+            layer.bias.assign(bias.astype(np.float32))
+    return model
+
+
+def model_with_backbone(model_config: Mapping, state: Mapping[str, np.ndarray], source: str) -> keras.Model:
+    """A fresh model of ``model_config`` whose trunk is the bare VGG16 state dict ``state`` (``--mode=import`` of
+    ``vgg16_reducedfc.pth``); the rest keeps its initialiser's weights."""
+    return load_trunk(build_model(model_config), reducedfc_arrays(state), source)
+
+
+def initialise_backbone(model: keras.Model, backbone_init: str | None) -> keras.Model:
+    """Apply ``config.model.backbone_init`` (``"none"``, ``"imagenet"``, a Keras ``.h5`` or a ``.pth``/``.npz``)."""
+    spec = str(backbone_init or "none")
+    if spec == "none":
+        return model
+    if spec.endswith((".pth", ".pt", ".npz")):
+        state = read_state_dict(spec)
+        if not is_vgg_backbone_state(state):
+            raise BackboneWeightsError(f"config.model.backbone_init={spec!r} is not a bare VGG16 state dict like "
+                                       "vgg16_reducedfc.pth; a full SSD checkpoint goes through --mode=import.")
+        return load_trunk(model, reducedfc_arrays(state), spec)
+    if spec != "imagenet" and not spec.endswith(".h5"):
+        raise BackboneWeightsError(f"config.model.backbone_init={spec!r}: use 'none', 'imagenet', a path to Keras' "
+                                   f"{KERAS_VGG16_FILE} or to ssd.pytorch's vgg16_reducedfc.pth.")
+    return load_trunk(model, keras_vgg16_arrays(keras_vgg16(spec), model.mean), spec)
