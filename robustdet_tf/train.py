@@ -30,7 +30,7 @@ from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.io import atomic_output, write_text
 from robustdet_tf.models import training
-from robustdet_tf.models.factory import build_model, resolved_model_config
+from robustdet_tf.models.factory import INIT_KEYS, build_model, resolved_model_config
 from robustdet_tf.models.robustdet import RobustDet
 
 # Model-config keys that decide the weights' shapes: a workdir trained with other values cannot be resumed.
@@ -290,7 +290,8 @@ def initial_model(config) -> keras.Model:
 def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
     """The configured model started from a trained SSD: K-fold expansion for RobustDet, a weight copy otherwise."""
     if config.model.get("kind", "ssd") == "robustdet":
-        return RobustDet.from_ssd(ssd, **{k: v for k, v in model_config_dict(config).items() if k != "kind"})
+        settings = {k: v for k, v in model_config_dict(config).items() if k != "kind" and k not in INIT_KEYS}
+        return RobustDet.from_ssd(ssd, **settings)
     model = build_model(config.model)
     model.set_weights(ssd.get_weights())
     return model

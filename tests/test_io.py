@@ -77,3 +77,15 @@ def test_write_text_replaces_and_leaves_no_temporaries(tmp_path):
     io.write_text(str(path), "new\n")
     assert path.read_text(encoding="utf-8") == "new\n"
     assert _entries(tmp_path) == ["robustness.md"]
+
+
+def test_new_output_dir_never_reuses_a_folder_with_results(tmp_path):
+    first = io.new_output_dir(tmp_path / "evaluation", explicit=False)
+    assert first == str(tmp_path / "evaluation") and os.path.isdir(first)
+    assert io.new_output_dir(tmp_path / "evaluation", explicit=False) == first  # still empty: reused
+    (tmp_path / "evaluation" / "robustness.json").write_text("{}")
+    assert io.new_output_dir(tmp_path / "evaluation", explicit=False) == str(tmp_path / "evaluation_2")
+    with pytest.raises(FileExistsError, match="already holds results"):
+        io.new_output_dir(tmp_path / "evaluation", explicit=True)
+    assert (tmp_path / "evaluation" / "robustness.json").read_text() == "{}"
+    assert io.new_output_dir(tmp_path / "mine", explicit=True) == str(tmp_path / "mine")

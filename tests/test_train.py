@@ -105,3 +105,21 @@ def test_failed_model_save_keeps_the_previous_archive(tmp_path):
     train_lib.write_json_atomically({"kind": "ssd"}, str(tmp_path / "record.json"))
     assert (tmp_path / "record.json").read_text() == '{\n "kind": "ssd"\n}'
     assert sorted(os.listdir(tmp_path)) == ["model.keras", "record.json"]
+
+
+def test_robustdet_stage_expands_an_ssd_with_its_label_map(tmp_path):
+    """``model_from_ssd`` takes the stage's model keys (not ``backbone_init``, which only starts fresh models)."""
+    from robustdet_tf.models.ssd import SSD
+
+    ssd = SSD(**dict(TINY_SSD, class_names=("a", "b", "c")))
+    config = tiny_config()
+    with config.unlocked():
+        config.model.update(kind="robustdet", num_classes=4, num_kernels=2, cfr=False, aid_width=4, decoder_width=16,
+                            backbone_init="none", class_names=("a", "b", "c"))
+    robust = train_lib.model_from_ssd(ssd, config)
+    assert robust.num_kernels == 2 and robust.class_names == ("a", "b", "c")
+    with config.unlocked():
+        config.model.backbone_init = "imagenet"
+        config.train.init_from = str(tmp_path / "ssd.keras")
+    with pytest.raises(ValueError, match="keep one of them"):
+        train_lib.initial_model(config)

@@ -11,6 +11,9 @@ Two signatures, so one artifact serves both deployment and robustness work:
 * ``raw``: float32 pixel-space images ``[B, S, S, 3]`` at the model size → ``loc``, ``logits`` and, for RobustDet,
   the AID mixture ``pi``: what attack libraries and the TFLite path (decode + NMS outside) need.
 
+A model that knows its classes also gets ``labels.txt`` in the export folder (line ``c`` names
+``detection_classes == c``).
+
 Built with ``keras.export.ExportArchive`` (tracks the Keras 3 variables properly) and written to a temporary
 directory that is renamed into place; an existing export is replaced only with ``overwrite=True``.
 """
@@ -26,6 +29,7 @@ from robustdet_tf.io import atomic_output
 from robustdet_tf.models.base import DetectionModelBase
 
 DEFAULT_MAX_DETECTIONS = 100
+LABELS_FILE = "labels.txt"
 RAW_OUTPUTS = ("loc", "logits", "pi")  # pi only for RobustDet
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
@@ -112,4 +116,7 @@ def export_saved_model(
     )
     with atomic_output(path, overwrite=overwrite, directory=True) as tmp:
         archive.write_out(tmp, verbose=False)
+        if model.class_names is not None:  # the label map: line c is network class c + 1 (detection_classes)
+            with open(os.path.join(tmp, LABELS_FILE), "w", encoding="utf-8") as handle:
+                handle.write("".join(f"{name}\n" for name in model.class_names))
     return os.path.abspath(os.fspath(path))

@@ -147,6 +147,7 @@ def export_tflite(
         "outputs": [key for key in ("loc", "logits", "pi") if key != "pi" or hasattr(model, "aid")],
         "priors": model.prior_spec.to_dict(),
         "postprocess": model.postprocess_settings(),
+        "class_names": None if model.class_names is None else list(model.class_names),  # network class c: [c - 1]
     }
     with atomic_output(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
@@ -198,6 +199,8 @@ class TFLiteDetector:
         self.batch_size = int(self.metadata["batch_size"])
         self.image_size = int(self.metadata["model_config"]["image_size"])
         self.priors = tf.constant(sidecar_priors(self.metadata).boxes(), tf.float32)
+        names = self.metadata.get("class_names") or self.metadata["model_config"].get("class_names")
+        self.class_names = None if names is None else tuple(names)  # network class c is class_names[c - 1]
 
     def raw(self, images) -> dict[str, np.ndarray]:
         images = np.asarray(images, np.float32)

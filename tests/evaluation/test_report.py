@@ -50,3 +50,11 @@ def test_file_stem_and_fraction():
     assert report.file_stem("SSD-AT(A_cls)") == "SSD-AT_A_cls_"
     assert report.fraction(float("nan")) is None
     assert report.fraction(0.25) == 0.25
+
+
+def test_sample_pictures_show_the_top_n_above_the_threshold():
+    scores = [0.2, 0.9, 0.5, 0.95, 0.31, 0.8, 0.0]
+    assert report.detections_to_draw(scores, 6, 0.3, 3) == [3, 1, 5]
+    assert report.detections_to_draw(scores, 6, 0.3, 10) == [3, 1, 5, 2, 4]
+    assert report.detections_to_draw(scores, 2, 0.3, 10) == [1]  # only the first num_detections count
+    assert report.detections_to_draw(scores, 6, 0.99, 10) == []
