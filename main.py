@@ -14,15 +14,32 @@ config does not define is refused before anything runs.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.", lock_config=True)
-_MODE = flags.DEFINE_enum(
-    "mode", "demo", ["demo", "train", "evaluate", "attack", "export", "import"], "What to run."
-)
+
+def _unknown_key_exit(err: Exception, argv) -> None:
+    """config_flags met an override of a key the config does not define: say which, and stop."""
+    detail = re.sub(r"\\+n|\n", " ", str(err.args[0] if err.args else err))
+    detail = detail.replace("\\", "").replace("'", "").strip("\" ")
+    overrides = [a for a in argv if a.startswith("--config.")]
+    print(f"main.py: unknown config key {detail} (in {' '.join(overrides)}); nothing was run. See README "
+          "'Configuration keys'.", file=sys.stderr)
+    sys.exit(2)
+
+
+try:  # config_flags applies the --config.* overrides of sys.argv already here
+    _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config file.",
+                                              lock_config=True)
+except (AttributeError, KeyError) as error:
+    _unknown_key_exit(error, sys.argv)
+MODES = ["demo", "train", "evaluate", "attack", "export", "import"]
+_MODE = flags.DEFINE_enum("mode", "demo", MODES, "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config file name>).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "--mode=import: the official PyTorch .pth file.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "--mode=export: where exports go.")
@@ -40,6 +57,31 @@ def default_workdir() -> str:
     return os.path.join("runs", name)
 
 
+def _default_config(argv):
+    """The config file's defaults (the one ``--config=`` names, else the demo), to explain a bad override."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "configs/demo.py").split(":")[0]
+    try:
+        spec = importlib.util.spec_from_file_location("_config_for_help", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except Exception:  # noqa: BLE001 (only used to word an error message)
+        return None
+
+
+def parse_flags(argv):
+    """absl's parser, with a message that names the flag, the value and what it accepts."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        from robustdet_tf.cli import explain_flag_error
+
+        print(f"main.py: {explain_flag_error(str(err), _default_config(argv), MODES)}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as err:
+        _unknown_key_exit(err, argv)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -49,15 +91,21 @@ def main(argv):
     import keras
 
     keras.utils.set_random_seed(int(config.train.get("seed", 0)) if "train" in config else 0)  # initial weights
-    if mode == "import":
-        cli.run_import(config, workdir, _CHECKPOINT.value)
-    elif mode == "export":
-        cli.run_export(config, workdir, _EXPORT_DIR.value)
-    elif mode in ("evaluate", "attack"):
-        getattr(cli, f"run_{mode}")(config, workdir, output_dir=_OUTPUT_DIR.value)
-    else:
-        getattr(cli, f"run_{mode}")(config, workdir)
+    try:
+        if mode == "import":
+            cli.run_import(config, workdir, _CHECKPOINT.value)
+        elif mode == "export":
+            cli.run_export(config, workdir, _EXPORT_DIR.value)
+        elif mode in ("evaluate", "attack"):
+            getattr(cli, f"run_{mode}")(config, workdir, output_dir=_OUTPUT_DIR.value)
+        else:
+            getattr(cli, f"run_{mode}")(config, workdir)
+    except cli.USER_ERRORS as err:
+        if os.environ.get("ROBUSTDET_TRACEBACK"):
+            raise
+        print(f"main.py --mode={mode}: {type(err).__name__}: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -11,6 +11,9 @@ them to the workdir.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
+from typing import Any
 
 from robustdet_tf import demo
 from robustdet_tf import train as train_lib
@@ -21,6 +24,36 @@ from robustdet_tf.export import export_all
 from robustdet_tf.io import new_output_dir
 
 load_trained_model = train_lib.load_trained_model
+
+USER_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, OSError, ImportError, RuntimeError,
+)
+"""What ``main.py`` reports as one line (the message names the thing and the fix) instead of a traceback; set
+``ROBUSTDET_TRACEBACK=1`` to see the traceback anyway."""
+
+
+def explain_flag_error(message: str, config: Any, modes: Sequence[str]) -> str:
+    """absl's flag-parsing message rewritten to name the flag, the value and what it accepts.
+
+    ``config`` is the config file's default ``ConfigDict`` (for the type and default of a ``--config.*`` key).
+    """
+    match = re.match(r"flag --([^=]+)=(.*?): (.*)", message, re.S)
+    if not match:
+        return message
+    name, value, detail = match.groups()
+    if name == "mode":
+        return f"--mode={value!r} is not a mode; use one of: {', '.join(modes)}."
+    if name.startswith("config.") and config is not None:
+        node = config
+        try:
+            for key in name.split(".")[1:]:
+                node = node[key]
+        except (KeyError, AttributeError, TypeError):
+            return f"--{name}: the config has no such key ({detail.strip()}); see README 'Configuration keys'."
+        kind = type(node).__name__ if node is not None else "a value"
+        return (f"--{name}={value!r} is not a valid {kind}: {detail.strip()}. The key's default is {node!r}, e.g. "
+                f"--{name}={node!r}; see README 'Configuration keys'.")
+    return f"--{name}={value!r}: {detail.strip()}"
 run_train = train_lib.train_in_workdir
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 
 
@@ -94,3 +96,41 @@ def new_output_dir(path: str | os.PathLike, explicit: bool) -> str:
             number += 1
     os.makedirs(chosen, exist_ok=True)
     return chosen
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process is training in this workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<workdir>/.lock`` while a run writes there; a second run is refused at once.
+
+    The lock is an ``flock`` on an open file, which the kernel releases when the process ends, however it ends
+    (``kill -9`` included): a killed run never leaves a stale lock.  The file only says who holds it.
+    """
+    import fcntl  # POSIX only; imported here so the module stays importable elsewhere
+
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, ".lock")
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the lock's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise WorkdirLockedError(
+            f"{workdir} is in use by another run ({owner}); wait for it to finish or use another --workdir. "
+            "Nothing was changed. (A run that was killed releases the lock by itself.)"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

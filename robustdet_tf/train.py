@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from robustdet_tf.checkpoints.backbone import initialise_backbone
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
-from robustdet_tf.io import atomic_output, write_text
+from robustdet_tf.io import atomic_output, workdir_lock, write_text
 from robustdet_tf.models import training
 from robustdet_tf.models.factory import INIT_KEYS, build_model, resolved_model_config
 from robustdet_tf.models.robustdet import RobustDet
@@ -43,6 +44,32 @@ MODEL_RECORD = "model_config.json"
 
 class IncompatibleWorkdirError(ValueError):
     """The workdir holds a model that the config cannot continue."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (typically a full disk); the previous one is intact."""
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """``manager.save`` that, when the write fails (disk full, quota, I/O error), removes the half-written files of
+    this step and raises one clear ``CheckpointWriteError``; the previous checkpoint and the index are untouched
+    (the manager updates its index only after a complete write)."""
+    directory = manager.directory
+    before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as err:
+        for name in (set(os.listdir(directory)) if os.path.isdir(directory) else set()) - before - {"checkpoint"}:
+            path = os.path.join(directory, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+        free = shutil.disk_usage(directory).free / 2**20 if os.path.isdir(directory) else float("nan")
+        reason = str(getattr(err, "message", None) or err).strip().splitlines()[-1]
+        previous = manager.latest_checkpoint or "none yet"
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {directory} ({reason}; {free:.0f} MiB free there). "
+            f"The previous checkpoint ({previous}) is intact and the partial files were removed: free some space "
+            "(or use a --workdir on a larger disk) and run the same command again to resume."
+        ) from None
 
 
 def learning_rate(train: Mapping[str, Any]):
@@ -182,7 +209,7 @@ class CheckpointEvery(keras.callbacks.Callback):
         step = self.start + self.done
         self.step_var.assign(step)
         if step % self.every == 0 or self.interrupted:
-            self.manager.save(checkpoint_number=step)
+            save_checkpoint(self.manager, step)
         if self.interrupted:
             self.model.stop_training = True
 
@@ -225,7 +252,14 @@ class Trainer:
         return int(self.step.numpy())
 
     def run(self, steps: int | None = None, callbacks=(), verbose_every: int | None = None, printer=print) -> dict:
-        """Train until ``steps`` (default ``config.train.steps``) optimiser steps; return the last logs."""
+        """Train until ``steps`` (default ``config.train.steps``) optimiser steps; return the last logs.
+
+        The workdir is locked meanwhile (``io.workdir_lock``): a second run into it is refused.
+        """
+        with workdir_lock(self.workdir):
+            return self._run(steps, callbacks, verbose_every, printer)
+
+    def _run(self, steps, callbacks, verbose_every, printer) -> dict:
         total = int(steps if steps is not None else self.config.train.steps)
         remaining = total - self.start_step
         os.makedirs(self.workdir, exist_ok=True)
@@ -260,7 +294,7 @@ class Trainer:
                 signal.signal(sig, handler)
         done = self.start_step + saver.done
         if not saver.interrupted and done % saver.every:
-            self.manager.save(checkpoint_number=done)
+            save_checkpoint(self.manager, done)
         self.start_step = done
         return {k: float(v[-1]) for k, v in history.history.items()}
 

@@ -43,3 +43,26 @@ def test_import_then_export(tmp_path):
 def test_import_needs_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="--checkpoint"):
         cli.run_import(tiny_config(), str(tmp_path), None)
+
+
+def test_evaluate_uses_the_saved_model_and_refuses_other_classes(tmp_path):
+    """A config whose image size differs from the workdir's model evaluates at the model's own size; a class list
+    the model was not trained on is refused naming the key."""
+    from tests.test_train import tiny_config
+
+    config = tiny_config()
+    config.train.steps = 1
+    config.eval.update(attacks=("clean",), sample_images=0)
+    config.data.eval_images = 4
+    workdir = str(tmp_path / "run")
+    cli.run_train(config, workdir, printer=lambda *_: None)
+    other = tiny_config()
+    other.eval.update(attacks=("clean",), sample_images=0)
+    other.data.eval_images = 4
+    with other.unlocked():
+        other.model.image_size = 96
+    results = cli.run_evaluate(other, workdir, printer=lambda *_: None)
+    assert 0.0 <= results["models"]["run"]["clean"] <= 1.0
+    other.data.num_classes = 3  # the shapes set then has 3 classes, the model 4
+    with pytest.raises(ValueError, match="config.data.class_names"):
+        cli.run_evaluate(other, workdir, printer=lambda *_: None)

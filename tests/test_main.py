@@ -107,12 +107,23 @@ def _check_table_equals_a_fresh_evaluation(workdir, results):
 
 def test_wrong_config_key_is_refused(tmp_path):
     proc = run_main(f"--workdir={tmp_path}", "--config.train.stpes=3")
-    assert proc.returncode != 0
-    assert "stpes" in proc.stderr
+    assert proc.returncode == 2
+    assert 'unknown config key stpes Did you mean "steps"' in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_flag_values_name_the_flag_the_value_and_what_is_accepted(tmp_path):
+    proc = run_main(f"--workdir={tmp_path}", "--config.train.batch_size=abc")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--config.train.batch_size='abc' is not a valid int" in proc.stderr
+    assert "e.g. --config.train.batch_size=16" in proc.stderr
+    proc = run_main(f"--workdir={tmp_path}", "--mode=nonsense")
+    assert proc.returncode == 2
+    assert "--mode='nonsense' is not a mode; use one of: demo, train, evaluate, attack, export, import" in proc.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_evaluate_without_a_trained_model_says_what_to_do(tmp_path):
     proc = run_main("--mode=evaluate", f"--workdir={tmp_path}")
-    assert proc.returncode != 0
-    assert "run --mode=train" in proc.stderr
+    assert proc.returncode == 1
+    assert "run --mode=train" in proc.stderr and "Traceback" not in proc.stderr

@@ -123,3 +123,62 @@ def test_robustdet_stage_expands_an_ssd_with_its_label_map(tmp_path):
         config.train.init_from = str(tmp_path / "ssd.keras")
     with pytest.raises(ValueError, match="keep one of them"):
         train_lib.initial_model(config)
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(tmp_path, monkeypatch):
+    """A write that fails half-way (simulated ENOSPC from SaveV2) gives one clear error; the partial files are
+    removed and the run resumes from the previous checkpoint."""
+    import tensorflow as tf
+
+    config = tiny_config()
+    config.train.update(steps=4, checkpoint_every=2)
+    trainer = train_lib.Trainer(config, str(tmp_path))
+    real_save = tf.train.CheckpointManager.save
+
+    def full_disk(manager, checkpoint_number=None, **kwargs):
+        if checkpoint_number == 4:
+            partial = os.path.join(manager.directory, "ckpt-4_temp")
+            os.makedirs(partial)
+            open(os.path.join(partial, "part-00000-of-00001.data-00000-of-00001"), "wb").write(b"half")
+            raise tf.errors.ResourceExhaustedError(None, None, "ckpt-4_temp/part-00000; No space left on device")
+        return real_save(manager, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
+    with pytest.raises(train_lib.CheckpointWriteError) as info:
+        trainer.run(printer=lambda *_: None)
+    message = str(info.value)
+    assert "step 4" in message and str(tmp_path / "checkpoints") in message and "MiB free" in message
+    assert "No space left on device" in message and "ckpt-2" in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", real_save)
+    resumed = train_lib.Trainer(config, str(tmp_path))
+    assert resumed.start_step == 2
+    resumed.run(printer=lambda *_: None)
+    assert resumed.start_step == 4
+
+
+def test_a_second_run_into_a_busy_workdir_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
+    import subprocess
+    import sys
+
+    from robustdet_tf.io import WorkdirLockedError
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom robustdet_tf.io import workdir_lock\n"
+         f"with workdir_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
+        cwd=root, stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = tiny_config()
+        config.train.steps = 1
+        trainer = train_lib.Trainer(config, str(tmp_path))
+        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {holder.pid} "):
+            trainer.run(printer=lambda *_: None)
+        assert not (tmp_path / "checkpoints").exists()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs in the holder
+        holder.wait()
+    trainer.run(printer=lambda *_: None)
+    assert trainer.start_step == 1

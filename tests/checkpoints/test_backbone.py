@@ -152,3 +152,19 @@ def test_offline_imagenet_error_says_where_to_put_the_file(monkeypatch, tmp_path
         backbone.initialise_backbone(SSD(num_classes=3), str(tmp_path / "missing.h5"))
     with pytest.raises(backbone.BackboneWeightsError, match="use 'none', 'imagenet'"):
         backbone.initialise_backbone(SSD(num_classes=3), "imagenett")
+
+
+def test_mode_import_of_vgg16_reducedfc_gives_a_fresh_model_on_that_trunk(tmp_path):
+    from ml_collections import ConfigDict
+
+    from robustdet_tf import cli
+
+    state = _reducedfc_state(np.random.default_rng(6))
+    path = tmp_path / "vgg16_reducedfc.npz"
+    np.savez(path, **state)
+    config = ConfigDict({"model": {"kind": "ssd", "num_classes": 3}, "train": {"steps": 1}})
+    saved = cli.run_import(config, str(tmp_path / "run"), str(path), printer=lambda *_: None)
+    model = keras.saving.load_model(saved)
+    np.testing.assert_array_equal(model.detector.all_convs()["vgg_33"].kernel.numpy()[0, 0],
+                                  state["33.weight"][:, :, 0, 0].T)
+    assert np.abs(model.detector.all_convs()["loc_0"].kernel.numpy()).max() > 0  # heads keep their fresh init

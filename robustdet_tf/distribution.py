@@ -1,0 +1,91 @@
+"""Which devices a run uses: ``config.train.strategy`` → a ``tf.distribute`` strategy, and who writes the files.
+
+TensorFlow's own distributed engine does all the work (no scheduler of ours): Keras' ``fit`` splits each global
+batch over the replicas and sums their gradients, ``MultiWorkerMirroredStrategy`` reads the cluster from
+``TF_CONFIG`` and shards the data per worker, and the models normalise their losses by global counts
+(``models/training.py``), so N replicas make the update one device would make on the same global batch.
+
+* ``auto``: every local GPU with ``MirroredStrategy`` if there is more than one, else the default strategy;
+* ``mirrored``: ``MirroredStrategy`` over the local GPUs (or, without any, the CPU logical devices);
+* ``multi_worker``: ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` (start the same command on every host);
+* ``tpu``: ``TPUStrategy`` (the resolver reads the TPU address from the environment);
+* ``one_device``: ``OneDeviceStrategy`` on the first GPU, else the CPU.
+
+Only the chief writes checkpoints, TensorBoard logs and result files; the other workers take part in every
+collective (a checkpoint save is one) but write into a scratch folder that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "one_device")
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """The strategy ``config.train.strategy`` names (see the module docstring)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"config.train.strategy={name!r}: use one of {STRATEGIES}.")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("config.train.strategy='multi_worker' reads the cluster from the TF_CONFIG environment "
+                             "variable, which is not set; see README 'Scaling out'.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def task() -> tuple[str | None, int]:
+    """``(task type, task index)`` of this process in ``TF_CONFIG`` (``(None, 0)`` outside a cluster)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    info = config.get("task", {})
+    return info.get("type"), int(info.get("index", 0))
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes the run's files: the ``chief`` task, or worker 0 of a cluster without one."""
+    kind, index = task()
+    if kind is None:
+        return True
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    if "chief" in cluster:
+        return kind == "chief"
+    return kind == "worker" and index == 0
+
+
+def num_workers() -> int:
+    """Processes in the ``TF_CONFIG`` cluster (1 outside one)."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+    return max(1, sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")))
+
+
+def worker_index() -> int:
+    """This process's place among the workers (chief first), for sharding work that is not a collective."""
+    kind, index = task()
+    if kind is None:
+        return 0
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+    return index + (len(cluster.get("chief", [])) if kind == "worker" else 0)
+
+
+def write_dir(directory: str, strategy: tf.distribute.Strategy | None = None) -> str:
+    """``directory`` for the chief; a per-worker scratch folder beside it for the others (they must still save,
+    as saving takes part in collectives, but their copy is thrown away)."""
+    if is_chief(strategy):
+        return directory
+    kind, index = task()
+    return os.path.join(os.path.dirname(os.path.abspath(directory)), f".scratch_{kind}_{index}",
+                        os.path.basename(directory))
