@@ -307,15 +307,9 @@ def tfds_coco(name: str = "coco/2017", split: str = "validation", data_dir: str 
     remap = tfds_label_remap(builder.info.features["objects"]["label"].names)
 
     def convert(example: dict) -> dict:
-        image = example["image"]
-        objects = example["objects"]
-        n = tfds_helpers.common_length(objects["bbox"], objects["label"], objects["is_crowd"])
-        shape = tf.shape(image)
-        boxes = tfds_helpers.sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=0.0)
-        labels = tf.cast(objects["label"][:n], tf.int32)
+        image, boxes, labels, crowd_flags = tfds_helpers.tfds_objects(example, "is_crowd", pixel_offset=0.0)
         if remap is not None:
             labels = tf.gather(tf.constant(remap), labels)
-        crowd_flags = tf.cast(objects["is_crowd"][:n], tf.bool)
         difficult = crowd_flags if crowd == "difficult" else tf.zeros_like(crowd_flags)
         image_id = tf.strings.as_string(example["image/id"])
         return contract.make_example(image, boxes, labels, difficult, image_id)

@@ -76,3 +76,15 @@ def sorted_tfds_boxes(bbox: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
 def common_length(*tensors: tf.Tensor) -> tf.Tensor:
     """Smallest leading dimension of ``tensors`` (equal for real tfds data; not for mock data)."""
     return tf.reduce_min(tf.stack([tf.shape(t)[0] for t in tensors]))
+
+
+def tfds_objects(example: dict, flag: str, pixel_offset: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(image, boxes, labels, flags)`` of a tfds detection example: boxes in ``boxes.BOX_FORMAT`` with sorted
+    corners, every field cut to the objects' common length; ``flag`` names the per-object bool (``is_difficult``,
+    ``is_crowd``)."""
+    image = example["image"]
+    objects = example["objects"]
+    n = common_length(objects["bbox"], objects["label"], objects[flag])
+    shape = tf.shape(image)
+    boxes = sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=pixel_offset)
+    return image, boxes, tf.cast(objects["label"][:n], tf.int32), tf.cast(objects[flag][:n], tf.bool)

@@ -264,13 +264,9 @@ def tfds_voc(name: str = "voc/2007", split: str = "test", data_dir: str | None =
 
 
 def _from_tfds_voc(example: dict) -> dict:
-    image = example["image"]
-    objects = example["objects"]
-    n = tfds_helpers.common_length(objects["bbox"], objects["label"], objects["is_difficult"])
-    shape = tf.shape(image)
-    boxes = tfds_helpers.sorted_tfds_boxes(objects["bbox"][:n], shape[0], shape[1], pixel_offset=1.0)
+    image, boxes, labels, difficult = tfds_helpers.tfds_objects(example, "is_difficult", pixel_offset=1.0)
     image_id = tf.strings.regex_replace(example["image/filename"], r"\.jpe?g$", "")
-    return contract.make_example(image, boxes, objects["label"][:n], objects["is_difficult"][:n], image_id)
+    return contract.make_example(image, boxes, labels, difficult, image_id)
 
 
 def parse_voc_spec(spec: str) -> list[str]:
