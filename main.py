@@ -88,6 +88,11 @@ def main(argv):
     from robustdet_tf import cli
 
     config, workdir, mode = _CONFIG.value, default_workdir(), _MODE.value
+    strategy = None
+    if mode == "train":  # before TensorFlow runs anything: MultiWorkerMirroredStrategy requires it
+        from robustdet_tf.distribution import make_strategy
+
+        strategy = make_strategy(str(config.train.get("strategy", "auto")))
     import keras
 
     keras.utils.set_random_seed(int(config.train.get("seed", 0)) if "train" in config else 0)  # initial weights
@@ -96,6 +101,8 @@ def main(argv):
             cli.run_import(config, workdir, _CHECKPOINT.value)
         elif mode == "export":
             cli.run_export(config, workdir, _EXPORT_DIR.value)
+        elif mode == "train":
+            cli.run_train(config, workdir, strategy=strategy)
         elif mode in ("evaluate", "attack"):
             getattr(cli, f"run_{mode}")(config, workdir, output_dir=_OUTPUT_DIR.value)
         else:

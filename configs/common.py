@@ -67,6 +67,7 @@ def reference_train(steps: int, lr_steps: tuple[int, ...]) -> ml_collections.Con
             jit_compile=False,
             optimizer="sgd",
             init_from="",
+            strategy="auto",
         )
     )
 

@@ -29,17 +29,17 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """The strategy ``config.train.strategy`` names (see the module docstring)."""
     if name not in STRATEGIES:
         raise ValueError(f"config.train.strategy={name!r}: use one of {STRATEGIES}.")
+    if name == "multi_worker":  # first, before anything initialises TensorFlow's runtime (listing logical devices does)
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("config.train.strategy='multi_worker' reads the cluster from the TF_CONFIG environment "
+                             "variable, which is not set; see README 'Scaling out'.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("config.train.strategy='multi_worker' reads the cluster from the TF_CONFIG environment "
-                             "variable, which is not set; see README 'Scaling out'.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)

@@ -29,6 +29,7 @@ from robustdet_tf.checkpoints.backbone import initialise_backbone
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
+from robustdet_tf.distribution import is_chief, make_strategy, write_dir
 from robustdet_tf.io import atomic_output, workdir_lock, write_text
 from robustdet_tf.models import training
 from robustdet_tf.models.factory import INIT_KEYS, build_model, resolved_model_config
@@ -121,13 +122,21 @@ def training_batches(source: DetectionSource, config, start_step: int = 0, adver
         start_step=start_step,
     )
     if not adversarial:
-        return pipeline.train_batches(source.dataset, batch_size=train.batch_size, **kwargs)
+        return _shard_by_data(pipeline.train_batches(source.dataset, batch_size=train.batch_size, **kwargs))
     settings = config.model.adversarial
     interleaved = settings.get("schedule", "interleaved") == "interleaved"
     renew = int(settings.get("steps", 20)) if interleaved else 1
     streams = pipeline.two_streams(source.dataset, batch_size=max(1, train.batch_size // 2), renew_every=renew,
                                    **kwargs)
-    return streams.prefetch(tf.data.AUTOTUNE)
+    return _shard_by_data(streams.prefetch(tf.data.AUTOTUNE))
+
+
+def _shard_by_data(batches: tf.data.Dataset) -> tf.data.Dataset:
+    """Under ``multi_worker`` each worker takes its part of every global batch (tf.data's DATA auto-sharding): the
+    stream is a function of seed and position, not of files, so the cluster sees the single-process batches."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.with_options(options)
 
 
 def save_model_atomically(model: keras.Model, path: str) -> str:
@@ -225,21 +234,37 @@ def adopt_class_names(model: keras.Model, source: DetectionSource) -> None:
 class Trainer:
     """Builds everything a run needs from ``config`` and trains in ``workdir``, resuming what is there."""
 
-    def __init__(self, config, workdir: str, source: DetectionSource | None = None, model: keras.Model | None = None):
+    def __init__(self, config, workdir: str, source: DetectionSource | None = None, model: keras.Model | None = None,
+                 strategy: tf.distribute.Strategy | None = None):
         check_workdir(workdir, config)
         self.config, self.workdir = config, workdir
-        self.model = model if model is not None else build_model(config.model)
-        compile_model(self.model, config.train)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # multi_worker must be created before TensorFlow runs anything: main.py makes it first and passes it here.
+        self.strategy = strategy or make_strategy(str(config.train.get("strategy", "auto")))
+        self.chief = is_chief(self.strategy)
+        with self.strategy.scope():  # variables (model, optimiser, held adversarial batch) live on the replicas
+            self.model = self._in_scope(model) if model is not None else build_model(config.model)
+            compile_model(self.model, config.train)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=self.step)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=int(config.train.get("keep", 2))
+        self.checkpoint_dir = os.path.join(workdir, "checkpoints")
+        self.manager = tf.train.CheckpointManager(  # the chief's folder; other workers save into scratch
+            self.checkpoint, write_dir(self.checkpoint_dir, self.strategy), max_to_keep=int(config.train.get("keep", 2))
         )
         self.source = source
         self.start_step = self.restore()
 
+    def _in_scope(self, model: keras.Model) -> keras.Model:
+        """``model`` itself under the default strategy; else a copy built in the strategy's scope with its weights."""
+        if self.strategy is tf.distribute.get_strategy():
+            return model
+        model.build()
+        copy = type(model).from_config(model.get_config())
+        copy.build()
+        copy.set_weights(model.get_weights())
+        return copy
+
     def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)  # every worker resumes from the chief's files
         if latest is None:
             return 0
         try:
@@ -256,6 +281,11 @@ class Trainer:
 
         The workdir is locked meanwhile (``io.workdir_lock``): a second run into it is refused.
         """
+        if not self.chief:  # the chief holds the lock for the whole cluster; this worker's saves are thrown away
+            try:
+                return self._run(steps, callbacks, verbose_every, printer)
+            finally:
+                shutil.rmtree(os.path.dirname(self.manager.directory), ignore_errors=True)
         with workdir_lock(self.workdir):
             return self._run(steps, callbacks, verbose_every, printer)
 
@@ -263,7 +293,8 @@ class Trainer:
         total = int(steps if steps is not None else self.config.train.steps)
         remaining = total - self.start_step
         os.makedirs(self.workdir, exist_ok=True)
-        write_json_atomically(model_config_dict(self.config), os.path.join(self.workdir, MODEL_RECORD))
+        if self.chief:
+            write_json_atomically(model_config_dict(self.config), os.path.join(self.workdir, MODEL_RECORD))
         if remaining <= 0:
             printer(f"{self.workdir}: already trained for {self.start_step} steps (target {total})")
             return {}
@@ -274,8 +305,8 @@ class Trainer:
         batches = training_batches(self.source, self.config, self.start_step, adversarial)
         saver = CheckpointEvery(self.manager, self.step, self.start_step, self.config.train.checkpoint_every)
         progress = Progress(total, self.start_step, verbose_every or self.config.train.log_every, printer)
-        board = keras.callbacks.TensorBoard(os.path.join(self.workdir, "tensorboard"),
-                                            update_freq=int(self.config.train.log_every))
+        board = [keras.callbacks.TensorBoard(os.path.join(self.workdir, "tensorboard"),
+                                             update_freq=int(self.config.train.log_every))] if self.chief else []
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def interrupt(signum, frame):
@@ -287,7 +318,7 @@ class Trainer:
         try:
             history = self.model.fit(
                 batches, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
-                callbacks=[saver, progress, board, *callbacks],
+                callbacks=[saver, progress, *board, *callbacks],
             )
         finally:
             for sig, handler in previous.items():
@@ -362,17 +393,17 @@ def imported_model(workdir: str, printer=print) -> keras.Model | None:
 
 
 def train_in_workdir(config, workdir: str, model: keras.Model | None = None, source: DetectionSource | None = None,
-                     printer=print) -> keras.Model:
+                     printer=print, strategy: tf.distribute.Strategy | None = None) -> keras.Model:
     """Train (resuming whatever the workdir holds) and save ``model.keras`` when the target step is reached."""
     check_workdir(workdir, config)
     has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
     if model is None and not has_checkpoint:
         model = imported_model(workdir, printer) or initial_model(config)
-    trainer = Trainer(config, workdir, source=source, model=model)
+    trainer = Trainer(config, workdir, source=source, model=model, strategy=strategy)
     if trainer.start_step:
         printer(f"resuming {workdir} at step {trainer.start_step}")
     trainer.run(printer=printer)
-    if trainer.start_step >= config.train.steps:
+    if trainer.start_step >= config.train.steps and trainer.chief:
         path = save_model_atomically(trainer.model, os.path.join(workdir, "model.keras"))
         printer(f"saved {path}")
     return trainer.model

@@ -215,7 +215,11 @@ class DetectionModelBase(keras.Model):
         replicas = float(training.num_replicas())
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value if name in COUNT_TERMS else value * replicas)
-        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages multi-worker logs with reduce(MEAN, axis=0), which needs a batch axis (Keras 3.15).
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     @property
     def metrics(self):
@@ -228,6 +232,15 @@ class DetectionModelBase(keras.Model):
         grads = training.add_weight_decay(grads, variables, self.weight_decay)
         with tf.control_dependencies(list(checks)):
             self.optimizer.apply_gradients(zip(grads, variables))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras' symbolic build when the model and its optimiser are built already (``train.compile_model``
+        builds both): it averages the first distributed batch across replicas, which fails under
+        ``MultiWorkerMirroredStrategy`` (TF 2.21 / Keras 3.15), and there is nothing left for it to build."""
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and optimizer.built:
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
         return {
