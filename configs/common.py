@@ -68,6 +68,7 @@ def reference_train(steps: int, lr_steps: tuple[int, ...]) -> ml_collections.Con
             optimizer="sgd",
             init_from="",
             strategy="auto",
+            precision="float32",
         )
     )
 

@@ -98,7 +98,10 @@ def compile_model(model: keras.Model, train: Mapping[str, Any]) -> keras.Model:
     XLA is off by default: Keras' ``"auto"`` would enable it on a GPU, and on CPU it makes AAconv's per-image paths
     9–60× slower.
     """
-    model.compile(optimizer=make_optimizer(train), jit_compile=bool(train.get("jit_compile", False)))
+    optimizer = make_optimizer(train)
+    if train.get("precision", "float32") == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=bool(train.get("jit_compile", False)))
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -241,7 +244,9 @@ class Trainer:
         # multi_worker must be created before TensorFlow runs anything: main.py makes it first and passes it here.
         self.strategy = strategy or make_strategy(str(config.train.get("strategy", "auto")))
         self.chief = is_chief(self.strategy)
-        with self.strategy.scope():  # variables (model, optimiser, held adversarial batch) live on the replicas
+        self.precision = str(config.train.get("precision", "float32"))
+        # Variables (model, optimiser, held adversarial batch) live on the replicas; layers take the dtype policy.
+        with self.strategy.scope(), training.precision(self.precision):
             self.model = self._in_scope(model) if model is not None else build_model(config.model)
             compile_model(self.model, config.train)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -254,11 +259,13 @@ class Trainer:
         self.start_step = self.restore()
 
     def _in_scope(self, model: keras.Model) -> keras.Model:
-        """``model`` itself under the default strategy; else a copy built in the strategy's scope with its weights."""
-        if self.strategy is tf.distribute.get_strategy():
+        """``model`` itself under the default strategy and its own precision; else a copy built in the strategy's
+        scope under the configured precision, holding the same weights."""
+        if self.strategy is tf.distribute.get_strategy() and model.dtype_policy.name == self.precision:
             return model
         model.build()
-        copy = type(model).from_config(model.get_config())
+        config = {k: v for k, v in model.get_config().items() if k != "dtype"}
+        copy = type(model).from_config(config)
         copy.build()
         copy.set_weights(model.get_weights())
         return copy

@@ -182,3 +182,38 @@ def test_a_second_run_into_a_busy_workdir_is_refused_and_a_killed_run_leaves_no_
         holder.wait()
     trainer.run(printer=lambda *_: None)
     assert trainer.start_step == 1
+
+
+def test_mixed_bfloat16_trains_and_attacks_robustdet_with_cfr_without_nan(tmp_path):
+    import tensorflow as tf
+
+    from robustdet_tf.attacks.pgd import pgd
+    from robustdet_tf.attacks.spec import AttackSpec
+
+    config = tiny_config({"method": "mtd", "steps": 2})
+    with config.unlocked():
+        config.model.update(kind="robustdet", num_kernels=2, cfr=True, aid_width=4, decoder_width=16)
+    config.train.update(steps=3, precision="mixed_bfloat16")
+    trainer = train_lib.Trainer(config, str(tmp_path))
+    logs = trainer.run(printer=lambda *_: None)
+    assert keras.config.dtype_policy().name == "float32"  # the policy applied to this model only
+    conv = trainer.model.detector.all_convs()["vgg_0"]
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    assert all(np.isfinite(v) for v in logs.values()) and set(logs) >= {"loss", "loss_re", "loss_kld", "loss_aid"}
+    assert all(np.isfinite(w.numpy()).all() for w in trainer.model.weights)
+    images = tf.random.uniform([2, 64, 64, 3], 0, 255, seed=3)
+    targets = {"boxes": tf.constant([[[0.1, 0.1, 0.6, 0.7]]] * 2), "labels": tf.constant([[1]] * 2)}
+    adv = pgd(trainer.model, images, targets, AttackSpec("cls", steps=2))
+    assert adv.dtype == tf.float32 and np.isfinite(adv.numpy()).all()
+    assert 0 < float(tf.reduce_max(tf.abs(adv - images))) <= 8.0 + 1e-4
+    assert trainer.model(images)["loc"].dtype == tf.float32
+
+
+def test_mixed_float16_scales_the_loss():
+    config = tiny_config()
+    config.train.precision = "mixed_float16"
+    model = train_lib.compile_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), config.train)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    config.train.precision = "float64"
+    with pytest.raises(ValueError, match="config.train.precision='float64'"):
+        train_lib.Trainer(config, "/nonexistent/never-written")

@@ -228,7 +228,7 @@ class DetectionModelBase(keras.Model):
     def apply_gradients(self, loss: tf.Tensor, tape: tf.GradientTape, checks=()) -> None:
         """Coupled weight decay + the optimiser update, after the given assertions."""
         variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = training.scaled_gradients(self.optimizer, loss, tape, variables)
         grads = training.add_weight_decay(grads, variables, self.weight_decay)
         with tf.control_dependencies(list(checks)):
             self.optimizer.apply_gradients(zip(grads, variables))

@@ -271,7 +271,10 @@ class Detector(keras.layers.Layer):
         logits = [
             ops.reshape(conv(head, s, 1), (batch, -1, self.num_classes)) for head, s in zip(self.conf_heads, sources)
         ]
+        # Heads and CFR statistics leave in float32 whatever the compute dtype (mixed precision): losses, decoding
+        # and attack gradients are computed in float32.
         out = {"loc": ops.concatenate(loc, axis=1), "logits": ops.concatenate(logits, axis=1), **aux}
+        out = {k: ops.cast(v, "float32") if k != "cfr_features" else v for k, v in out.items()}
         if return_features:
             out["features"] = features
             out["sources"] = sources

@@ -135,11 +135,11 @@ class RobustDet(DetectionModelBase):
         if pi is None:
             pi = self.aid(x, training=training)
         out = self.detector(x, pi=pi, training=training)
-        result = {"loc": out["loc"], "logits": out["logits"], "pi": pi}
+        result = {"loc": out["loc"], "logits": out["logits"], "pi": tf.cast(pi, tf.float32)}
         if self.cfr:
             result["mu"], result["logvar"] = out["mu"], out["logvar"]
-            if training:
-                result["reconstruction"] = self.decoder(out["cfr_features"], training=training)
+            if training:  # float32 like every output (mixed precision computes inside in bfloat16 / float16)
+                result["reconstruction"] = tf.cast(self.decoder(out["cfr_features"], training=training), tf.float32)
         return result
 
     # -- training ---------------------------------------------------------------------------------------------

@@ -8,10 +8,40 @@ priors therefore sum to exactly the single-device loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import keras
 import tensorflow as tf
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@contextlib.contextmanager
+def precision(name: str = "float32") -> Iterator[None]:
+    """Build models under the Keras dtype policy ``name`` (``config.train.precision``), then restore the previous.
+
+    Layers take their policy when they are created, so only models built inside the block compute in reduced
+    precision (variables stay float32; the models cast their outputs back to float32, so losses, decoding and the
+    attacks' pixel gradients are float32).
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"config.train.precision={name!r}: use one of {PRECISIONS}.")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def scaled_gradients(optimizer, loss: tf.Tensor, tape: tf.GradientTape, variables) -> list[tf.Tensor | None]:
+    """``d loss / d variables``, multiplied by the loss scale of a ``LossScaleOptimizer`` (``mixed_float16``; its
+    ``apply`` divides it out and skips steps whose gradients overflowed)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scale = tf.cast(optimizer.scale_loss(tf.ones_like(loss)), loss.dtype)
+        return tape.gradient(loss, variables, output_gradients=scale)
+    return tape.gradient(loss, variables)
 
 
 def num_replicas() -> int:
