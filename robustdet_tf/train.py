@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.checkpoints.backbone import initialise_backbone
+from robustdet_tf.checkpoints.saving import CheckpointEvery, save_checkpoint
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
@@ -45,32 +46,6 @@ MODEL_RECORD = "model_config.json"
 
 class IncompatibleWorkdirError(ValueError):
     """The workdir holds a model that the config cannot continue."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (typically a full disk); the previous one is intact."""
-
-
-def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
-    """``manager.save`` that, when the write fails (disk full, quota, I/O error), removes the half-written files of
-    this step and raises one clear ``CheckpointWriteError``; the previous checkpoint and the index are untouched
-    (the manager updates its index only after a complete write)."""
-    directory = manager.directory
-    before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
-    try:
-        return manager.save(checkpoint_number=step)
-    except (tf.errors.OpError, OSError) as err:
-        for name in (set(os.listdir(directory)) if os.path.isdir(directory) else set()) - before - {"checkpoint"}:
-            path = os.path.join(directory, name)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
-        free = shutil.disk_usage(directory).free / 2**20 if os.path.isdir(directory) else float("nan")
-        reason = str(getattr(err, "message", None) or err).strip().splitlines()[-1]
-        previous = manager.latest_checkpoint or "none yet"
-        raise CheckpointWriteError(
-            f"could not write the checkpoint of step {step} to {directory} ({reason}; {free:.0f} MiB free there). "
-            f"The previous checkpoint ({previous}) is intact and the partial files were removed: free some space "
-            "(or use a --workdir on a larger disk) and run the same command again to resume."
-        ) from None
 
 
 def learning_rate(train: Mapping[str, Any]):
@@ -205,25 +180,6 @@ class Progress(keras.callbacks.Callback):
         self.printer(f"step {step}/{self.total}  {rate:.2f} steps/s  ETA {eta:.0f}s  {terms}")
         for metric in self.model.metrics:  # the next report averages the next window only
             metric.reset_state()
-
-
-class CheckpointEvery(keras.callbacks.Callback):
-    """Save every ``every`` steps and stop (then save) when a SIGINT/SIGTERM arrives."""
-
-    def __init__(self, manager: tf.train.CheckpointManager, step_var: tf.Variable, start: int, every: int):
-        super().__init__()
-        self.manager, self.step_var, self.start, self.every = manager, step_var, start, max(1, every)
-        self.interrupted = False
-        self.done = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.done += 1
-        step = self.start + self.done
-        self.step_var.assign(step)
-        if step % self.every == 0 or self.interrupted:
-            save_checkpoint(self.manager, step)
-        if self.interrupted:
-            self.model.stop_training = True
 
 
 def adopt_class_names(model: keras.Model, source: DetectionSource) -> None:

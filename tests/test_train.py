@@ -10,6 +10,7 @@ from ml_collections import ConfigDict
 
 from configs import demo
 from robustdet_tf import train as train_lib
+from robustdet_tf.checkpoints.saving import CheckpointWriteError
 from tests.conftest import TINY_SSD
 
 
@@ -144,7 +145,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(tmp_pa
         return real_save(manager, checkpoint_number=checkpoint_number, **kwargs)
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk)
-    with pytest.raises(train_lib.CheckpointWriteError) as info:
+    with pytest.raises(CheckpointWriteError) as info:
         trainer.run(printer=lambda *_: None)
     message = str(info.value)
     assert "step 4" in message and str(tmp_path / "checkpoints") in message and "MiB free" in message
