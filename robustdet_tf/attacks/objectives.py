@@ -2,6 +2,10 @@
 
 Each objective is a function of ``(model, images, targets)`` that runs the model in test mode
 (``training=False``: AID batch norm on running statistics, CFR uses μ) while reading the raw head outputs.
+``make_objective`` gives the batch scalar the reference ascends; ``make_per_image_objective`` gives ``[B]`` values,
+each image's loss as if it were alone, for attacks that keep the best iterate per image (restarts, APGD) or choose
+per image (MTD per image, the worst-case column).  In test mode images do not interact, so the sign of the batch
+gradient equals the sign of each image's own gradient and both forms take the same PGD steps.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import tensorflow as tf
 from robustdet_tf.losses.class_wise import class_wise_loss
 
 Objective = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
+Outputs = Mapping[str, tf.Tensor]
 
 OBJECTIVES = ("cls", "loc", "con", "cwa")
 
@@ -41,3 +46,41 @@ def make_objective(name: str, con_weights: Sequence[float] = (1.0, 1.0)) -> Obje
             model(x, training=False), t, model.priors, threshold=model.match_threshold
         )
     raise ValueError(f"unknown attack objective {name!r}; choose one of {OBJECTIVES}")
+
+
+def per_image_terms(model: keras.Model, outputs: Outputs, targets: Mapping[str, tf.Tensor]):
+    """``(loss_l, loss_c)`` ``[B]`` each, every image normalised by its own positives."""
+    return model.detection_loss(outputs, targets, per_image=True)
+
+
+def per_image_class_wise(model: keras.Model, outputs: Outputs, targets: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """The CWA loss of each image alone, ``[B]`` (a graph ``map_fn``: the class averages do not batch)."""
+    return tf.map_fn(
+        lambda item: class_wise_loss({k: v[None] for k, v in item[0].items()},
+                                     {k: v[None] for k, v in item[1].items()}, model.priors,
+                                     threshold=model.match_threshold),
+        ({"loc": outputs["loc"], "logits": outputs["logits"]},
+         {"boxes": targets["boxes"], "labels": targets["labels"]}),
+        fn_output_signature=tf.float32,
+    )
+
+
+def per_image_loss_of_outputs(name: str, con_weights: Sequence[float] = (1.0, 1.0)):
+    """``(model, outputs, targets) → [B]`` for objective ``name`` on already computed head outputs (the adaptive
+    attacks run the model with their own π and then score the outputs)."""
+    if name == "cwa":
+        return per_image_class_wise
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown attack objective {name!r}; choose one of {OBJECTIVES}")
+
+    def loss(model, outputs, targets):
+        loss_l, loss_c = per_image_terms(model, outputs, targets)
+        return {"cls": loss_c, "loc": loss_l, "con": con_weights[0] * loss_l + con_weights[1] * loss_c}[name]
+
+    return loss
+
+
+def make_per_image_objective(name: str, con_weights: Sequence[float] = (1.0, 1.0)) -> Objective:
+    """``(model, images, targets) → [B]``: objective ``name`` of each image alone, in test mode."""
+    score = per_image_loss_of_outputs(name, con_weights)
+    return lambda model, x, t: score(model, model(x, training=False), t)

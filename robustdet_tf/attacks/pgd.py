@@ -14,8 +14,10 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective
+from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective, per_image_terms
+from robustdet_tf.attacks.budget import project, random_start
 from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.attacks.strong import strong_pgd
 
 REFERENCE = AttackSpec()
 """PGD-20 on the classification loss, ε = α = 8, no random start (the reference's A_cls)."""
@@ -27,12 +29,6 @@ def input_gradient(objective: Objective, model: keras.Model, images: tf.Tensor, 
         tape.watch(images)
         value = objective(model, images, targets)
     return tape.gradient(value, images)
-
-
-def project(candidate: tf.Tensor, clean: tf.Tensor, epsilon: float) -> tf.Tensor:
-    """Clip the perturbation to the ε-ball around ``clean`` and the image to ``[0, 255]``."""
-    eta = tf.clip_by_value(candidate - clean, -epsilon, epsilon)
-    return tf.clip_by_value(clean + eta, 0.0, 255.0)
 
 
 def pgd_step(
@@ -52,20 +48,7 @@ def pgd_step(
 
 def per_image_detection_loss(model: keras.Model, images: tf.Tensor, targets) -> tf.Tensor:
     """``loss_l + loss_c`` of each image separately (normalised by that image's positives), ``[B]``."""
-    outputs = model(images, training=False)
-    terms = tf.map_fn(
-        lambda item: tf.add_n(
-            model.detection_loss(
-                {k: v[None] for k, v in item[0].items()}, {k: v[None] for k, v in item[1].items()}
-            )
-        ),
-        (
-            {"loc": outputs["loc"], "logits": outputs["logits"]},
-            {"boxes": targets["boxes"], "labels": targets["labels"]},
-        ),
-        fn_output_signature=tf.float32,
-    )
-    return terms
+    return tf.add_n(per_image_terms(model, model(images, training=False), targets))
 
 
 def attack_step(
@@ -98,12 +81,6 @@ def attack_step(
     return tf.where(total_loc > total_cls, cand_loc, cand_cls)
 
 
-def random_start(images: tf.Tensor, epsilon: float, seed=None) -> tf.Tensor:
-    """Uniform noise in the ε-ball, clipped to ``[0, 255]``."""
-    noise = keras.random.uniform(tf.shape(images), -epsilon, epsilon, seed=seed)
-    return tf.clip_by_value(images + noise, 0.0, 255.0)
-
-
 def pgd(
     model: keras.Model,
     images: tf.Tensor,
@@ -117,7 +94,12 @@ def pgd(
     ``seed_generator`` when given (a new draw per call: training), else from ``spec.seed`` (the same draw for the
     same input: evaluation).  The step loop is a ``tf.range`` loop, so under ``tf.function`` it is one graph
     ``while`` loop.
+
+    With restarts, the ``apgd`` schedule or an adaptive method (``spec.per_image``) the attack is
+    ``strong.strong_pgd``: the best iterate per image instead of the final one.
     """
+    if spec.per_image:
+        return strong_pgd(model, images, targets, spec, seed_generator)
     clean = tf.convert_to_tensor(images, tf.float32)
     seed = seed_generator if seed_generator is not None else spec.seed
     adv = random_start(clean, spec.epsilon, seed) if spec.random_start else clean

@@ -1,6 +1,6 @@
 """``AttackSpec``: the settings of one PGD-family attack, as one value (spec §5.1, §5.2, §6.3).
 
-Why one object: the same eight settings describe the attack of adversarial training (``models/adversarial.py``),
+Why one object: the same settings describe the attack of adversarial training (``models/adversarial.py``),
 every column of a robustness protocol (``evaluation/protocol.py``) and a call of ``attacks.pgd``.  Passing them as
 one frozen value means a setting has one name everywhere, is validated once, and is recorded with the results
 (``to_dict``).
@@ -12,8 +12,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-METHODS = ("clean", "cls", "loc", "con", "cwa", "mtd")
-"""``clean`` = no attack; ``cls``/``loc``/``con``/``cwa`` = PGD on that objective; ``mtd`` = the MTD step."""
+METHODS = ("clean", "cls", "loc", "con", "cwa", "mtd", "adaptive", "fixed_pi", "aid")
+"""``clean`` = no attack; ``cls``/``loc``/``con``/``cwa`` = PGD on that objective; ``mtd`` = the MTD step; the
+attacks that adapt to RobustDet's discriminator (``attacks/adaptive.py``): ``adaptive`` = ``base`` loss − λ·D(π),
+``fixed_pi`` = ``base`` loss with π held at the clean image's mixture, ``aid`` = D(π) alone."""
+
+ADAPTIVE_METHODS = ("adaptive", "fixed_pi", "aid")
+SCHEDULES = ("constant", "apgd")
+DIVERGENCES = ("kl", "js")
+BASE_OBJECTIVES = ("cls", "loc", "con", "cwa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +36,17 @@ class AttackSpec:
       con_weights: ``(w_loc, w_cls)`` of the ``con`` objective.
       mtd_per_image: MTD chooses loc vs cls per image (the MTD paper) instead of per batch (the reference).
       seed: seed of the random start (``None``: nondeterministic).
+      restarts: independent runs (the first from ``random_start``'s choice, the others from random starts); each
+        image keeps the iterate with the highest objective over all runs and steps (``attacks/strong.py``).
+      schedule: ``constant`` (α every step) or ``apgd`` (APGD's momentum and per-image step halving from 2ε,
+        Croce & Hein 2020; ``step_size`` is then unused).
+      aid_weight: λ of the ``adaptive`` objective (``base`` loss − λ·D(π_adv, π_clean)).
+      divergence: D of the adaptive attacks, ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type
+        distance).
+      base: the detection objective of ``adaptive`` and ``fixed_pi`` (``cls``, ``loc``, ``con``, ``cwa``).
+
+    The first eight settings are the reference's; with their defaults (``restarts=1``, ``schedule="constant"``) a
+    ``cls``/``loc``/``con``/``cwa``/``mtd`` attack is the reference's final-iterate PGD.
     """
 
     method: str = "cls"
@@ -39,6 +57,11 @@ class AttackSpec:
     con_weights: tuple[float, float] = (1.0, 1.0)
     mtd_per_image: bool = False
     seed: int | None = None
+    restarts: int = 1
+    schedule: str = "constant"
+    aid_weight: float = 1.0
+    divergence: str = "kl"
+    base: str = "cls"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -51,6 +74,17 @@ class AttackSpec:
         set_("con_weights", tuple(float(w) for w in self.con_weights))
         set_("mtd_per_image", bool(self.mtd_per_image))
         set_("seed", None if self.seed is None else int(self.seed))
+        set_("restarts", int(self.restarts))
+        set_("aid_weight", float(self.aid_weight))
+        for name, value, allowed in (("schedule", self.schedule, SCHEDULES), ("divergence", self.divergence,
+                                     DIVERGENCES), ("base", self.base, BASE_OBJECTIVES)):
+            if value not in allowed:
+                raise ValueError(f"attack {name} {value!r} is not one of {allowed}")
+        if self.restarts < 1:
+            raise ValueError(f"attack restarts must be >= 1 (1 = a single run), got {self.restarts}")
+        if self.method == "mtd" and (self.restarts > 1 or self.schedule != "constant"):
+            raise ValueError("MTD picks between a loc and a cls step each iteration; restarts and the apgd schedule "
+                             "apply to cls / loc / con / cwa and the adaptive methods, not to mtd")
         if self.epsilon < 0 or self.step_size < 0 or self.steps < 0:
             raise ValueError(f"attack epsilon, step_size and steps must be >= 0; got {self}")
         if len(self.con_weights) != 2:
@@ -68,6 +102,11 @@ class AttackSpec:
         if unknown:
             raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {list(cls.keys())}")
         return cls(**settings)
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the attack keeps a best iterate per image (``attacks/strong.py``) instead of the final one."""
+        return self.restarts > 1 or self.schedule != "constant" or self.method in ADAPTIVE_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "con_weights": list(self.con_weights)}

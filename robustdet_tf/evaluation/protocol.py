@@ -9,6 +9,14 @@ described in one sentence for the table caption, and turned into attack function
   image + last step); VOC07 11-point AP with the reference's coordinate offsets.
 * ``"strong"`` — a stronger, corrected evaluation: PGD with a random start, α = 2 and 50 steps (ε = 8), MTD's choice
   per image, and the ε-bounded, early-stopping DAG.
+* ``"adaptive"`` — ``strong`` made stronger still: APGD's step schedule from 2ε with two restarts and the best
+  iterate per image for every PGD column, and the columns that attack RobustDet's discriminator
+  (``attacks/adaptive.py``).  Use it with the ``Adaptive``, ``FixedPi``, ``AID`` and ``Worst`` columns.
+
+The adaptive columns exist under every protocol: ``Adaptive`` (detection loss − λ·D(π_adv, π_clean): fool the
+detector, keep the AID's mixture clean), ``FixedPi`` (the gradient of the detector run with the clean image's π)
+and ``AID`` (D alone: attack the router; not applicable to models without an AID, its cell is then empty).
+``Worst`` is the per-image worst case over the table's other attack columns (``evaluation/worst_case.py``).
 """
 
 from __future__ import annotations
@@ -18,17 +26,26 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from robustdet_tf.attacks.adaptive import applies_to
 from robustdet_tf.attacks.dag import dag
 from robustdet_tf.attacks.pgd import pgd
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.evaluation.evaluate import AttackFn
 
-ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
+PAPER_ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
+"""The columns of the paper's Table 1."""
+ATTACKS: tuple[str, ...] = (*PAPER_ATTACKS, "Adaptive", "FixedPi", "AID", "Worst")
+"""Every column a table can have: Table 1's, the attacks on the AID and the per-image worst case."""
 
-# Table name → PGD objective of ``attacks.pgd`` (DAG and clean are handled separately).
-PGD_METHODS: dict[str, str] = {"A_cls": "cls", "A_loc": "loc", "con": "con", "MTD": "mtd", "CWA": "cwa"}
+# Table name → PGD objective of ``attacks.pgd`` (DAG, Worst and clean are handled separately).
+PGD_METHODS: dict[str, str] = {"A_cls": "cls", "A_loc": "loc", "con": "con", "MTD": "mtd", "CWA": "cwa",
+                               "Adaptive": "adaptive", "FixedPi": "fixed_pi", "AID": "aid"}
+ADAPTIVE_COLUMNS = ("Adaptive", "FixedPi", "AID")
 
-COLUMN_TITLES: dict[str, str] = {"clean": "Clean"}
+COLUMN_TITLES: dict[str, str] = {"clean": "Clean", "FixedPi": "Fixed π", "AID": "AID only", "Worst": "Worst case"}
+
+_REFERENCE_PGD = {"restarts": 1, "schedule": "constant"}
+_ADAPTIVE_DEFAULTS = {"aid_weight": 1.0, "divergence": "kl", "base": "cls"}
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "reference": {
@@ -43,8 +60,10 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "random_start": False,
             "con_weights": [1.0, 1.0],
             "mtd_per_image": False,
+            **_REFERENCE_PGD,
         },
         "dag": {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None},
+        "adaptive": dict(_ADAPTIVE_DEFAULTS),
     },
     "strong": {
         "name": "strong",
@@ -58,8 +77,28 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "random_start": True,
             "con_weights": [1.0, 1.0],
             "mtd_per_image": True,
+            **_REFERENCE_PGD,
         },
         "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
+        "adaptive": dict(_ADAPTIVE_DEFAULTS),
+    },
+    "adaptive": {
+        "name": "adaptive",
+        "metric": "voc07",
+        "reference_offsets": True,
+        "seed": 0,
+        "pgd": {
+            "epsilon": 8.0,
+            "step_size": 2.0,
+            "steps": 50,
+            "random_start": True,
+            "con_weights": [1.0, 1.0],
+            "mtd_per_image": True,
+            "restarts": 2,
+            "schedule": "apgd",
+        },
+        "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
+        "adaptive": dict(_ADAPTIVE_DEFAULTS),
     },
 }
 
@@ -107,20 +146,38 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
     """One sentence describing a protocol, for the Markdown caption."""
     p, d = protocol["pgd"], protocol["dag"]
     start = "random start" if p["random_start"] else "no random start"
+    restarts, schedule = p.get("restarts", 1), p.get("schedule", "constant")  # results files of older versions
+    if restarts > 1 or schedule != "constant":
+        step = "APGD step schedule from 2ε" if schedule == "apgd" else f"α = {p['step_size']:g}"
+        start = f"{start}, {restarts} run(s), best iterate per image; {step}"
+    else:
+        start = f"α = {p['step_size']:g}, {start}"
+    a = protocol.get("adaptive", _ADAPTIVE_DEFAULTS)
+    adaptive = f"adaptive attacks on {a['base']} − {a['aid_weight']:g}·{a['divergence'].upper()}(π)"
     mtd = "per image" if p["mtd_per_image"] else "per batch"
     if d["faithful"]:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, faithful (unbounded)"
     else:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, bounded ε = {d['epsilon']:g}, early stop"
-    return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, α = {p['step_size']:g}, {start}; MTD choice {mtd}; "
-            f"{dag_text}; metric {protocol['metric']}.")
+    return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, {start}; MTD choice {mtd}; "
+            f"{dag_text}; {adaptive}; metric {protocol['metric']}.")
 
 
 def attack_spec(name: str, protocol: Mapping[str, Any]) -> AttackSpec:
     """The ``AttackSpec`` of a PGD-family column (``A_cls``, ``A_loc``, ``con``, ``MTD``, ``CWA``) of a protocol."""
     if name not in PGD_METHODS:
         raise ValueError(f"{name!r} is not a PGD-family column; attack_spec takes one of {sorted(PGD_METHODS)}.")
-    return AttackSpec(method=PGD_METHODS[name], seed=int(protocol["seed"]), **protocol["pgd"])
+    settings = dict(protocol["pgd"])
+    if name == "MTD":  # MTD's per-step choice is its own schedule: plain steps, final iterate
+        settings.update(_REFERENCE_PGD)
+    if name in ADAPTIVE_COLUMNS:
+        settings.update(protocol["adaptive"])
+    return AttackSpec(method=PGD_METHODS[name], seed=int(protocol["seed"]), **settings)
+
+
+def column_applies(name: str, model) -> bool:
+    """Whether a column means something for ``model`` (the ``AID`` column needs a discriminator to attack)."""
+    return name not in PGD_METHODS or applies_to(PGD_METHODS[name], model)
 
 
 def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
@@ -136,4 +193,7 @@ def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
         return partial(dag, **kwargs)
     if name in PGD_METHODS:
         return partial(pgd, spec=attack_spec(name, protocol))
+    if name == "Worst":
+        raise ValueError("the 'Worst' column is built from the other columns of a table: use "
+                         "evaluation.worst_case.worst_case_attack(...) or evaluate_robustness(attacks=[..., 'Worst']).")
     raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}.")

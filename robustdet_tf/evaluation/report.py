@@ -45,14 +45,21 @@ def fraction(value: Any) -> float | None:
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    """Table 1 layout: one row per model, one column per attack, mAP in % with one decimal ('–' if undefined)."""
+    """Table 1 layout: one row per model, one column per attack, mAP in % with one decimal ('–' if undefined or
+    not applicable), and the model's lowest attacked cell with its attack."""
     models = results["models"]
     attacks = list(next(iter(models.values())).keys()) if models else []
-    header = "| Model | " + " | ".join(COLUMN_TITLES.get(a, a) for a in attacks) + " |"
-    rule = "|---|" + "---:|" * len(attacks)
+    worst = results.get("worst_case")
+    titles = [COLUMN_TITLES.get(a, a) for a in attacks] + (["Lowest (attack)"] if worst else [])
+    header = "| Model | " + " | ".join(titles) + " |"
+    rule = "|---|" + "---:|" * len(titles)
     rows = []
     for model_name, cells in models.items():
         values = ["–" if cells[a] is None else f"{100.0 * cells[a]:.1f}" for a in attacks]
+        if worst:
+            low = worst[model_name]
+            values.append("–" if low["mAP"] is None else
+                          f"{100.0 * low['mAP']:.1f} ({COLUMN_TITLES.get(low['attack'], low['attack'])})")
         rows.append(f"| {model_name} | " + " | ".join(values) + " |")
     caption = (f"mAP (%) on {results.get('num_images', '?')} images, protocol "
                f"**{results['protocol']['name']}**: {describe_protocol(results['protocol'])}")

@@ -8,7 +8,9 @@ targets with difficult objects removed, as the reference's).
 Outputs (``evaluation.report``, each written atomically):
 
 * ``robustness.json`` — ``{"protocol": {...}, "models": {name: {attack: mAP}}, "num_images": n,
-  "per_class_AP": {name: {attack: {class: AP}}}}``, mAP and AP as fractions in [0, 1] (``null`` if undefined);
+  "per_class_AP": {name: {attack: {class: AP}}}, "worst_case": {name: {"attack": a, "mAP": m}}}``, mAP and AP as
+  fractions in [0, 1] (``null`` if undefined or not applicable); ``worst_case`` is each model's lowest attacked
+  cell (the ``Worst`` column, if requested, is the per-image worst case and usually lower still);
 * ``robustness.md`` — a Markdown table laid out like the paper's Table 1 (rows models, columns attacks, mAP in %);
 * ``pr_<model>_<attack>.png`` — per-class precision/recall curves of every cell (VOC metrics only);
 * ``robustness_bars.png`` — grouped bars of mAP per model per attack;
@@ -30,8 +32,10 @@ from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, evaluate_
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
     ATTACKS,
     COLUMN_TITLES,
+    PAPER_ATTACKS,
     PGD_METHODS,
     PROTOCOLS,
+    column_applies,
     describe_protocol,
     make_attack,
     make_protocol,
@@ -44,6 +48,7 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     plot_pr_curves,
     write_sample_pngs,
 )
+from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
 from robustdet_tf.io import write_text
 
 
@@ -78,6 +83,15 @@ def save_sample_detections(
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
+def column_attack(name: str, protocol: Mapping[str, Any], columns: Sequence[str], model: keras.Model):
+    """The attack of column ``name`` for ``model``; ``Worst`` combines the other attacks of ``columns`` that apply
+    to the model."""
+    if name != "Worst":
+        return make_attack(name, protocol)
+    return worst_case_attack([make_attack(c, protocol) for c in columns
+                              if c not in ("clean", "Worst") and column_applies(c, model)])
+
+
 def _headline(metric_result: Mapping[str, Any]) -> float:
     """The table's number: ``mAP`` (VOC) or ``AP50`` (COCO, what the paper reports)."""
     for key in ("mAP", "AP50"):
@@ -91,7 +105,7 @@ def evaluate_robustness(
     batches: tf.data.Dataset,
     class_names: Sequence[str],
     output_dir: str | os.PathLike,
-    attacks: Sequence[str] = ATTACKS,
+    attacks: Sequence[str] = PAPER_ATTACKS,
     protocol: str | Mapping[str, Any] = "reference",
     overrides: Mapping[str, Any] | None = None,
     max_batches: int | None = None,
@@ -108,7 +122,7 @@ def evaluate_robustness(
       batches: evaluation batches ``(images, targets)`` as ``data.pipeline.eval_batches`` yields them (targets with
         ``difficult`` and ``original_size`` for the faithful VOC metric).  Iterated once per (model, attack).
       class_names: object class names (label ``k`` ↔ name ``k``).
-      attacks: columns, from ``ATTACKS``.
+      attacks: columns, from ``ATTACKS`` (default: Table 1's); ``Worst`` = per image the worst of the other attack columns.
       protocol, overrides: see ``make_protocol``.
       max_batches: evaluate only the first batches (quick looks).
       metric_factory: builds a fresh metric per cell; default ``make_metric(protocol["metric"], class_names,
@@ -134,12 +148,16 @@ def evaluate_robustness(
 
     table: dict[str, dict[str, float | None]] = {}
     per_class: dict[str, dict[str, dict[str, float | None]]] = {}
+    worst: dict[str, dict[str, Any]] = {}
     num_images = 0
     for model_name, model in models.items():
         table[model_name], per_class[model_name] = {}, {}
         first_batch: dict[str, tuple] = {}
         for attack_name in attacks:
-            attack = make_attack(attack_name, proto)
+            if not column_applies(attack_name, model):  # e.g. the AID column of a model without an AID
+                table[model_name][attack_name], per_class[model_name][attack_name] = None, {}
+                continue
+            attack = column_attack(attack_name, proto, attacks, model)
 
             def keep_first(clean, adv, detections, attack_name=attack_name, first_batch=first_batch):
                 first_batch.setdefault(attack_name, (clean, adv, detections))
@@ -154,11 +172,13 @@ def evaluate_robustness(
             if plots and "recall" in metric_result:
                 plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
                                os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
+        worst[model_name] = worst_column(table[model_name])
         if sample_images > 0:
             _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, sample_images,
                                (sample_score_threshold, sample_top_n))
 
-    results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class}
+    results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class,
+               "worst_case": worst}
     write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
     write_text(os.path.join(output_dir, "robustness.md"), markdown_table(results))
     if plots:

@@ -49,8 +49,9 @@ def multibox_loss(
     variances: Sequence[float] = box_ops.VARIANCES,
     weights: tf.Tensor | None = None,
     num_positives: tf.Tensor | None = None,
+    per_image: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Returns ``(loss_l, loss_c)`` for a batch.
+    """Returns ``(loss_l, loss_c)`` for a batch (or, with ``per_image``, ``[B]`` each).
 
     Args:
       predictions: ``{"loc": [B, P, 4], "logits": [B, P, C]}``.
@@ -59,6 +60,9 @@ def multibox_loss(
       weights: optional per-prior weights ``[B, P]`` (the reference uses them for the ``adc`` sub-batch).
       num_positives: the normaliser; defaults to this batch's positives.  Distributed training passes the global
         count so that the replicas' summed gradients equal the single-device gradient.
+
+      per_image: each image's terms divided by its own positives, ``[B]`` each: what the loss of that image alone
+        would be (attacks that keep the best iterate per image or choose per image need it).
 
     A batch without any positive gives ``(0, 0)``: no negatives are mined either, and the normaliser is floored
     at one instead of dividing by zero as the reference would.
@@ -79,6 +83,10 @@ def multibox_loss(
         loc_per_prior = loc_per_prior * weights
         ce = ce * weights
     pos_f = tf.cast(positives, tf.float32)
+    if per_image:
+        n_img = tf.maximum(tf.reduce_sum(pos_f, axis=1), 1.0)
+        return (tf.reduce_sum(loc_per_prior * pos_f, axis=1) / n_img,
+                tf.reduce_sum(ce * tf.cast(selected, tf.float32), axis=1) / n_img)
     loss_l = tf.reduce_sum(loc_per_prior * pos_f)
     loss_c = tf.reduce_sum(ce * tf.cast(selected, tf.float32))
     if num_positives is None:

@@ -135,9 +135,11 @@ class DetectionModelBase(keras.Model):
         )
 
     def detection_loss(
-        self, outputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor], weights=None, global_norm=False
+        self, outputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor], weights=None, global_norm=False,
+        per_image=False,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """MultiBox ``(loss_l, loss_c)``; ``global_norm`` normalises by positives summed over replicas."""
+        """MultiBox ``(loss_l, loss_c)``; ``global_norm`` normalises by positives summed over replicas;
+        ``per_image`` gives ``[B]`` terms, each image normalised by its own positives."""
         num_pos = None
         if global_norm:
             _, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], self.priors, self.match_threshold)
@@ -150,6 +152,7 @@ class DetectionModelBase(keras.Model):
             neg_pos_ratio=self.neg_pos_ratio,
             weights=weights,
             num_positives=num_pos,
+            per_image=per_image,
         )
 
     def postprocess_settings(self) -> dict:

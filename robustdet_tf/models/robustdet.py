@@ -130,6 +130,11 @@ class RobustDet(DetectionModelBase):
             channels = self.detector.vgg_convs[f"vgg_{CONV4_3_INDEX}"].conv_mean.filters
             self.decoder.build((None, size, size, channels))
 
+    def mixture(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """The AID's kernel mixture π ``[B, K]`` of pixel images, without running the detector (what the attacks
+        that adapt to the AID read)."""
+        return tf.cast(self.aid(self.preprocess(images), training=training), tf.float32)
+
     def call(self, images, pi=None, training=None):
         x = self.preprocess(images)
         if pi is None:

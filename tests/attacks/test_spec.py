@@ -36,8 +36,8 @@ def test_from_dict_refuses_an_unknown_key_naming_it_and_the_accepted_ones():
     with pytest.raises(ValueError, match=r"config\.model\.adversarial has unknown key\(s\) \['stpes'\]") as info:
         AttackSpec.from_dict({"method": "cls", "stpes": 5}, where="config.model.adversarial")
     assert all(key in str(info.value) for key in AttackSpec.keys())
-    with pytest.raises(ValueError, match=r"^attack has unknown key\(s\) \['eps', 'schedule'\]"):
-        AttackSpec.from_dict({"eps": 8, "schedule": "plain"})
+    with pytest.raises(ValueError, match=r"^attack has unknown key\(s\) \['eps', 'schedul'\]"):
+        AttackSpec.from_dict({"eps": 8, "schedul": "apgd"})
 
 
 def test_replace_returns_a_new_validated_spec():

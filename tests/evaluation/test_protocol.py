@@ -17,7 +17,13 @@ def test_predefined_protocols():
     strong = P.make_protocol("strong")
     assert strong["pgd"]["random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
     assert strong["dag"]["faithful"] is False and strong["dag"]["epsilon"] == 8.0
-    assert set(P.ATTACKS) == {"clean", "DAG", *P.PGD_METHODS}
+    assert set(P.ATTACKS) == {"clean", "DAG", "Worst", *P.PGD_METHODS}
+    assert set(P.PAPER_ATTACKS) == {"clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"}
+    adaptive = P.make_protocol("adaptive")
+    assert adaptive["pgd"]["schedule"] == "apgd" and adaptive["pgd"]["restarts"] >= 2
+    assert adaptive["pgd"]["epsilon"] == 8.0 and adaptive["pgd"]["steps"] >= 50
+    assert all(p["pgd"]["restarts"] == 1 and p["pgd"]["schedule"] == "constant" for p in (ref, strong))
+    assert ref["adaptive"] == {"aid_weight": 1.0, "divergence": "kl", "base": "cls"}
 
 
 def test_overrides_are_deep_merged_and_checked():
@@ -35,8 +41,8 @@ def test_overrides_are_deep_merged_and_checked():
         P.make_protocol({"metrics": "coco"})
     with pytest.raises(TypeError, match="'dag' must be a dict of"):
         P.make_protocol("reference", {"dag": 10})
-    with pytest.raises(ValueError, match=r"unknown robustness protocol 'weak'; choose one of \['reference', "
-                                         r"'strong'\]"):
+    with pytest.raises(ValueError, match=r"unknown robustness protocol 'weak'; choose one of \['adaptive', "
+                                         r"'reference', 'strong'\]"):
         P.make_protocol("weak")
     with pytest.raises(ValueError, match="needs dag.epsilon"):
         P.make_protocol("reference", {"dag": {"faithful": False}})
@@ -49,7 +55,12 @@ def test_overrides_are_deep_merged_and_checked():
 def test_attack_spec_of_every_pgd_column_follows_the_protocol(name, column):
     protocol = P.make_protocol(name, {"seed": 11})
     spec = P.attack_spec(column, protocol)
-    assert spec == AttackSpec.from_dict({**protocol["pgd"], "method": P.PGD_METHODS[column], "seed": 11})
+    settings = {**protocol["pgd"], "method": P.PGD_METHODS[column], "seed": 11}
+    if column == "MTD":  # MTD's choice per step has no restarts / APGD: plain steps, final iterate
+        settings.update(restarts=1, schedule="constant")
+    if column in P.ADAPTIVE_COLUMNS:
+        settings.update(protocol["adaptive"])
+    assert spec == AttackSpec.from_dict(settings)
     attack = P.make_attack(column, protocol)
     assert attack.func is pgd and attack.keywords == {"spec": spec}
 
@@ -57,7 +68,7 @@ def test_attack_spec_of_every_pgd_column_follows_the_protocol(name, column):
 def test_pgd_columns_differ_only_in_their_objective():
     protocol = P.make_protocol("strong")
     specs = {column: P.attack_spec(column, protocol) for column in P.PGD_METHODS}
-    assert {s.method for s in specs.values()} == {"cls", "loc", "con", "mtd", "cwa"}
+    assert {s.method for s in specs.values()} == {"cls", "loc", "con", "mtd", "cwa", "adaptive", "fixed_pi", "aid"}
     assert len({s.replace(method="cls") for s in specs.values()}) == 1
 
 
@@ -82,8 +93,12 @@ def test_clean_is_no_attack_and_unknown_columns_are_refused():
 def test_description_names_every_setting():
     assert P.describe_protocol(P.make_protocol("reference")) == (
         "PGD-20, ε = 8, α = 8, no random start; MTD choice per batch; DAG 150 steps, γ = 0.5, faithful (unbounded); "
-        "metric voc07.")
+        "adaptive attacks on cls − 1·KL(π); metric voc07.")
     strong = P.describe_protocol(P.make_protocol("strong", {"pgd": {"steps": 9, "epsilon": 4}, "metric": "coco"}))
     assert strong == ("PGD-9, ε = 4, α = 2, random start; MTD choice per image; DAG 150 steps, γ = 0.5, bounded "
-                      "ε = 8, early stop; metric coco.")
+                      "ε = 8, early stop; adaptive attacks on cls − 1·KL(π); metric coco.")
+    adaptive = P.describe_protocol(P.make_protocol("adaptive", {"adaptive": {"aid_weight": 4, "divergence": "js"}}))
+    assert adaptive.startswith("PGD-50, ε = 8, random start, 2 run(s), best iterate per image; APGD step schedule "
+                               "from 2ε; MTD choice per image;")
+    assert "adaptive attacks on cls − 4·JS(π)" in adaptive
 

@@ -78,10 +78,11 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     proto = written["protocol"]
     assert proto["name"] == "reference" and proto["metric"] == "voc07"
     assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "random_start": False,
-                            "con_weights": [1.0, 1.0], "mtd_per_image": False}
+                            "con_weights": [1.0, 1.0], "mtd_per_image": False, "restarts": 1,
+                            "schedule": "constant"}
     assert proto["dag"] == {"steps": 10, "gamma": 0.5, "faithful": True, "epsilon": None}
     cells = written["models"]["SSD (tiny)"]
-    assert list(cells) == list(robustness.ATTACKS)
+    assert list(cells) == list(robustness.PAPER_ATTACKS)
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in cells.values())
     assert written["num_images"] == NUM_IMAGES
     assert set(written["per_class_AP"]["SSD (tiny)"]["clean"]) == set(CLASS_NAMES)
@@ -95,16 +96,19 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     lines = (tmp_path / "robustness.md").read_text(encoding="utf-8").splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| Model |"))
     assert [c.strip() for c in lines[header].strip("|").split("|")] == [
-        "Model", "Clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"]
+        "Model", "Clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG", "Lowest (attack)"]
     assert set(lines[header + 1]) <= set("|-:")
     row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
     assert row[0] == "SSD (tiny)"
-    assert row[1:] == [f"{100 * cells[a]:.1f}" for a in robustness.ATTACKS]
+    assert row[1:-1] == [f"{100 * cells[a]:.1f}" for a in robustness.PAPER_ATTACKS]
+    lowest = min((a for a in cells if a != "clean"), key=cells.get)
+    assert written["worst_case"]["SSD (tiny)"] == {"attack": lowest, "mAP": cells[lowest]}
+    assert row[-1] == f"{100 * cells[lowest]:.1f} ({lowest})"
     assert "PGD-2, ε = 8, α = 8, no random start" in "\n".join(lines[:header])
 
     # Figures: one PR plot per (model, attack), the bar plot, the first image of every attack; no temp files left.
-    expected = [f"pr_SSD_tiny__{attack}.png" for attack in robustness.ATTACKS] + ["robustness_bars.png"]
-    expected += [f"samples/SSD_tiny__{attack}_0.png" for attack in robustness.ATTACKS if attack != "clean"]
+    expected = [f"pr_SSD_tiny__{attack}.png" for attack in robustness.PAPER_ATTACKS] + ["robustness_bars.png"]
+    expected += [f"samples/SSD_tiny__{attack}_0.png" for attack in robustness.PAPER_ATTACKS if attack != "clean"]
     for name in expected:
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name

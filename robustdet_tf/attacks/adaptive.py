@@ -1,0 +1,76 @@
+"""Attacks that adapt to RobustDet's defence: its discriminator (AID) picks the kernels (issue 14).
+
+RobustDet routes every image through the kernel mixture π = AID(image).  A PGD attack that ignores this gets
+whatever π its perturbation happens to cause — usually an "adversarial" π, which is what the defence was trained
+to handle.  An attacker who knows the defence can do better; three such objectives, each per image (``[B]``):
+
+* ``adaptive`` — ``base`` loss − λ·D(π_clean, π_adv): fool the detector while keeping the AID's mixture close to
+  the one it gives the clean image, so the detector runs its clean-image kernels on the attacked image;
+* ``fixed_pi`` — the ``base`` loss of the detector run with π held at the clean image's mixture (the gradient
+  ignores the AID entirely); the result is then evaluated with the model's own π like every attack;
+* ``aid`` — D(π_clean, π_adv) alone: push the AID's mixture as far as possible from the clean one, attacking the
+  router instead of the detector.
+
+D is ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type distance).  π_clean is computed once from the
+clean images and held constant.  A model without an AID has π-free objectives: ``adaptive`` and ``fixed_pi`` are
+then the plain ``base`` attack and ``aid`` does not apply (``applies_to``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf.attacks.objectives import per_image_loss_of_outputs
+from robustdet_tf.attacks.spec import ADAPTIVE_METHODS, AttackSpec
+from robustdet_tf.losses.aid_triplet import js_type_distance
+
+PerImageObjective = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
+_EPS = 1e-12
+
+
+def has_aid(model: keras.Model) -> bool:
+    """Whether the model routes images through a discriminator's mixture (RobustDet, RobustDet*)."""
+    return callable(getattr(model, "mixture", None))
+
+
+def applies_to(method: str, model: keras.Model) -> bool:
+    """``aid`` needs an AID to attack; every other method applies to every detector."""
+    return method != "aid" or has_aid(model)
+
+
+def mixture_divergence(pi_clean: tf.Tensor, pi_adv: tf.Tensor, kind: str = "kl") -> tf.Tensor:
+    """``[B]``: KL(π_clean ‖ π_adv) or the JS-type distance of the AID loss, per image (0 for identical π)."""
+    pi_clean = tf.cast(pi_clean, tf.float32)
+    pi_adv = tf.cast(pi_adv, tf.float32)
+    if kind == "kl":
+        return tf.reduce_sum(pi_clean * (tf.math.log(pi_clean + _EPS) - tf.math.log(pi_adv + _EPS)), axis=-1)
+    if kind == "js":
+        return js_type_distance(pi_clean, pi_adv)
+    raise ValueError(f"unknown mixture divergence {kind!r}; use 'kl' or 'js'")
+
+
+def adaptive_objective(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> PerImageObjective:
+    """The per-image objective ``(model, images, targets) → [B]`` of an adaptive ``spec.method`` around ``clean``."""
+    if spec.method not in ADAPTIVE_METHODS:
+        raise ValueError(f"{spec.method!r} is not an adaptive attack; choose one of {ADAPTIVE_METHODS}")
+    if not applies_to(spec.method, model):
+        raise ValueError(f"the '{spec.method}' attack needs a model with an AID (RobustDet); "
+                         f"{type(model).__name__} has none")
+    score = per_image_loss_of_outputs(spec.base, spec.con_weights)
+    if not has_aid(model):  # no π to adapt to: the plain base objective
+        return lambda m, x, t: score(m, m(x, training=False), t)
+    pi_clean = tf.stop_gradient(model.mixture(clean))
+
+    if spec.method == "fixed_pi":
+        return lambda m, x, t: score(m, m(x, pi=pi_clean, training=False), t)
+    if spec.method == "aid":
+        return lambda m, x, t: mixture_divergence(pi_clean, m.mixture(x), spec.divergence)
+
+    def keep_pi_clean(m, x, t):
+        outputs = m(x, training=False)
+        return score(m, outputs, t) - spec.aid_weight * mixture_divergence(pi_clean, outputs["pi"], spec.divergence)
+
+    return keep_pi_clean

@@ -1,0 +1,23 @@
+"""The L∞ budget every PGD-family attack lives in: projection onto the ε-ball and the random start.
+
+Why a module of its own: the reference PGD (``pgd.py``) and the best-iterate engine of restarts and APGD
+(``strong.py``) must project identically, so both import these two functions instead of each writing its own.
+Models eat pixels, so ε, the clip to ``[0, 255]`` and the noise are all in pixel units.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def project(candidate: tf.Tensor, clean: tf.Tensor, epsilon) -> tf.Tensor:
+    """Clip the perturbation to the ε-ball around ``clean`` and the image to ``[0, 255]``."""
+    eta = tf.clip_by_value(candidate - clean, -epsilon, epsilon)
+    return tf.clip_by_value(clean + eta, 0.0, 255.0)
+
+
+def random_start(images: tf.Tensor, epsilon: float, seed=None) -> tf.Tensor:
+    """Uniform noise in the ε-ball, clipped to ``[0, 255]``."""
+    noise = keras.random.uniform(tf.shape(images), -epsilon, epsilon, seed=seed)
+    return tf.clip_by_value(images + noise, 0.0, 255.0)
