@@ -11,7 +11,9 @@ to handle.  An attacker who knows the defence can do better; three such objectiv
 * ``aid`` — D(π_clean, π_adv) alone: push the AID's mixture as far as possible from the clean one, attacking the
   router instead of the detector.
 
-D is ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type distance).  π_clean is computed once from the
+D is ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type distance).  The objective shapes the path;
+what counts as success is the ``base`` loss of the model as it is evaluated, with its own π
+(``ascent_and_score``): the attack engine (``strong.py``) keeps, per image, the iterate that scores highest on it.  π_clean is computed once from the
 clean images and held constant.  A model without an AID has π-free objectives: ``adaptive`` and ``fixed_pi`` are
 then the plain ``base`` attack and ``aid`` does not apply (``applies_to``).
 """
@@ -28,6 +30,7 @@ from robustdet_tf.attacks.spec import ADAPTIVE_METHODS, AttackSpec
 from robustdet_tf.losses.aid_triplet import js_type_distance
 
 PerImageObjective = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
+AscentAndScore = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tuple[tf.Tensor, tf.Tensor]]
 _EPS = 1e-12
 
 
@@ -74,3 +77,24 @@ def adaptive_objective(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -
         return score(m, outputs, t) - spec.aid_weight * mixture_divergence(pi_clean, outputs["pi"], spec.divergence)
 
     return keep_pi_clean
+
+
+def ascent_and_score(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> AscentAndScore:
+    """``(model, images, targets) → (ascent, score)``, both ``[B]``: the adaptive objective the steps climb and the
+    ``base`` loss of the model with its own π that decides which iterate an image keeps (one forward pass where
+    the two share it; ``fixed_pi`` needs a second, with the model's own π)."""
+    ascent = adaptive_objective(spec, model, clean)
+    score = per_image_loss_of_outputs(spec.base, spec.con_weights)
+    if not has_aid(model):
+        return lambda m, x, t: (lambda v: (v, v))(ascent(m, x, t))
+    if spec.method == "fixed_pi":
+        return lambda m, x, t: (ascent(m, x, t), score(m, m(x, training=False), t))
+    pi_clean = tf.stop_gradient(model.mixture(clean))
+
+    def both(m, x, t):
+        outputs = m(x, training=False)
+        base = score(m, outputs, t)
+        d = mixture_divergence(pi_clean, outputs["pi"], spec.divergence)
+        return (d if spec.method == "aid" else base - spec.aid_weight * d), base
+
+    return both

@@ -12,6 +12,7 @@ from PIL import Image
 from robustdet_tf.evaluation import robustness
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
+from tests.helpers import train_on_detection_loss
 
 CLASS_NAMES = ("red", "green", "blue")
 NUM_IMAGES, SIZE = 8, 64
@@ -42,18 +43,7 @@ def trained():
     images, targets = rectangles(NUM_IMAGES, SIZE)
     model = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
     model.build()
-    optimizer = keras.optimizers.Adam(3e-3)
-    x, t = tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.add_n(model.detection_loss(model(x, training=True), t))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-
-    for _ in range(40):
-        step()
+    train_on_detection_loss(model, images, targets, steps=40)
     eval_targets = {
         **targets,
         "difficult": np.zeros_like(targets["labels"], bool),

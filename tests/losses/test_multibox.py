@@ -74,3 +74,23 @@ def test_gradient_reaches_predictions_in_graph():
     g_loc, g_logits = grads()
     assert int(tf.math.count_nonzero(tf.reduce_sum(tf.abs(g_loc), -1))) == 25
     assert int(tf.math.count_nonzero(tf.reduce_sum(tf.abs(g_logits), -1))) == 100  # 25 positives + 75 negatives
+
+
+def test_per_image_terms_are_each_image_alone():
+    """``per_image`` gives every image the loss it would have as a batch of one (its own positives normalise)."""
+    rng = np.random.default_rng(0)
+    predictions = {"loc": tf.constant(rng.normal(size=(3, 8732, 4)), tf.float32),
+                   "logits": tf.constant(rng.normal(size=(3, 8732, 21)), tf.float32)}
+    targets = {"boxes": tf.constant([[[0.1, 0.2, 0.5, 0.7], [0.6, 0.1, 0.9, 0.4]],
+                                     [[0.3, 0.3, 0.8, 0.9], [0.0, 0.0, 0.0, 0.0]],
+                                     [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]),
+               "labels": tf.constant([[4, 11], [2, -1], [-1, -1]])}
+    loss_l, loss_c = multibox_loss(predictions, targets, PRIORS, per_image=True)
+    assert loss_l.shape == loss_c.shape == (3,)
+    for i in range(3):
+        alone = multibox_loss({k: v[i:i + 1] for k, v in predictions.items()},
+                              {k: v[i:i + 1] for k, v in targets.items()}, PRIORS)
+        np.testing.assert_allclose([loss_l[i], loss_c[i]], [float(a) for a in alone], rtol=1e-5)
+    assert float(loss_l[2]) == float(loss_c[2]) == 0.0  # background only: no positives, no mined negatives
+    batch_l, _ = multibox_loss(predictions, targets, PRIORS)
+    assert abs(float(batch_l) - float(tf.reduce_sum(loss_l))) > 1e-3  # the batch normalises by all positives
