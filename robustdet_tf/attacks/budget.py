@@ -7,6 +7,8 @@ Models eat pixels, so ε, the clip to ``[0, 255]`` and the noise are all in pixe
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -21,3 +23,20 @@ def random_start(images: tf.Tensor, epsilon: float, seed=None) -> tf.Tensor:
     """Uniform noise in the ε-ball, clipped to ``[0, 255]``."""
     noise = keras.random.uniform(tf.shape(images), -epsilon, epsilon, seed=seed)
     return tf.clip_by_value(images + noise, 0.0, 255.0)
+
+
+def in_graph(attack):
+    """Run ``attack`` as a ``tf.function`` when it is called eagerly (inside a graph it runs as it is).
+
+    Why: the eager CPU kernel of the filter gradient (oneDNN ``Conv2DBackpropFilter``, TF 2.21) crashes the process
+    on RobustDet's per-image mixed kernels, whose gradient the pixels need because π depends on them; the graph
+    kernels are fine.  An attack called from a notebook then works, at the price of one trace per call.
+    """
+
+    @functools.wraps(attack)
+    def run(*args, **kwargs):
+        if tf.executing_eagerly():
+            return tf.function(lambda: attack(*args, **kwargs))()
+        return attack(*args, **kwargs)
+
+    return run

@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf import boxes as box_ops
+from robustdet_tf.attacks.budget import in_graph
 from robustdet_tf.losses.multibox import per_prior_cross_entropy
 
 _SEED_WORD = 0xDA6  # second word of the base stateless seed; separates DAG's stream from other users of `seed`
@@ -92,6 +93,7 @@ def normalised_step(grad: tf.Tensor, gamma: float) -> tf.Tensor:
     return tf.math.divide_no_nan(gamma * grad, norm)
 
 
+@in_graph
 def dag(
     model: keras.Model,
     images: tf.Tensor,

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+from robustdet_tf.attacks.budget import in_graph, project, random_start
 from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective, per_image_terms
-from robustdet_tf.attacks.budget import project, random_start
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.attacks.strong import strong_pgd
 
@@ -23,6 +23,7 @@ REFERENCE = AttackSpec()
 """PGD-20 on the classification loss, ε = α = 8, no random start (the reference's A_cls)."""
 
 
+@in_graph
 def input_gradient(objective: Objective, model: keras.Model, images: tf.Tensor, targets) -> tf.Tensor:
     """∇ of the objective with respect to the pixels."""
     with tf.GradientTape() as tape:
@@ -81,6 +82,7 @@ def attack_step(
     return tf.where(total_loc > total_cls, cand_loc, cand_cls)
 
 
+@in_graph
 def pgd(
     model: keras.Model,
     images: tf.Tensor,

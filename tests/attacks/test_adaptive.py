@@ -96,3 +96,15 @@ def test_models_without_an_aid(batch):
     for method in ("adaptive", "fixed_pi"):
         spec = AttackSpec(method, schedule="apgd", **BUDGET)
         np.testing.assert_allclose(strong.strong_pgd(ssd, images, targets, spec).numpy(), base.numpy(), atol=1e-4)
+
+
+def test_attacks_called_eagerly_on_robustdet_run_in_a_graph(robustdet, batch):
+    """The eager oneDNN filter-gradient kernel crashes on RobustDet's mixed kernels (TF 2.21); ``in_graph`` makes an
+    eager call of an attack or of ``input_gradient`` run as a graph instead (in a subprocess-free way: this call
+    would abort the test process without it)."""
+    images, targets = batch
+    grad = pgd_lib.input_gradient(objectives.make_objective("cls"), robustdet, images[:3], {k: v[:3] for k, v in
+                                                                                         targets.items()})
+    assert grad.shape == (3, 64, 64, 3) and np.isfinite(grad.numpy()).all()
+    adv = pgd_lib.pgd(robustdet, images[:3], {k: v[:3] for k, v in targets.items()}, AttackSpec("cls", steps=1))
+    assert float(tf.reduce_max(tf.abs(adv - images[:3]))) <= 8.0 + 1e-3
