@@ -6,9 +6,9 @@ diverse parameter-free attacks"), so this engine adds, for every PGD-family obje
 
 * ``restarts`` — further runs from uniform random starts in the ε-ball;
 * ``schedule="apgd"`` — APGD's L∞ update: the step starts at 2ε, a momentum of 0.75 mixes in the previous move,
-  and at checkpoints (after 22 % of the budget, then intervals 3 % shorter each time, at least 6 %) each image whose objective rose
-  in fewer than 75 % of the steps since the last checkpoint, or whose step and best value did not change since,
-  halves its step and restarts from its best point;
+  and at checkpoints (after 22 % of the budget, then intervals 3 % shorter each time, at least 6 %) each image
+  whose objective rose in fewer than 75 % of the steps since the last checkpoint, or whose step and best value did
+  not change since, halves its step and restarts from its best point;
 * the best iterate: each image keeps the point with the highest objective over all steps and runs, so more work
   never gives a weaker attack.  (The adaptive attacks climb their own objective but keep the iterate with the
   highest detection loss of the model as evaluated; see ``adaptive.ascent_and_score``.)

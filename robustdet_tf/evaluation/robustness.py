@@ -122,7 +122,8 @@ def evaluate_robustness(
       batches: evaluation batches ``(images, targets)`` as ``data.pipeline.eval_batches`` yields them (targets with
         ``difficult`` and ``original_size`` for the faithful VOC metric).  Iterated once per (model, attack).
       class_names: object class names (label ``k`` ↔ name ``k``).
-      attacks: columns, from ``ATTACKS`` (default: Table 1's); ``Worst`` = per image the worst of the other attack columns.
+      attacks: columns, from ``ATTACKS`` (default: Table 1's); ``Worst`` = per image the worst of the other
+        attack columns.
       protocol, overrides: see ``make_protocol``.
       max_batches: evaluate only the first batches (quick looks).
       metric_factory: builds a fresh metric per cell; default ``make_metric(protocol["metric"], class_names,
