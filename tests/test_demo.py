@@ -104,3 +104,11 @@ def test_a_stage_with_checkpoints_resumes_instead_of_expanding_again(recorded, t
     assert trains["robustdet"][3] is None  # resumes from its own checkpoints
     assert trains["ssd_at"][3] == "init<model<ssd>|ssd>"
     assert [c[2].model.get("kind", "ssd") for c in recorded if c[0] == "expand"] == ["ssd"]
+
+
+def test_phenomenon_reports_the_adaptive_column_when_it_ran():
+    assert "robustdet_Adaptive_over_A_cls" not in demo.phenomenon(results())
+    r = results()
+    r["models"]["robustdet"]["Adaptive"] = 0.055
+    assert demo.phenomenon(r)["robustdet_Adaptive_over_A_cls"] == pytest.approx(0.5)
+    assert "Adaptive" in demo_config.get_config().eval.attacks

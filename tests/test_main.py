@@ -39,7 +39,7 @@ def test_demo_runs_end_to_end(tmp_path):
     results = json.loads((tmp_path / "robustness.json").read_text())
     assert set(results["models"]) == {"ssd", "ssd_at", "robustdet"}
     for row in results["models"].values():
-        assert set(row) == {"clean", "A_cls", "A_loc", "CWA", "DAG"}
+        assert set(row) == {"clean", "A_cls", "A_loc", "CWA", "DAG", "Adaptive"}
         assert all(v is None or 0.0 <= v <= 1.0 for v in row.values())
     assert (tmp_path / "robustness.md").exists() and (tmp_path / "robustness_bars.png").exists()
     assert (tmp_path / "robustdet" / "model.keras").exists()
