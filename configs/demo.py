@@ -92,4 +92,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.reference_offsets = False
     config.eval.attacks = ("clean", "A_cls", "A_loc", "CWA", "DAG")
     config.eval.overrides = {"pgd": {"steps": 20}, "dag": {"steps": 20}}
+    # The paper's diagnostics (--mode=analyze; the demo runs the cheap ones) on 16 evaluation images, A_cls pairs.
+    config.analysis = common.analysis_settings(images=16)
     return config
