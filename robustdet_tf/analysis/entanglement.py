@@ -49,7 +49,9 @@ def gradient_entanglement(model: keras.Model, batches, max_batches: int | None =
     ``batches`` yields ``(clean, adversarial, targets)``: the adversarial images are attacked copies of the clean
     ones (made by the caller, usually against the same model).  Returns numpy arrays: ``layers`` (names),
     ``ratio`` ``[N, L]`` (per image pair and layer), ``kernel_ratio`` (layer → ``[N, K]`` for AAconv layers),
-    ``overall`` ``[N]`` (all kernels concatenated) and ``cosine`` ``[N, L]`` (g_clean·g_adv / (‖g_c‖‖g_a‖)).
+    ``overall`` ``[N]`` (all kernels concatenated), ``cosine`` ``[N, L]`` (g_clean·g_adv / (‖g_c‖‖g_a‖)) and the
+    gradient norms ``adv_norm``, ``clean_norm`` ``[N, L]``.  R is NaN where ‖g_adv‖ = 0 (e.g. a loc head whose
+    priors match no object of that image: its gradient is exactly zero).
     """
     kernels = conv_kernels(model)
     names, variables = list(kernels), list(kernels.values())
@@ -77,7 +79,8 @@ def gradient_entanglement(model: keras.Model, batches, max_batches: int | None =
     kernel_ratio = {name: entanglement_ratio(s[:, 0], s[:, 1]).numpy()
                     for name, s, multi in zip(names, per_layer, per_kernel) if multi}
     overall = entanglement_ratio(dot.sum(-1), adv_sq.sum(-1)).numpy()
-    return {"layers": names, "ratio": ratio, "cosine": cosine, "kernel_ratio": kernel_ratio, "overall": overall}
+    return {"layers": names, "ratio": ratio, "cosine": cosine, "kernel_ratio": kernel_ratio, "overall": overall,
+            "adv_norm": np.sqrt(adv_sq), "clean_norm": np.sqrt(clean_sq)}
 
 
 def summarize(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class CopyTrainer:
     """A copy of a model and a compiled optimiser step on it, restartable from the original's weights.
 
     One copy serves both runs of the analysis (clean, then adversarial): ``reset()`` gives it the original's weights
-    again and zeroes the optimiser state, so the step and the per-image loss are traced once, not once per run.
+    again and restores the optimiser's initial state, so the step and the per-image loss are traced once, not once per run.
     """
 
     def __init__(self, model: keras.Model, optimizer: str = "sgd", learning_rate: float = 1e-3):
@@ -62,6 +62,7 @@ class CopyTrainer:
         self.optimizer = make_optimizer(optimizer, learning_rate)
         variables = self.copy.trainable_variables
         self.optimizer.build(variables)
+        self._initial_state = [tf.identity(v) for v in self.optimizer.variables]  # learning rate, zero moments
         copy, opt = self.copy, self.optimizer
 
         @tf.function(reduce_retracing=True)
@@ -75,10 +76,10 @@ class CopyTrainer:
         self._step = step
 
     def reset(self) -> None:
-        """The original's weights and a fresh optimiser state (step counter and moments zero)."""
+        """The original's weights and the optimiser state it was built with (step counter and moments zero)."""
         self.copy.set_weights(self.model.get_weights())
-        for variable in self.optimizer.variables:
-            variable.assign(tf.zeros_like(variable))
+        for variable, value in zip(self.optimizer.variables, self._initial_state):
+            variable.assign(value)
 
     def train(self, images: tf.Tensor, targets: Mapping[str, tf.Tensor], steps: int) -> np.ndarray:
         """``steps`` optimiser steps on the batch loss ``loss_l + loss_c`` of ``images`` (test mode) from the

@@ -12,7 +12,7 @@ at each count feed that count's metric.  The result equals running ``attacks.pgd
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -48,28 +48,43 @@ def _advance_fn(model: keras.Model, spec: AttackSpec):
     return advance
 
 
+def iterates(model: keras.Model, spec: AttackSpec,
+             counts: Sequence[int]) -> Callable[[tf.Tensor, Mapping[str, tf.Tensor]], Iterator[tuple[int, tf.Tensor]]]:
+    """``(images, targets) → iterator of (s, PGD-s images)`` for each count ``s`` in ``counts`` (sorted), from one
+    run of ``max(counts)`` steps; ``targets`` are those the attack aims at."""
+    counts = check_steps(counts)
+    advance = _advance_fn(model, spec)
+
+    def run(images, targets):
+        clean = tf.convert_to_tensor(images, tf.float32)
+        adv = random_start(clean, spec.epsilon, spec.seed) if spec.random_start else clean
+        done = 0
+        for count in counts:
+            if count > done:
+                adv = advance(adv, clean, targets, tf.constant(count - done))
+                done = count
+            yield count, adv
+
+    return run
+
+
 def step_sweep(model: keras.Model, batches: Iterable, specs: Mapping[str, AttackSpec], steps: Sequence[int],
                metric_factory: Callable[[], Any], max_batches: int | None = None) -> dict[str, dict[int, float]]:
     """``{attack name: {steps: mAP}}`` of ``model`` on ``(images, targets)`` batches, for every PGD-family
-    ``AttackSpec`` in ``specs`` (its own ``steps`` is ignored) and each count of ``steps`` (0 = no step: the clean images, or the random start)."""
+    ``AttackSpec`` in ``specs`` (its own ``steps`` is ignored) and each count of ``steps`` (0 = no step: the clean
+    images, or the random start)."""
     counts = check_steps(steps)
     detect = tf.function(lambda x: model.detect(x), reduce_retracing=True)
     metrics = {name: {s: metric_factory() for s in counts} for name in specs}
-    advance = {name: _advance_fn(model, spec) for name, spec in specs.items()}
+    runs = {name: iterates(model, spec, counts) for name, spec in specs.items()}
     seen = 0
     for i, (images, targets) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
         seen += 1
-        clean = tf.convert_to_tensor(images, tf.float32)
         aimed = attack_targets(targets)
-        for name, spec in specs.items():
-            adv = random_start(clean, spec.epsilon, spec.seed) if spec.random_start else clean
-            done = 0
-            for count in counts:
-                if count > done:
-                    adv = advance[name](adv, clean, aimed, tf.constant(count - done))
-                    done = count
+        for name, run in runs.items():
+            for count, adv in run(images, aimed):
                 metrics[name][count].update(detect(adv), targets)
     if not seen:
         raise ValueError("PGD-step sweep got no batches: give at least one (images, targets) batch.")
