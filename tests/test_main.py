@@ -23,6 +23,9 @@ TINY_DEMO = (
     "--config.eval.overrides.pgd.steps=1",
     "--config.eval.overrides.dag.steps=2",
     "--config.eval.sample_images=1",
+    "--config.analysis.images=2",
+    "--config.analysis.batch_size=2",
+    "--config.analysis.conflict_steps=1",
 )
 
 
@@ -44,12 +47,15 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "robustness.md").exists() and (tmp_path / "robustness_bars.png").exists()
     assert (tmp_path / "robustdet" / "model.keras").exists()
     assert "phenomenon:" in proc.stdout and "steps/s" in proc.stdout
+    assert "finding: gradient entanglement" in proc.stdout  # stage 5: the cheap diagnostics
+    record = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert "step_sweep" not in record["figures"] and (tmp_path / "analysis" / "fig4_entanglement.png").exists()
     _check_stages_start_from_the_clean_ssd(tmp_path)
     _check_table_equals_a_fresh_evaluation(tmp_path, results)
     # A second run resumes every stage instead of retraining.
     again = run_main(f"--workdir={tmp_path}", *TINY_DEMO)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "already trained" in again.stdout
+    assert "already trained" in again.stdout and "diagnostics already in" in again.stdout
 
 
 def _tiny_demo_config():

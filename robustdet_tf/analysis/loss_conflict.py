@@ -53,7 +53,8 @@ class CopyTrainer:
     """A copy of a model and a compiled optimiser step on it, restartable from the original's weights.
 
     One copy serves both runs of the analysis (clean, then adversarial): ``reset()`` gives it the original's weights
-    again and restores the optimiser's initial state, so the step and the per-image loss are traced once, not once per run.
+    again and restores the optimiser's initial state, so the step and the per-image loss are traced once, not once
+    per run.
     """
 
     def __init__(self, model: keras.Model, optimizer: str = "sgd", learning_rate: float = 1e-3):

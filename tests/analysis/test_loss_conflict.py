@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustdet_tf.analysis.loss_conflict import CHANGES, clone_model, loss_conflict, make_optimizer, summarize
-from robustdet_tf.analysis.loss_conflict import train_copy
+from robustdet_tf.analysis.loss_conflict import (
+    CHANGES,
+    clone_model,
+    loss_conflict,
+    make_optimizer,
+    summarize,
+    train_copy,
+)
 from robustdet_tf.analysis.per_image import per_image_terms
 from robustdet_tf.attacks.pgd import pgd
 from robustdet_tf.attacks.spec import AttackSpec
