@@ -3,8 +3,9 @@
 A copy of the model takes ``steps`` optimiser steps on one batch of clean images, another copy on the adversarial
 versions of that batch; then each image of *another* batch, clean and adversarial, is scored before and after.
 The four per-image loss changes — clean→clean, clean→adv, adv→clean, adv→adv (trained on → measured on) — show
-whether learning one kind of image helps or hurts the other: for a plain SSD the paper finds adv→clean positive
-(adversarial training raises the clean loss), the conflict RobustDet is built to remove.
+whether learning one kind of image helps or hurts the other; the paper's argument is that for one shared detector
+steps on adversarial images help clean images little or raise their loss (adv→clean), the conflict RobustDet is
+built to remove.
 
 What it is not: a training run.  The copies step on ``loss_l + loss_c`` of that one batch with a plain optimiser in
 test mode (the AID's batch norm on its running statistics, no weight decay, no AID/CFR terms), and the adversarial
@@ -66,7 +67,7 @@ class CopyTrainer:
         self._initial_state = [tf.identity(v) for v in self.optimizer.variables]  # learning rate, zero moments
         copy, opt = self.copy, self.optimizer
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)  # straight-line code: nothing to convert
         def step(x, t):
             with tf.GradientTape() as tape:
                 loss = tf.add_n(copy.detection_loss(copy(x, training=False), t))
@@ -104,7 +105,10 @@ def train_copy(model: keras.Model, images: tf.Tensor, targets: Mapping[str, tf.T
 
 def loss_function(model: keras.Model):
     """A compiled ``(images, targets) → [B]`` per-image ``loss_l + loss_c`` of ``model`` in test mode."""
-    return tf.function(lambda x, t: tf.reduce_sum(per_image_terms(model, x, t), -1), reduce_retracing=True)
+    def losses(x, t):
+        return tf.reduce_sum(per_image_terms(model, x, t), -1)
+
+    return tf.function(losses, reduce_retracing=True, autograph=False)  # no Python control flow to convert
 
 
 def per_image_losses(loss_fn, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:

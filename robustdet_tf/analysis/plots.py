@@ -71,7 +71,8 @@ def plot_entanglement(summaries: Mapping[str, Mapping[str, Any]], path: str) -> 
         positions = [list(layers).index(n) for n in names]
         for k in range(per_kernel.shape[1]):
             panels[1].plot(positions, per_kernel[:, k], marker=".", label=f"{name} kernel {k}")
-        panels[1].set_title("R per AAconv kernel (median over pairs)", fontsize=9)
+        panels[1].set_yscale("symlog", linthresh=1.0)  # R_k = (π_clean,k / π_adv,k)·R: spans decades
+        panels[1].set_title("R per AAconv kernel (median over pairs; symlog)", fontsize=9)
         panels[1].axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
     for axes in panels:
         axes.set_xticks(np.arange(len(layers)), list(layers), rotation=90, fontsize=6)

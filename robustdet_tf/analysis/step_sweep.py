@@ -74,7 +74,7 @@ def step_sweep(model: keras.Model, batches: Iterable, specs: Mapping[str, Attack
     ``AttackSpec`` in ``specs`` (its own ``steps`` is ignored) and each count of ``steps`` (0 = no step: the clean
     images, or the random start)."""
     counts = check_steps(steps)
-    detect = tf.function(lambda x: model.detect(x), reduce_retracing=True)
+    detect = tf.function(model.detect, reduce_retracing=True)
     metrics = {name: {s: metric_factory() for s in counts} for name in specs}
     runs = {name: iterates(model, spec, counts) for name, spec in specs.items()}
     seen = 0

@@ -110,10 +110,10 @@ def test_each_pair_gets_the_ratio_of_its_own_gradients(models_and_data):
     column = result["layers"].index(name)
     for i in range(3):
         g_clean, g_adv = grad(images, i), grad(adv, i)
-        want = np.sum(g_clean * g_adv) / np.sum(g_adv * g_adv)
-        np.testing.assert_allclose(result["ratio"][i, column], want, rtol=2e-3)
-        with np.errstate(invalid="ignore"):  # 0/0 where kernel k's π underflowed: NaN on both sides
+        with np.errstate(invalid="ignore"):  # 0/0 where a gradient is zero (π_k underflowed): NaN on both sides
+            want = np.sum(g_clean * g_adv) / np.sum(g_adv * g_adv)
             per_kernel = np.sum((g_clean * g_adv).reshape(4, -1), 1) / np.sum((g_adv * g_adv).reshape(4, -1), 1)
+        np.testing.assert_allclose(result["ratio"][i, column], want, rtol=2e-3)
         np.testing.assert_allclose(result["kernel_ratio"][name][i], per_kernel, rtol=2e-3)
     assert not np.allclose(result["ratio"], 1.0)  # the attack changed the gradients
     summary = summarize(result)
