@@ -7,6 +7,7 @@
     python main.py --mode=attack --config=configs/ssd300_voc.py --workdir=runs/ssd300_voc
     python main.py --mode=export --config=configs/ssd300_voc.py --workdir=runs/ssd300_voc
     python main.py --mode=import --config=configs/ssd300_voc.py --checkpoint=weights/ssd300_mAP_77.43_v2.pth
+    python main.py --mode=analyze --workdir=runs/demo                # the paper's diagnostics of the demo's models
 
 Configs are ``ml_collections`` files in ``configs/``; override any key with ``--config.<a>.<b>=value``.  A key the
 config does not define is refused before anything runs.
@@ -38,15 +39,16 @@ try:  # config_flags applies the --config.* overrides of sys.argv already here
                                               lock_config=True)
 except (AttributeError, KeyError) as error:
     _unknown_key_exit(error, sys.argv)
-MODES = ["demo", "train", "evaluate", "attack", "export", "import"]
+MODES = ["demo", "train", "evaluate", "attack", "export", "import", "analyze"]
 _MODE = flags.DEFINE_enum("mode", "demo", MODES, "What to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config file name>).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "--mode=import: the official PyTorch .pth file.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", "saved_models", "--mode=export: where exports go.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None,
-    "--mode=evaluate / attack: a new or empty folder for the results (default: a new <workdir>/evaluation[_N] or "
-    "<workdir>/adversarial[_N]); a folder holding results is refused, so nothing is overwritten.")
+    "--mode=evaluate / attack / analyze: a new or empty folder for the results (default: a new "
+    "<workdir>/evaluation[_N], <workdir>/adversarial[_N] or <workdir>/analysis[_N]); a folder holding results is "
+    "refused, so nothing is overwritten.")
 
 
 def default_workdir() -> str:
@@ -103,7 +105,7 @@ def main(argv):
             cli.run_export(config, workdir, _EXPORT_DIR.value)
         elif mode == "train":
             cli.run_train(config, workdir, strategy=strategy)
-        elif mode in ("evaluate", "attack"):
+        elif mode in ("evaluate", "attack", "analyze"):
             getattr(cli, f"run_{mode}")(config, workdir, output_dir=_OUTPUT_DIR.value)
         else:
             getattr(cli, f"run_{mode}")(config, workdir)

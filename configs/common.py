@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from robustdet_tf.analysis.run import DEFAULT_SETTINGS as ANALYSIS_DEFAULTS
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.data.voc import VOC_CLASSES as VOC_CLASS_NAMES
 from robustdet_tf.evaluation.from_config import DEFAULT_ATTACKS
@@ -145,6 +146,12 @@ def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
     )
 
 
+def analysis_settings(**updates) -> ml_collections.ConfigDict:
+    """``--mode=analyze``: which of the paper's diagnostics run, on how many evaluation images, with which attack
+    (the evaluation protocol's settings) and loss-conflict optimiser (README 'Configuration keys')."""
+    return ml_collections.ConfigDict({**ANALYSIS_DEFAULTS, **updates})
+
+
 def adversarial(method: str = "mtd") -> ml_collections.ConfigDict:
     """Adversarial-training attack: the ``AttackSpec`` keys (PGD/MTD steps of ε = α = 8, renewed every 20 steps)
     plus ``schedule`` (interleaved, spec §6.3).  ``seed`` is left out: it follows ``config.train.seed``."""
@@ -190,5 +197,6 @@ def experiment(model: ml_collections.ConfigDict, data: ml_collections.ConfigDict
     the readers accept is the one the model is built with and saves)."""
     config = ml_collections.ConfigDict()
     config.model, config.data, config.train, config.eval = model, data, train, evaluation
+    config.analysis = analysis_settings()
     config.model.class_names = config.data.get_ref("class_names")
     return config

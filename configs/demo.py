@@ -93,4 +93,6 @@ def get_config() -> ml_collections.ConfigDict:
     # "Adaptive": A_cls − λ·KL(π_clean ‖ π_adv), the attack that keeps RobustDet's kernel mixture clean (issue 14).
     config.eval.attacks = ("clean", "A_cls", "A_loc", "CWA", "DAG", "Adaptive")
     config.eval.overrides = {"pgd": {"steps": 20}, "dag": {"steps": 20}}
+    # The paper's diagnostics (--mode=analyze; the demo runs the cheap ones) on 16 evaluation images, A_cls pairs.
+    config.analysis = common.analysis_settings(images=16)
     return config

@@ -2,7 +2,8 @@
 
 ``train`` trains (and resumes) in the workdir; ``evaluate`` scores the trained model under the configured attacks;
 ``attack`` writes the adversarial images of the evaluation set (exact pixels) and the mAP drop they cause;
-``demo`` runs the embedded end-to-end demonstration;
+``analyze`` runs the paper's diagnostics (loss conflict, gradient entanglement, PGD-step sweep, confidence and loss
+changes) on the workdir's model(s); ``demo`` runs the embedded end-to-end demonstration;
 ``export`` and ``import`` move models to and from SavedModel / TFLite / official PyTorch checkpoints.  The work is
 done by the rooms below (``train``, ``evaluation``, ``export``, ``checkpoints``, ``demo``); this module only wires
 them to the workdir.
@@ -15,8 +16,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import keras
+
 from robustdet_tf import demo
 from robustdet_tf import train as train_lib
+from robustdet_tf.analysis.run import analyze_models
 from robustdet_tf.checkpoints import backbone
 from robustdet_tf.checkpoints.torch_import import import_checkpoint, read_state_dict
 from robustdet_tf.evaluation.from_config import attack_dataset, evaluate_models
@@ -74,6 +78,42 @@ def run_attack(config, workdir: str, output_dir: str | None = None, printer=prin
     model = load_trained_model(workdir, config)
     folder = new_output_dir(output_dir or os.path.join(workdir, "adversarial"), explicit=output_dir is not None)
     return attack_dataset(config, model, folder, printer=printer)
+
+
+def workdir_models(workdir: str, config) -> dict[str, keras.Model]:
+    """The models ``--mode=analyze`` looks at: the workdir's own (``model.keras`` or its latest checkpoint), else
+    every sub-folder's ``model.keras`` (the demo's ``ssd/``, ``ssd_at/``, ``robustdet/``), ordered plain SSD,
+    adversarially trained SSD, RobustDet."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} does not exist; point it at a trained workdir (e.g. the demo's "
+                                "runs/demo) or train one with --mode=train first.")
+    own = os.path.exists(os.path.join(workdir, "model.keras")) or os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if own:
+        return {os.path.basename(os.path.normpath(workdir)): load_trained_model(workdir, config)}
+    found = sorted(d for d in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, d, "model.keras")))
+    if not found:
+        raise FileNotFoundError(f"{workdir} holds no model: no model.keras (or checkpoints) in it and no sub-folder "
+                                "with a model.keras; run --mode=train (or the demo) with this --workdir first.")
+    models = {d: keras.saving.load_model(os.path.join(workdir, d, "model.keras")) for d in found}
+
+    def rank(item):
+        name, model = item
+        kind = 2 if hasattr(model, "aid") else 1 if getattr(model, "adversarial", None) else 0
+        return kind, name
+
+    return dict(sorted(models.items(), key=rank))
+
+
+def run_analyze(config, workdir: str, output_dir: str | None = None, printer=print) -> dict:
+    """The paper's diagnostics of the workdir's model(s), written as JSON and PNG to ``output_dir`` (refused if it
+    holds results) or a new ``<workdir>/analysis[_N]``; prints one line per finding."""
+    models = workdir_models(workdir, config)
+    folder = new_output_dir(output_dir or os.path.join(workdir, "analysis"), explicit=output_dir is not None)
+    results = analyze_models(config, models, folder, printer=printer)
+    for line in results["findings"]:
+        printer(f"finding: {line}")
+    printer(f"analysis JSON and figures in {folder}")
+    return results
 
 
 def run_export(config, workdir: str, export_dir: str, printer=print) -> dict:

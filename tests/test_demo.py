@@ -69,7 +69,12 @@ def recorded(monkeypatch):
     monkeypatch.setattr(train_lib, "train_in_workdir", train_in_workdir)
     monkeypatch.setattr(train_lib, "model_from_ssd", model_from_ssd)
     monkeypatch.setattr(demo, "load_source", lambda data, role: f"source<{role}>")
+    def analyze_models(config, models, output_dir, figures=None, printer=print):
+        calls.append(("analyze", dict(models), output_dir, tuple(figures)))
+        return {"findings": ["a finding"], "summaries": {}, "files": []}
+
     monkeypatch.setattr(demo, "evaluate_models", evaluate_models)
+    monkeypatch.setattr(demo, "analyze_models", analyze_models)
     return calls
 
 
@@ -88,10 +93,13 @@ def test_run_trains_the_stages_in_order_from_the_clean_ssd_and_evaluates_all_thr
     assert trains[1][3] == "init<model<ssd>|robustdet>" and trains[2][3] == "init<model<ssd>|ssd>"  # both from it
     assert [c[1] for c in recorded if c[0] == "expand"] == ["model<ssd>", "model<ssd>"]
 
-    evaluation = recorded[-1]
-    assert evaluation == ("evaluate", {"ssd": "model<ssd>", "ssd_at": "model<ssd_at>",
-                                       "robustdet": "model<robustdet>"}, str(tmp_path))
-    assert out == {"results": results(), "phenomenon": demo.phenomenon(results())}
+    evaluation, analysis = recorded[-2:]
+    three = {"ssd": "model<ssd>", "ssd_at": "model<ssd_at>", "robustdet": "model<robustdet>"}
+    assert evaluation == ("evaluate", three, str(tmp_path))
+    assert analysis == ("analyze", three, str(tmp_path / "analysis"), demo.CHEAP_FIGURES)
+    assert "step_sweep" not in demo.CHEAP_FIGURES
+    assert out == {"results": results(), "phenomenon": demo.phenomenon(results()), "findings": ["a finding"]}
+    assert "finding: a finding" in printed
     line = next(p for p in printed if p.startswith("phenomenon: "))
     assert "ssd_collapses_under_A_cls=True" in line and "robustdet_A_cls_over_ssd=11" in line
     assert printed[-1].startswith("demo finished in") and str(tmp_path) in printed[-1]

@@ -23,6 +23,9 @@ TINY_DEMO = (
     "--config.eval.overrides.pgd.steps=1",
     "--config.eval.overrides.dag.steps=2",
     "--config.eval.sample_images=1",
+    "--config.analysis.images=2",
+    "--config.analysis.batch_size=2",
+    "--config.analysis.conflict_steps=1",
 )
 
 
@@ -44,12 +47,15 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "robustness.md").exists() and (tmp_path / "robustness_bars.png").exists()
     assert (tmp_path / "robustdet" / "model.keras").exists()
     assert "phenomenon:" in proc.stdout and "steps/s" in proc.stdout
+    assert "finding: gradient entanglement" in proc.stdout  # stage 5: the cheap diagnostics
+    record = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert "step_sweep" not in record["figures"] and (tmp_path / "analysis" / "fig4_entanglement.png").exists()
     _check_stages_start_from_the_clean_ssd(tmp_path)
     _check_table_equals_a_fresh_evaluation(tmp_path, results)
     # A second run resumes every stage instead of retraining.
     again = run_main(f"--workdir={tmp_path}", *TINY_DEMO)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert "already trained" in again.stdout
+    assert "already trained" in again.stdout and "diagnostics already in" in again.stdout
 
 
 def _tiny_demo_config():
@@ -127,3 +133,68 @@ def test_evaluate_without_a_trained_model_says_what_to_do(tmp_path):
     proc = run_main("--mode=evaluate", f"--workdir={tmp_path}")
     assert proc.returncode == 1
     assert "run --mode=train" in proc.stderr and "Traceback" not in proc.stderr
+
+
+TINY_ANALYZE = (
+    "--mode=analyze",
+    "--config.data.train_images=4",
+    "--config.data.eval_images=4",
+    "--config.eval.overrides.pgd.steps=1",
+    "--config.analysis.images=2",
+    "--config.analysis.batch_size=2",
+    "--config.analysis.sweep_steps=(0, 2)",
+    "--config.analysis.conflict_steps=1",
+)
+
+
+def _demo_like_workdir(workdir):
+    """The demo's layout with untrained models of its config: ssd/ (plain) and ssd_at/ (adversarial config)."""
+    from robustdet_tf import demo
+    from robustdet_tf import train as train_lib
+
+    config = _tiny_demo_config()
+    ssd = train_lib.initial_model(config)
+    ssd_at = train_lib.model_from_ssd(ssd, demo.stage_config(config, dict(config.ssd_at.model), {}))
+    for name, model in (("ssd_at", ssd_at), ("ssd", ssd)):
+        (workdir / name).mkdir()
+        model.save(workdir / name / "model.keras")
+    return len(ssd.detector.all_convs())
+
+
+def test_analyze_writes_every_figure_for_the_models_of_a_workdir(tmp_path):
+    num_layers = _demo_like_workdir(tmp_path)
+    proc = run_main(f"--workdir={tmp_path}", *TINY_ANALYZE)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = tmp_path / "analysis"
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["models"] == ["ssd", "ssd_at"]  # plain SSD first, then the adversarially trained one
+    for name in record["files"]:
+        assert (out / name).stat().st_size > 0
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {n for n in record["files"] if n.endswith(".png")} == {
+        "fig3_loss_conflict.png", "fig4_entanglement.png", "fig5_loss_changes.png", "fig7ab_step_sweep.png",
+        "fig7c_confidence.png"}
+    entangled = json.loads((out / "entanglement.json").read_text())
+    assert set(entangled) == {"ssd", "ssd_at"}
+    assert len(entangled["ssd"]["layers"]) == num_layers and entangled["ssd"]["num_pairs"] == 2
+    conflict = json.loads((out / "loss_conflict.json").read_text())
+    assert all(len(conflict["ssd"][c]["per_image"]) == 2 for c in ("clean_to_clean", "clean_to_adv",
+                                                                      "adv_to_clean", "adv_to_adv"))
+    sweep = json.loads((out / "step_sweep.json").read_text())
+    assert set(sweep["ssd"]) == {"A_cls", "A_loc"} and set(sweep["ssd"]["A_cls"]) == {"0", "2"}
+    assert all(0.0 <= v <= 1.0 for v in sweep["ssd_at"]["A_loc"].values())
+    stats = json.loads((out / "attack_statistics.json").read_text())
+    assert set(stats["ssd"]["confidence"]) == {"clean", "A_cls", "A_loc"}
+    findings = [line for line in proc.stdout.splitlines() if line.startswith("finding: ")]
+    assert len(findings) == len(record["findings"]) and any("gradient entanglement" in f for f in findings)
+    # A named output folder that holds results is refused: nothing is overwritten.
+    again = run_main(f"--workdir={tmp_path}", *TINY_ANALYZE, f"--output_dir={out}")
+    assert again.returncode == 1 and "already holds results" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_analyze_without_models_says_what_to_do(tmp_path):
+    proc = run_main("--mode=analyze", f"--workdir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "holds no model" in proc.stderr and "--mode=train" in proc.stderr
+    assert not any(tmp_path.iterdir())

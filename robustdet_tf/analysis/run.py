@@ -1,0 +1,170 @@
+"""All of the paper's diagnostics for a set of models, as ``config.analysis`` describes them: JSON, PNGs, findings.
+
+Why a module of its own: ``--mode=analyze`` and the demo both run the diagnostics on the models of a workdir;
+they call ``analyze_models`` here, which prepares the data once (the first ``analysis.images`` evaluation images,
+one training batch for the loss conflict), makes each model's adversarial images under ``analysis.attack`` with
+the evaluation protocol's settings (``config.eval``), runs the requested figures and writes, per figure, one JSON
+and one PNG:
+
+* ``loss_conflict.json`` / ``fig3_loss_conflict.png`` (``loss_conflict.py``),
+* ``entanglement.json`` / ``fig4_entanglement.png`` (``entanglement.py``),
+* ``attack_statistics.json`` / ``fig5_loss_changes.png`` and ``fig7c_confidence.png`` (``confidence.py``),
+* ``step_sweep.json`` / ``fig7ab_step_sweep.png`` (``step_sweep.py``),
+
+plus ``analysis.json`` (settings, models, one-line findings).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from robustdet_tf.analysis import confidence, entanglement, loss_conflict, plots, step_sweep
+from robustdet_tf.analysis.findings import findings
+from robustdet_tf.analysis.records import write_json
+from robustdet_tf.data import pipeline
+from robustdet_tf.data.contract import check_labels_fit
+from robustdet_tf.data.sources import load_source
+from robustdet_tf.evaluation.evaluate import attack_targets, make_metric
+from robustdet_tf.evaluation.from_config import protocol_overrides
+from robustdet_tf.evaluation.protocol import attack_spec, make_attack, make_protocol
+
+FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep")
+CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics")
+"""What the demo runs: one attack per image and model; the step sweep costs max(sweep_steps) steps per attack."""
+
+DEFAULT_SETTINGS: dict[str, Any] = dict(
+    figures=FIGURES,
+    images=32,
+    batch_size=8,
+    attack="A_cls",
+    conflict_steps=5,
+    conflict_optimizer="sgd",
+    conflict_learning_rate=1e-3,
+    sweep_steps=(0, 1, 2, 5, 10, 20, 50),
+    sweep_attacks=("A_cls", "A_loc"),
+    attacks=("A_cls", "A_loc"),
+    score_threshold=0.3,
+)
+"""``config.analysis``: see the README's 'Configuration keys' (configs/common.py ``analysis_settings``)."""
+
+
+def settings_of(config) -> dict[str, Any]:
+    """``config.analysis`` over ``DEFAULT_SETTINGS`` (a config without the section gets the defaults); unknown keys
+    are refused."""
+    given = config.get("analysis", None) if hasattr(config, "get") else None
+    given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
+    unknown = sorted(set(given) - set(DEFAULT_SETTINGS))
+    if unknown:
+        raise ValueError(f"config.analysis has unknown keys {unknown}; accepted: {sorted(DEFAULT_SETTINGS)}.")
+    out = {**DEFAULT_SETTINGS, **given}
+    bad = [f for f in out["figures"] if f not in FIGURES]
+    if bad:
+        raise ValueError(f"config.analysis.figures names {bad}; choose from {FIGURES}.")
+    if int(out["images"]) < 1 or int(out["batch_size"]) < 1:
+        raise ValueError(f"config.analysis.images and .batch_size must be >= 1; got {out['images']}, "
+                         f"{out['batch_size']}.")
+    return out
+
+
+def _batches(config, role: str, size: int, count: int, image_size: int) -> tuple[Any, list]:
+    """The first ``count`` images of the ``role`` source as a list of ``(images, targets)`` batches of ``size``."""
+    source = load_source(config.data, role)
+    dataset = pipeline.eval_batches(source.dataset.take(count), image_size=image_size, batch_size=size,
+                                    max_boxes=config.data.max_boxes)
+    return source, [(images, attack_targets(targets)) for images, targets in dataset]
+
+
+def _adversarial(attack: Callable, batches: list) -> list:
+    """``(clean, attacked, targets)`` for each batch (``attack`` a compiled ``(images, targets) → images``)."""
+    return [(images, attack(images, targets), targets) for images, targets in batches]
+
+
+def check_models(models: Mapping[str, keras.Model]) -> int:
+    """The models' common input size; refuses an empty set or mixed sizes."""
+    if not models:
+        raise ValueError("analysis: no models given; pass a dict name -> model (a workdir holding model.keras, or "
+                         "sub-folders each holding one).")
+    sizes = {int(getattr(m, "image_size", 0)) for m in models.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"analysis: the models take different input sizes {sorted(sizes)}; analyse them separately.")
+    return sizes.pop()
+
+
+def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
+                   figures: Sequence[str] | None = None, printer=print) -> dict[str, Any]:
+    """Run ``figures`` (default ``config.analysis.figures``) for ``models``, write the files into ``output_dir``
+    (created by the caller; see ``io.new_output_dir``) and return the summaries and ``findings``."""
+    settings = settings_of(config)
+    figures = list(figures if figures is not None else settings["figures"])
+    image_size = check_models(models)
+    protocol = make_protocol(config.eval.get("protocol", "reference"), protocol_overrides(config.eval))
+    size, count = int(settings["batch_size"]), int(settings["images"])
+    source, batches = _batches(config, "eval", size, count, image_size)
+    for name, model in models.items():
+        check_labels_fit(source, model.num_classes, getattr(model, "class_names", None), f"the model {name!r}")
+    attack = make_attack(settings["attack"], protocol)
+    if attack is None:
+        raise ValueError("config.analysis.attack must be an attack (e.g. 'A_cls'), not 'clean'.")
+    train_batch = _batches(config, "train", size, size, image_size)[1][:1] if "loss_conflict" in figures else []
+    summaries: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
+    raw: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
+    for name, model in models.items():
+        printer(f"analysis of {name}: {', '.join(figures)}")
+        attack_model = tf.function(partial(attack, model), reduce_retracing=True)
+        triples = _adversarial(attack_model, batches) if {"loss_conflict", "entanglement"} & set(figures) else []
+        if "entanglement" in figures:
+            raw["entanglement"][name] = result = entanglement.gradient_entanglement(model, triples)
+            summaries["entanglement"][name] = entanglement.summarize(result)
+        if "loss_conflict" in figures:
+            train = _adversarial(attack_model, train_batch)[0]
+            raw["loss_conflict"][name] = result = loss_conflict.loss_conflict(
+                model, train, triples, steps=int(settings["conflict_steps"]),
+                optimizer=settings["conflict_optimizer"], learning_rate=float(settings["conflict_learning_rate"]))
+            summaries["loss_conflict"][name] = loss_conflict.summarize(result)
+        if "attack_statistics" in figures:
+            attacks = {a: make_attack(a, protocol) for a in settings["attacks"]}
+            raw["attack_statistics"][name] = result = confidence.attack_statistics(
+                model, batches, attacks, float(settings["score_threshold"]))
+            summaries["attack_statistics"][name] = confidence.summarize(result)
+        if "step_sweep" in figures:
+            metric = partial(make_metric, protocol["metric"], source.class_names,
+                             reference_offsets=protocol["reference_offsets"])
+            specs = {a: attack_spec(a, protocol) for a in settings["sweep_attacks"]}
+            summaries["step_sweep"][name] = step_sweep.step_sweep(model, batches, specs, settings["sweep_steps"],
+                                                                  metric)
+    paths = _write(output_dir, summaries, raw, settings)
+    lines = findings(summaries, settings)
+    record = {"settings": settings, "protocol": protocol, "models": list(models), "num_images": count,
+              "figures": figures, "files": paths, "findings": lines}
+    write_json(os.path.join(output_dir, "analysis.json"), record)
+    return {"summaries": summaries, "findings": lines, "files": paths}
+
+
+def _write(output_dir: str, summaries: Mapping[str, Any], raw: Mapping[str, Any], settings) -> list[str]:
+    """The JSON and PNG files of each figure that ran; returns their names."""
+    files = []
+
+    def out(name: str) -> str:
+        files.append(name)
+        return os.path.join(output_dir, name)
+
+    if "loss_conflict" in summaries:
+        write_json(out("loss_conflict.json"), summaries["loss_conflict"])
+        plots.plot_loss_conflict(raw["loss_conflict"], out("fig3_loss_conflict.png"), int(settings["conflict_steps"]))
+    if "entanglement" in summaries:
+        write_json(out("entanglement.json"), summaries["entanglement"])
+        plots.plot_entanglement(summaries["entanglement"], out("fig4_entanglement.png"))
+    if "attack_statistics" in summaries:
+        write_json(out("attack_statistics.json"), summaries["attack_statistics"])
+        plots.plot_loss_changes(raw["attack_statistics"], out("fig5_loss_changes.png"))
+        plots.plot_confidence(raw["attack_statistics"], out("fig7c_confidence.png"))
+    if "step_sweep" in summaries:
+        write_json(out("step_sweep.json"), summaries["step_sweep"])
+        plots.plot_step_sweep(summaries["step_sweep"], out("fig7ab_step_sweep.png"))
+    return files

@@ -1,0 +1,1 @@
+"""Tests of robustdet_tf.analysis."""
