@@ -3,7 +3,7 @@
 Why a module of its own: the paper's analyses (Figs. 3–5) are statements about single images — how one image's loss
 moves, how the gradient of one clean image lines up with that of its adversarial twin — while the training loss
 averages over a batch.  The functions here compute those per-image quantities in the graph, batched: per-image losses
-by mapping the MultiBox loss over the rows of one forward pass, per-image gradients by a ``tf.map_fn`` over the
+by the MultiBox loss' per-image reduction of one forward pass, per-image gradients by a ``tf.map_fn`` over the
 images inside a ``tf.function`` (each iteration one backward pass), reduced at once to the dot products the ratios
 need so that no full per-image gradient ever leaves the graph.
 """
@@ -24,16 +24,8 @@ def per_image_terms(model: keras.Model, images: tf.Tensor, targets: Mapping[str,
     """``[B, 2]``: each image's ``(loss_l, loss_c)``, normalised by that image's own positives, from one forward
     pass of the whole batch (test mode unless ``training``)."""
     outputs = model(images, training=training)
-    rows = ({"loc": outputs["loc"], "logits": outputs["logits"]},
-            {"boxes": tf.cast(targets["boxes"], tf.float32), "labels": tf.cast(targets["labels"], tf.int32)})
-
-    def one(item):
-        out, target = item
-        loss_l, loss_c = model.detection_loss({k: v[None] for k, v in out.items()},
-                                              {k: v[None] for k, v in target.items()})
-        return tf.stack([loss_l, loss_c])
-
-    return tf.map_fn(one, rows, fn_output_signature=tf.TensorSpec([2], tf.float32))
+    targets = {"boxes": tf.cast(targets["boxes"], tf.float32), "labels": tf.cast(targets["labels"], tf.int32)}
+    return tf.stack(model.detection_loss(outputs, targets, per_image=True), axis=-1)
 
 
 def detection_loss_fn(model: keras.Model) -> PerImageLoss:
