@@ -82,24 +82,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
         "adaptive": dict(_ADAPTIVE_DEFAULTS),
     },
-    "adaptive": {
-        "name": "adaptive",
-        "metric": "voc07",
-        "reference_offsets": True,
-        "seed": 0,
-        "pgd": {
-            "epsilon": 8.0,
-            "step_size": 2.0,
-            "steps": 50,
-            "random_start": True,
-            "con_weights": [1.0, 1.0],
-            "mtd_per_image": True,
-            "restarts": 2,
-            "schedule": "apgd",
-        },
-        "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
-        "adaptive": dict(_ADAPTIVE_DEFAULTS),
-    },
+}
+PROTOCOLS["adaptive"] = {
+    **copy.deepcopy(PROTOCOLS["strong"]),
+    "name": "adaptive",
+    "pgd": {**PROTOCOLS["strong"]["pgd"], "restarts": 2, "schedule": "apgd"},
 }
 
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
-from tests.helpers import rectangles
+from tests.helpers import rectangles, train_on_detection_loss
 
 CLASS_NAMES = ("red", "green", "blue")
 NUM_IMAGES, SIZE = 8, 64
@@ -20,18 +20,7 @@ def trained_ssd():
     keras.utils.set_random_seed(0)
     images, targets = rectangles(NUM_IMAGES, SIZE, seed=0, max_boxes=2)
     model = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
-    optimizer = keras.optimizers.Adam(3e-3)
-    x, t = tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.add_n(model.detection_loss(model(x, training=True), t))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-
-    for _ in range(40):
-        step()
+    train_on_detection_loss(model, images, targets, steps=40)
     eval_targets = {**targets, "difficult": np.zeros_like(targets["labels"], bool),
                     "image_id": np.array([f"rect_{i}" for i in range(NUM_IMAGES)]),
                     "original_size": np.full((NUM_IMAGES, 2), SIZE, np.int32)}
