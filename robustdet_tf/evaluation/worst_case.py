@@ -8,7 +8,8 @@ mode with its own π) — the quantity every PGD column raises.  The column then
 The loss is a proxy: an image's highest-loss version need not be the one that costs the most AP, so the column
 can sit above the lowest single column (the demo's RobustDet: Worst 5.6 against A_cls 5.1); read it together
 with the lowest cell.  It costs the sum of its attacks (they run again, batched, inside the one ``tf.function``
-of each batch).  The cheaper summary — the lowest mAP of the columns, ``worst_case`` in ``robustness.json`` — is ``worst_column``.
+of each batch).  The cheaper summary — the lowest mAP of the columns, ``worst_case`` in ``robustness.json`` — is
+``worst_column``.
 """
 
 from __future__ import annotations
