@@ -13,7 +13,7 @@ to handle.  An attacker who knows the defence can do better; three such objectiv
 
 D is ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type distance).  π_clean is computed once from
 the clean images and held constant.  The objective shapes the path; what counts as success is the ``base`` loss
-of the model as it is evaluated, with its own π (``ascent_and_score``): the attack engine (``strong.py``) keeps,
+of the model as it is evaluated, with its own π (``ascent_and_score``; for ``aid``, D itself): the attack engine (``strong.py``) keeps,
 per image, the iterate that scores highest on it.  A model without an AID has π-free objectives: ``adaptive``
 and ``fixed_pi`` are then the plain ``base`` attack and ``aid`` does not apply (``applies_to``).
 """
@@ -82,7 +82,8 @@ def adaptive_objective(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -
 def ascent_and_score(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> AscentAndScore:
     """``(model, images, targets) → (ascent, score)``, both ``[B]``: the adaptive objective the steps climb and the
     ``base`` loss of the model with its own π that decides which iterate an image keeps (one forward pass where
-    the two share it; ``fixed_pi`` needs a second, with the model's own π)."""
+    the two share it; ``fixed_pi`` needs a second, with the model's own π).  For ``aid`` both are D: its success
+    is the move of the mixture."""
     ascent = adaptive_objective(spec, model, clean)
     score = per_image_loss_of_outputs(spec.base, spec.con_weights)
     if not has_aid(model):
@@ -95,6 +96,8 @@ def ascent_and_score(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> 
         outputs = m(x, training=False)
         base = score(m, outputs, t)
         d = mixture_divergence(pi_clean, outputs["pi"], spec.divergence)
-        return (d if spec.method == "aid" else base - spec.aid_weight * d), base
+        if spec.method == "aid":  # attacking the router: success is the move of π itself
+            return d, d
+        return base - spec.aid_weight * d, base
 
     return both
