@@ -13,9 +13,10 @@ to handle.  An attacker who knows the defence can do better; three such objectiv
 
 D is ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type distance).  π_clean is computed once from
 the clean images and held constant.  The objective shapes the path; what counts as success is the ``base`` loss
-of the model as it is evaluated, with its own π (``ascent_and_score``; for ``aid``, D itself): the attack engine (``strong.py``) keeps,
-per image, the iterate that scores highest on it.  A model without an AID has π-free objectives: ``adaptive``
-and ``fixed_pi`` are then the plain ``base`` attack and ``aid`` does not apply (``applies_to``).
+of the model as it is evaluated, with its own π (``ascent_and_score``; for ``aid``, D itself): the attack engine
+(``strong.py``) keeps, per image, the iterate that scores highest on it.  A model without an AID has π-free
+objectives: ``adaptive`` and ``fixed_pi`` are then the plain ``base`` attack and ``aid`` does not apply
+(``applies_to``).
 """
 
 from __future__ import annotations
