@@ -37,6 +37,7 @@ from pycocotools.cocoeval import COCOeval
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
+from robustdet_tf.evaluation.metric_state import MetricStateError, checked, envelope
 from robustdet_tf.evaluation.per_image import unbatch_pair
 
 COCO_STAT_NAMES: tuple[str, ...] = (
@@ -240,6 +241,57 @@ class COCOMetric:
                 "iscrowd": int(bool(crowd[n])) if crowd is not None else 0,
             })
             self._gt_category_ids.add(int(cat))
+
+    # -- exact state export / merge (sharded evaluation) ----------------------------------------------------------
+    _STATE_KEYS = ("image_ids", "image_sizes", "det_rows", "gt_anns", "gt_category_ids", "num_dropped_detections")
+
+    def _settings(self) -> dict[str, Any]:
+        gt = self._coco_gt
+        return {"category_ids": None if self._mapping is None else sorted(self._mapping.items()),
+                "class_names": None if self.class_names is None else list(self.class_names),
+                "evaluate_all_images": self.evaluate_all_images,
+                "annotations": None if gt is None else [len(gt.imgs), len(gt.anns), sorted(gt.cats)]}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything accumulated (images in update order, detection rows, in-memory GT) as NumPy arrays."""
+        anns = [[a["image_id"], a["category_id"], *a["bbox"], a["area"], a["iscrowd"]] for a in self._gt_anns]
+        return {
+            **envelope("coco", self._settings()),
+            "image_ids": np.array(list(self._images), np.int64),
+            "image_sizes": np.array(list(self._images.values()), np.int64).reshape(-1, 2),
+            "det_rows": np.concatenate(self._det_rows) if self._det_rows else np.zeros((0, 7)),
+            "gt_anns": np.array(anns, np.float64).reshape(-1, 8),
+            "gt_category_ids": np.array(sorted(self._gt_category_ids), np.int64),
+            "num_dropped_detections": np.array(self.num_dropped_detections, np.int64),
+        }
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Appends another metric's ``state()`` after everything seen so far, as if its batches came next.
+
+        In-memory image ids (1, 2, … in update order) and annotation ids are renumbered to continue this metric's,
+        so merging the states of consecutive parts in order gives bit for bit the ``result()`` of one pass.
+        """
+        s = checked(state, "coco", self._settings(), self._STATE_KEYS)
+        ids, sizes, rows, anns = s["image_ids"], s["image_sizes"], s["det_rows"].copy(), s["gt_anns"]
+        if sizes.shape != (len(ids), 2) or rows.ndim != 2 or rows.shape[1] != 7 or anns.shape[1:] != (8,):
+            raise MetricStateError("the COCO metric state is inconsistent: image_sizes, det_rows or gt_anns have "
+                                   "the wrong shape for its image_ids.")
+        offset = 0
+        if self._coco_gt is None:
+            if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
+                raise MetricStateError("the COCO metric state's in-memory image ids are not 1..n in order.")
+            offset = len(self._images)
+            rows[:, 0] += offset
+        for image_id, (height, width) in zip(ids.tolist(), sizes.tolist(), strict=True):
+            self._images[image_id + offset] = (height, width)
+        if rows.shape[0]:
+            self._det_rows.append(rows)
+        for row in anns:
+            self._gt_anns.append({"id": len(self._gt_anns) + 1, "image_id": int(row[0]) + offset,
+                                  "category_id": int(row[1]), "bbox": list(row[2:6]), "area": row[6],
+                                  "iscrowd": int(row[7])})
+        self._gt_category_ids.update(int(c) for c in s["gt_category_ids"])
+        self.num_dropped_detections += int(s["num_dropped_detections"])
 
     def _category_name(self, cat: int) -> str:
         if self._coco_gt is not None:

@@ -44,6 +44,7 @@ This runs outside the graph on NumPy; tensors are accepted and converted with ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ import numpy as np
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
+from robustdet_tf.evaluation.metric_state import MetricStateError, checked, concatenated, envelope, split_by_counts
 from robustdet_tf.evaluation.per_image import unbatch_pair
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -210,6 +212,63 @@ class VOCMetric:
             self._det_box.append(self._detection_pixels(det.boxes[keep], height, width))
             self._det_class.append(det.classes[keep])
             self._det_image.append(np.full(int(keep.sum()), image_index, np.int64))
+
+    # -- exact state export / merge (sharded evaluation) ----------------------------------------------------------
+    _STATE_KEYS = ("gt_counts", "gt_boxes", "gt_labels", "gt_difficult", "det_counts", "det_class", "det_score",
+                   "det_box")
+
+    def _settings(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names), "use_07_metric": self.use_07_metric,
+                "iou_threshold": self.iou_threshold, "reference_offsets": self.reference_offsets}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything accumulated, per image in update order, as NumPy arrays (``merge`` takes it back exactly).
+
+        The records are the ones ``result()`` reads (pixel boxes and scores already converted and rounded), so a
+        metric that merges the states of consecutive parts of a set holds the very arrays one pass would hold.
+        """
+        return {
+            **envelope("voc", self._settings()),
+            "gt_counts": np.array([len(b) for b in self._gt_labels], np.int64),
+            "gt_boxes": concatenated(self._gt_boxes, np.zeros((0, 4))),
+            "gt_labels": concatenated(self._gt_labels, np.zeros((0,), np.int64)),
+            "gt_difficult": concatenated(self._gt_difficult, np.zeros((0,), bool)),
+            "det_counts": np.array([len(c) for c in self._det_class], np.int64),
+            "det_class": concatenated(self._det_class, np.zeros((0,), np.int64)),
+            "det_score": concatenated(self._det_score, np.zeros((0,))),
+            "det_box": concatenated(self._det_box, np.zeros((0, 4))),
+        }
+
+    def merge(self, state: Mapping[str, Any]) -> None:
+        """Appends the images of another metric's ``state()`` after the images seen so far.
+
+        Merging the states of consecutive parts in their order gives bit for bit the ``result()`` of one pass over
+        the whole set.  A state of other settings (classes, AP kind, IoU threshold, offsets) is refused.
+        """
+        s = checked(state, "voc", self._settings(), self._STATE_KEYS)
+        if len(s["gt_counts"]) != len(s["det_counts"]):
+            raise MetricStateError(f"the VOC metric state is inconsistent: {len(s['gt_counts'])} images of GT "
+                                   f"but {len(s['det_counts'])} of detections.")
+        pieces = {key: split_by_counts(s[key], s["gt_counts" if key.startswith("gt") else "det_counts"], key)
+                  for key in self._STATE_KEYS if not key.endswith("_counts")}
+        for i in range(len(s["gt_counts"])):
+            image_index = self.num_images
+            self._gt_boxes.append(pieces["gt_boxes"][i].astype(np.float64))
+            self._gt_labels.append(pieces["gt_labels"][i].astype(np.int64))
+            self._gt_difficult.append(pieces["gt_difficult"][i].astype(bool))
+            self._det_class.append(pieces["det_class"][i].astype(np.int64))
+            self._det_score.append(pieces["det_score"][i].astype(np.float64))
+            self._det_box.append(pieces["det_box"][i].astype(np.float64))
+            self._det_image.append(np.full(len(pieces["det_class"][i]), image_index, np.int64))
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> VOCMetric:
+        """A metric built with the settings a ``state()`` records, holding its images."""
+        settings = json.loads(str(np.asarray(state["settings"])))
+        metric = cls(settings["class_names"], settings["use_07_metric"], settings["iou_threshold"],
+                     settings["reference_offsets"])
+        metric.merge(state)
+        return metric
 
     def _match_class(self, label: int, gt_image: np.ndarray, gt_label: np.ndarray, gt_boxes: np.ndarray,
                      gt_difficult: np.ndarray, det_image: np.ndarray, det_class: np.ndarray,
