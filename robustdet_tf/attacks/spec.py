@@ -38,14 +38,14 @@ class AttackSpec:
       seed: seed of the random start (``None``: nondeterministic).
       restarts: independent runs (the first from ``random_start``'s choice, the others from random starts); each
         image keeps the iterate with the highest objective over all runs and steps (``attacks/strong.py``).
-      schedule: ``constant`` (α every step) or ``apgd`` (APGD's momentum and per-image step halving from 2ε,
+      step_schedule: ``constant`` (α every step) or ``apgd`` (APGD's momentum and per-image step halving from 2ε,
         Croce & Hein 2020; ``step_size`` is then unused).
       aid_weight: λ of the ``adaptive`` objective (``base`` loss − λ·D(π_adv, π_clean)).
       divergence: D of the adaptive attacks, ``kl`` = KL(π_clean ‖ π_adv) or ``js`` (the AID loss' JS-type
         distance).
       base: the detection objective of ``adaptive`` and ``fixed_pi`` (``cls``, ``loc``, ``con``, ``cwa``).
 
-    The first eight settings are the reference's; with their defaults (``restarts=1``, ``schedule="constant"``) a
+    The first eight settings are the reference's; with their defaults (``restarts=1``, ``step_schedule="constant"``) a
     ``cls``/``loc``/``con``/``cwa``/``mtd`` attack is the reference's final-iterate PGD.
     """
 
@@ -58,7 +58,7 @@ class AttackSpec:
     mtd_per_image: bool = False
     seed: int | None = None
     restarts: int = 1
-    schedule: str = "constant"
+    step_schedule: str = "constant"
     aid_weight: float = 1.0
     divergence: str = "kl"
     base: str = "cls"
@@ -76,13 +76,13 @@ class AttackSpec:
         set_("seed", None if self.seed is None else int(self.seed))
         set_("restarts", int(self.restarts))
         set_("aid_weight", float(self.aid_weight))
-        for name, value, allowed in (("schedule", self.schedule, SCHEDULES), ("divergence", self.divergence,
+        for name, value, allowed in (("step_schedule", self.step_schedule, SCHEDULES), ("divergence", self.divergence,
                                      DIVERGENCES), ("base", self.base, BASE_OBJECTIVES)):
             if value not in allowed:
                 raise ValueError(f"attack {name} {value!r} is not one of {allowed}")
         if self.restarts < 1:
             raise ValueError(f"attack restarts must be >= 1 (1 = a single run), got {self.restarts}")
-        if self.method == "mtd" and (self.restarts > 1 or self.schedule != "constant"):
+        if self.method == "mtd" and (self.restarts > 1 or self.step_schedule != "constant"):
             raise ValueError("MTD picks between a loc and a cls step each iteration; restarts and the apgd schedule "
                              "apply to cls / loc / con / cwa and the adaptive methods, not to mtd")
         if self.epsilon < 0 or self.step_size < 0 or self.steps < 0:
@@ -106,7 +106,7 @@ class AttackSpec:
     @property
     def per_image(self) -> bool:
         """Whether the attack keeps a best iterate per image (``attacks/strong.py``) instead of the final one."""
-        return self.restarts > 1 or self.schedule != "constant" or self.method in ADAPTIVE_METHODS
+        return self.restarts > 1 or self.step_schedule != "constant" or self.method in ADAPTIVE_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "con_weights": list(self.con_weights)}

@@ -5,7 +5,7 @@ only against that are weak (Croce & Hein 2020, "Reliable evaluation of adversari
 diverse parameter-free attacks"), so this engine adds, for every PGD-family objective:
 
 * ``restarts`` — further runs from uniform random starts in the ε-ball;
-* ``schedule="apgd"`` — APGD's L∞ update: the step starts at 2ε, a momentum of 0.75 mixes in the previous move,
+* ``step_schedule="apgd"`` — APGD's L∞ update: the step starts at 2ε, a momentum of 0.75 mixes in the previous move,
   and at checkpoints (after 22 % of the budget, then intervals 3 % shorter each time, at least 6 %) each image
   whose objective rose in fewer than 75 % of the steps since the last checkpoint, or whose step and best value did
   not change since, halves its step and restarts from its best point;
@@ -144,7 +144,7 @@ def strong_pgd(
     spec: AttackSpec,
     seed_generator: keras.random.SeedGenerator | None = None,
 ) -> tf.Tensor:
-    """``spec.restarts`` runs of the ``spec.schedule`` update on the per-image objective of ``spec``; each image
+    """``spec.restarts`` runs of the ``spec.step_schedule`` update on the per-image objective of ``spec``; each image
     leaves with its best-scoring iterate over every step of every run.
 
     The first run starts at the clean image unless ``spec.random_start``; the others start from uniform noise in
@@ -152,7 +152,7 @@ def strong_pgd(
     """
     clean = tf.convert_to_tensor(images, tf.float32)
     objective = per_image_objective(spec, model, clean)
-    run = _apgd_run if spec.schedule == "apgd" else _constant_run
+    run = _apgd_run if spec.step_schedule == "apgd" else _constant_run
     best = (tf.fill(tf.shape(clean)[:1], -np.inf), clean)
     for r in range(spec.restarts):
         if spec.random_start or r > 0:

@@ -44,7 +44,7 @@ ADAPTIVE_COLUMNS = ("Adaptive", "FixedPi", "AID")
 
 COLUMN_TITLES: dict[str, str] = {"clean": "Clean", "FixedPi": "Fixed π", "AID": "AID only", "Worst": "Worst case"}
 
-_REFERENCE_PGD = {"restarts": 1, "schedule": "constant"}
+_REFERENCE_PGD = {"restarts": 1, "step_schedule": "constant"}
 _ADAPTIVE_DEFAULTS = {"aid_weight": 1.0, "divergence": "kl", "base": "cls"}
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -86,7 +86,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 PROTOCOLS["adaptive"] = {
     **copy.deepcopy(PROTOCOLS["strong"]),
     "name": "adaptive",
-    "pgd": {**PROTOCOLS["strong"]["pgd"], "restarts": 2, "schedule": "apgd"},
+    "pgd": {**PROTOCOLS["strong"]["pgd"], "restarts": 2, "step_schedule": "apgd"},
 }
 
 
@@ -133,7 +133,7 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
     """One sentence describing a protocol, for the Markdown caption."""
     p, d = protocol["pgd"], protocol["dag"]
     start = "random start" if p["random_start"] else "no random start"
-    restarts, schedule = p.get("restarts", 1), p.get("schedule", "constant")  # results files of older versions
+    restarts, schedule = p.get("restarts", 1), p.get("step_schedule", "constant")  # results files of older versions
     if restarts > 1 or schedule != "constant":
         step = "APGD step schedule from 2ε" if schedule == "apgd" else f"α = {p['step_size']:g}"
         start = f"{start}, {restarts} run(s), best iterate per image; {step}"

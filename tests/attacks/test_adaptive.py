@@ -50,7 +50,7 @@ def test_mixture_divergence_known_values():
 @pytest.mark.parametrize("schedule", ["constant", "apgd"])
 def test_adaptive_attacks_respect_epsilon_and_raise_their_objective(robustdet, batch, method, schedule):
     images, targets = batch
-    spec = AttackSpec(method, schedule=schedule, **BUDGET)
+    spec = AttackSpec(method, step_schedule=schedule, **BUDGET)
     adv = attack(robustdet, images, targets, spec)
     assert float(tf.reduce_max(tf.abs(adv - images))) <= BUDGET["epsilon"] + 1e-3
     assert 0.0 <= float(tf.reduce_min(adv)) and float(tf.reduce_max(adv)) <= 255.0
@@ -95,9 +95,9 @@ def test_models_without_an_aid(batch):
     with pytest.raises(ValueError, match="the 'aid' attack needs a model with an AID"):
         strong.strong_pgd(ssd, images, targets, AttackSpec("aid", **BUDGET))
     # Nothing to adapt to: the adaptive attacks are the base attack of the same engine.
-    base = strong.strong_pgd(ssd, images, targets, AttackSpec("cls", restarts=1, schedule="apgd", **BUDGET))
+    base = strong.strong_pgd(ssd, images, targets, AttackSpec("cls", restarts=1, step_schedule="apgd", **BUDGET))
     for method in ("adaptive", "fixed_pi"):
-        spec = AttackSpec(method, schedule="apgd", **BUDGET)
+        spec = AttackSpec(method, step_schedule="apgd", **BUDGET)
         np.testing.assert_allclose(strong.strong_pgd(ssd, images, targets, spec).numpy(), base.numpy(), atol=1e-4)
 
 

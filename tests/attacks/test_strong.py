@@ -32,8 +32,8 @@ def test_apgd_checkpoints_are_the_authors_schedule():
 
 @pytest.mark.parametrize("settings", [
     dict(restarts=3, random_start=True, step_size=2.0, seed=1),
-    dict(schedule="apgd"),
-    dict(schedule="apgd", restarts=2, seed=4),
+    dict(step_schedule="apgd"),
+    dict(step_schedule="apgd", restarts=2, seed=4),
 ])
 def test_strong_attacks_stay_in_the_ball_and_raise_every_image_objective(model_and_batch, settings):
     model, x0, targets = model_and_batch
@@ -71,8 +71,8 @@ def test_restarts_are_seeded_and_differ_from_one_run(model_and_batch):
 def test_settings_that_do_not_combine_are_refused():
     with pytest.raises(ValueError, match="restarts and the apgd schedule apply to cls"):
         AttackSpec("mtd", restarts=2)
-    with pytest.raises(ValueError, match=r"schedule 'adam' is not one of \('constant', 'apgd'\)"):
-        AttackSpec("cls", schedule="adam")
+    with pytest.raises(ValueError, match=r"step_schedule 'adam' is not one of \('constant', 'apgd'\)"):
+        AttackSpec("cls", step_schedule="adam")
     with pytest.raises(ValueError, match="restarts must be >= 1"):
         AttackSpec("cls", restarts=0)
     assert not AttackSpec("cls").per_image and AttackSpec("cls", restarts=2).per_image

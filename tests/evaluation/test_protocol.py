@@ -20,9 +20,9 @@ def test_predefined_protocols():
     assert set(P.ATTACKS) == {"clean", "DAG", "Worst", *P.PGD_METHODS}
     assert set(P.PAPER_ATTACKS) == {"clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"}
     adaptive = P.make_protocol("adaptive")
-    assert adaptive["pgd"]["schedule"] == "apgd" and adaptive["pgd"]["restarts"] >= 2
+    assert adaptive["pgd"]["step_schedule"] == "apgd" and adaptive["pgd"]["restarts"] >= 2
     assert adaptive["pgd"]["epsilon"] == 8.0 and adaptive["pgd"]["steps"] >= 50
-    assert all(p["pgd"]["restarts"] == 1 and p["pgd"]["schedule"] == "constant" for p in (ref, strong))
+    assert all(p["pgd"]["restarts"] == 1 and p["pgd"]["step_schedule"] == "constant" for p in (ref, strong))
     assert ref["adaptive"] == {"aid_weight": 1.0, "divergence": "kl", "base": "cls"}
 
 
@@ -57,7 +57,7 @@ def test_attack_spec_of_every_pgd_column_follows_the_protocol(name, column):
     spec = P.attack_spec(column, protocol)
     settings = {**protocol["pgd"], "method": P.PGD_METHODS[column], "seed": 11}
     if column == "MTD":  # MTD's choice per step has no restarts / APGD: plain steps, final iterate
-        settings.update(restarts=1, schedule="constant")
+        settings.update(restarts=1, step_schedule="constant")
     if column in P.ADAPTIVE_COLUMNS:
         settings.update(protocol["adaptive"])
     assert spec == AttackSpec.from_dict(settings)

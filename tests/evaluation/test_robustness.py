@@ -69,7 +69,7 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     assert proto["name"] == "reference" and proto["metric"] == "voc07"
     assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "random_start": False,
                             "con_weights": [1.0, 1.0], "mtd_per_image": False, "restarts": 1,
-                            "schedule": "constant"}
+                            "step_schedule": "constant"}
     assert proto["dag"] == {"steps": 10, "gamma": 0.5, "faithful": True, "epsilon": None}
     cells = written["models"]["SSD (tiny)"]
     assert list(cells) == list(robustness.PAPER_ATTACKS)
