@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 import keras
 import tensorflow as tf
 
+from robustdet_tf.attacks import objectives
+
 PerImageLoss = Callable[[tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
 """``(images [B, H, W, 3], targets) → [B]``: one loss per image."""
 
@@ -25,7 +27,7 @@ def per_image_terms(model: keras.Model, images: tf.Tensor, targets: Mapping[str,
     pass of the whole batch (test mode unless ``training``)."""
     outputs = model(images, training=training)
     targets = {"boxes": tf.cast(targets["boxes"], tf.float32), "labels": tf.cast(targets["labels"], tf.int32)}
-    return tf.stack(model.detection_loss(outputs, targets, per_image=True), axis=-1)
+    return tf.stack(objectives.per_image_terms(model, outputs, targets), axis=-1)
 
 
 def detection_loss_fn(model: keras.Model) -> PerImageLoss:

@@ -57,27 +57,10 @@ def mixture_divergence(pi_clean: tf.Tensor, pi_adv: tf.Tensor, kind: str = "kl")
 
 
 def adaptive_objective(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> PerImageObjective:
-    """The per-image objective ``(model, images, targets) → [B]`` of an adaptive ``spec.method`` around ``clean``."""
-    if spec.method not in ADAPTIVE_METHODS:
-        raise ValueError(f"{spec.method!r} is not an adaptive attack; choose one of {ADAPTIVE_METHODS}")
-    if not applies_to(spec.method, model):
-        raise ValueError(f"the '{spec.method}' attack needs a model with an AID (RobustDet); "
-                         f"{type(model).__name__} has none")
-    score = per_image_loss_of_outputs(spec.base, spec.con_weights)
-    if not has_aid(model):  # no π to adapt to: the plain base objective
-        return lambda m, x, t: score(m, m(x, training=False), t)
-    pi_clean = tf.stop_gradient(model.mixture(clean))
-
-    if spec.method == "fixed_pi":
-        return lambda m, x, t: score(m, m(x, pi=pi_clean, training=False), t)
-    if spec.method == "aid":
-        return lambda m, x, t: mixture_divergence(pi_clean, m.mixture(x), spec.divergence)
-
-    def keep_pi_clean(m, x, t):
-        outputs = m(x, training=False)
-        return score(m, outputs, t) - spec.aid_weight * mixture_divergence(pi_clean, outputs["pi"], spec.divergence)
-
-    return keep_pi_clean
+    """The per-image objective ``(model, images, targets) → [B]`` of an adaptive ``spec.method`` around ``clean``:
+    the ascent half of ``ascent_and_score``."""
+    both = ascent_and_score(spec, model, clean)
+    return lambda m, x, t: both(m, x, t)[0]
 
 
 def ascent_and_score(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> AscentAndScore:
@@ -85,20 +68,24 @@ def ascent_and_score(spec: AttackSpec, model: keras.Model, clean: tf.Tensor) -> 
     ``base`` loss of the model with its own π that decides which iterate an image keeps (one forward pass where
     the two share it; ``fixed_pi`` needs a second, with the model's own π).  For ``aid`` both are D: its success
     is the move of the mixture."""
-    ascent = adaptive_objective(spec, model, clean)
+    if spec.method not in ADAPTIVE_METHODS:
+        raise ValueError(f"{spec.method!r} is not an adaptive attack; choose one of {ADAPTIVE_METHODS}")
+    if not applies_to(spec.method, model):
+        raise ValueError(f"the '{spec.method}' attack needs a model with an AID (RobustDet); "
+                         f"{type(model).__name__} has none")
     score = per_image_loss_of_outputs(spec.base, spec.con_weights)
-    if not has_aid(model):
-        return lambda m, x, t: (lambda v: (v, v))(ascent(m, x, t))
-    if spec.method == "fixed_pi":
-        return lambda m, x, t: (ascent(m, x, t), score(m, m(x, training=False), t))
+    if not has_aid(model):  # no π to adapt to: the plain base objective
+        return lambda m, x, t: (lambda v: (v, v))(score(m, m(x, training=False), t))
     pi_clean = tf.stop_gradient(model.mixture(clean))
+    if spec.method == "fixed_pi":
+        return lambda m, x, t: (score(m, m(x, pi=pi_clean, training=False), t), score(m, m(x, training=False), t))
 
     def both(m, x, t):
         outputs = m(x, training=False)
-        base = score(m, outputs, t)
         d = mixture_divergence(pi_clean, outputs["pi"], spec.divergence)
         if spec.method == "aid":  # attacking the router: success is the move of π itself
             return d, d
+        base = score(m, outputs, t)
         return base - spec.aid_weight * d, base
 
     return both

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from robustdet_tf.boxes import BOX_FORMAT, convert_format
+
 try:
     from art.estimators.object_detection.object_detector import ObjectDetectorMixin
     from art.estimators.tensorflow import TensorFlowV2Estimator
@@ -40,7 +42,6 @@ def targets_from_art(y: Sequence[dict[str, Any]], height: int, width: int) -> di
     count = max([len(np.asarray(item["labels"]).reshape(-1)) for item in y] + [1])
     boxes = np.zeros((len(y), count, 4), np.float32)
     labels = -np.ones((len(y), count), np.int32)
-    scale = np.array([width, height, width, height], np.float32)
     for i, item in enumerate(y):
         lab = np.asarray(item["labels"]).reshape(-1).astype(np.int64)
         box = np.asarray(item["boxes"], np.float32).reshape(-1, 4)
@@ -49,7 +50,8 @@ def targets_from_art(y: Sequence[dict[str, Any]], height: int, width: int) -> di
         if np.any(lab < 1):
             raise ValueError(f"ART target {i} has labels {lab.tolist()}; labels are 1-based class indices "
                              "(0 is the background), as this adapter's predict returns them.")
-        boxes[i, : len(lab)], labels[i, : len(lab)] = box / scale, lab - 1
+        boxes[i, : len(lab)] = convert_format(box, "xyxy", BOX_FORMAT, height=height, width=width)
+        labels[i, : len(lab)] = lab - 1
     return {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}
 
 
@@ -61,8 +63,7 @@ def detections_to_art(detections: dict[str, Any], height: int, width: int) -> li
     counts = np.rint(np.asarray(detections["num_detections"])).astype(np.int64).reshape(-1)
     out = []
     for i, n in enumerate(counts):
-        b = boxes[i, :n]
-        xyxy = np.stack([b[:, 1] * width, b[:, 0] * height, b[:, 3] * width, b[:, 2] * height], axis=-1)
+        xyxy = convert_format(boxes[i, :n], "rel_yxyx", "xyxy", height=height, width=width)
         out.append({"boxes": xyxy.astype(np.float32), "labels": classes[i, :n], "scores": scores[i, :n]})
     return out
 
