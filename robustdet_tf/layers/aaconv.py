@@ -128,6 +128,20 @@ def grouped_conv_supported(
             return False
 
 
+def mix_per_image(pi: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """``sum_k pi[b, k] * weights[k]`` for every image ``b``: ``[B, K]`` × ``[K, ...]`` → ``[B, ...]``.
+
+    Computed as B separate ``[1, K] @ [K, P]`` products (a broadcast batch matmul), not one ``[B, K] @ [K, P]``
+    GEMM: a GEMM's last bits depend on how many rows it has, so an image's kernels would differ in the last bit
+    between a batch of 8 on one device and 4 + 4 on two replicas, and sign-gradient attacks amplify such bits into
+    other adversarial pixels.  Image by image, one device and N replicas compute the same numbers (and it is
+    faster on CPU).
+    """
+    flat = tf.reshape(weights, [tf.shape(weights)[0], -1])
+    mixed = tf.matmul(pi[:, None, :], flat)[:, 0, :]
+    return tf.reshape(mixed, tf.concat([tf.shape(pi)[:1], tf.shape(weights)[1:]], 0))
+
+
 @keras.saving.register_keras_serializable(package="robustdet_tf")
 class AAConv2D(keras.layers.Layer):
     """Convolution with K kernels mixed per image by ``pi``; called as ``layer([x, pi])``.
@@ -241,7 +255,7 @@ class AAConv2D(keras.layers.Layer):
         shape = tf.shape(x)
         batch, in_channels = shape[0], x.shape[-1]
         folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * in_channels])
-        kernels = tf.einsum("nk,kyxio->yxino", pi, kernel)  # per-image kernels, image-major along outputs
+        kernels = tf.transpose(mix_per_image(pi, kernel), [1, 2, 3, 0, 4])  # image-major along outputs
         kernels = tf.reshape(kernels, [self.kernel_size[0], self.kernel_size[1], in_channels, -1])
         y = self._grouped_conv(folded, kernels)
         out = tf.shape(y)
@@ -250,7 +264,7 @@ class AAConv2D(keras.layers.Layer):
 
     def _map_fn(self, x: tf.Tensor, pi: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         """One ordinary convolution per image with its own mixed kernel."""
-        kernels = tf.einsum("nk,kyxio->nyxio", pi, kernel)
+        kernels = mix_per_image(pi, kernel)
         per_image_shape = self.compute_output_shape([tuple(x.shape), tuple(pi.shape)])[1:]
         # A static per-image shape (when H, W are known) lets the TFLite converter lower the loop to builtins.
         return tf.map_fn(
@@ -279,7 +293,7 @@ class AAConv2D(keras.layers.Layer):
         implementation = {"grouped": self._grouped, "map_fn": self._map_fn, "stacked": self._stacked}
         y = implementation[self.resolved_implementation](x, pi, kernel)
         if self.use_bias:
-            y = y + tf.matmul(pi, tf.cast(self.bias, x.dtype))[:, None, None, :]
+            y = y + mix_per_image(pi, tf.cast(self.bias, x.dtype))[:, None, None, :]
         y.set_shape(self.compute_output_shape([tuple(x.shape), tuple(pi.shape)]))
         return y
 

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.layers.aaconv import AAConv2D, DynamicXavierUniform
+from robustdet_tf.layers.global_batch_norm import GlobalBatchNormalization
 
 LOGVAR_MAX = 10.0  # the reference clips the log-variance from above only
 DECODER_OUTPUT_SCALE = 160.0  # tanh * 160: the range of mean-subtracted pixels
@@ -165,7 +166,7 @@ class CFRDecoder(keras.layers.Layer):
         for index, kind, filters in plan:
             name = f"decoder_{index}"
             conv = _torch_default_conv_transpose(filters, name) if kind == "up" else _xavier_conv(filters, kind, name)
-            bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"decoder_{index + 1}")
+            bn = GlobalBatchNormalization(momentum=0.9, epsilon=1e-5, name=f"decoder_{index + 1}")
             self.decoder_layers += [conv, bn, keras.layers.LeakyReLU(negative_slope=0.01, name=f"decoder_{index + 2}")]
         self.decoder_layers.append(_xavier_conv(3, "valid", "decoder_24"))
 

@@ -20,6 +20,8 @@ import re
 import keras
 import tensorflow as tf
 
+from robustdet_tf.layers.global_batch_norm import GlobalBatchNormalization
+
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 STAGE_BLOCKS = (2, 2, 2, 2)  # ResNet-18
@@ -51,8 +53,25 @@ class PaddedMaxPool2D(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="robustdet_tf")
+class PerImageDense(keras.layers.Dense):
+    """``Dense`` on ``[B, features]`` computed image by image (``[1, in] @ [in, out]`` per image).
+
+    One ``[B, in] @ [in, out]`` GEMM gives last bits that depend on B, so an image's mixture ``pi`` would differ
+    in the last bit between one device and N replicas (see ``layers.aaconv.mix_per_image``).  Same weights, names
+    and config as ``Dense``; 2-D inputs only, no LoRA.
+    """
+
+    def call(self, inputs, training=None):
+        y = tf.matmul(inputs[:, None, :], tf.cast(self.kernel, inputs.dtype))[:, 0, :]
+        if self.use_bias:
+            y = y + tf.cast(self.bias, inputs.dtype)
+        return self.activation(y) if self.activation is not None else y
+
+
 def _batch_norm(name: str) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    """Global-batch statistics, so the AID trains alike on one device and on N replicas."""
+    return GlobalBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def _conv(x, filters: int, kernel_size: int, stride: int, name: str):
@@ -96,7 +115,7 @@ def build_discriminator(num_kernels: int = 4, base_width: int = 64, name: str = 
         for block in range(blocks):
             x = _basic_block(x, base_width * 2 ** (stage - 1), stride if block == 0 else 1, f"layer{stage}_{block}")
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
-    x = keras.layers.Dense(num_kernels, name="fc", **_torch_linear_init(x.shape[-1]))(x)
+    x = PerImageDense(num_kernels, name="fc", **_torch_linear_init(x.shape[-1]))(x)
     pi = keras.layers.Softmax(name="softmax")(x)
     return keras.Model(image, pi, name=name)
 

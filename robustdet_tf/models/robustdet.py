@@ -4,7 +4,8 @@ Data flow is explicit: ``call`` runs the AID on the preprocessed image to get ``
 one — the ``adc`` sub-batch re-runs clean images with the adversarial images' mixture) and hands ``pi`` to every
 AAconv.  The step (``models/base.py``) is the reference's: one attack step on the held adversarial batch (test
 mode), then, in ``compute_losses``, a training forward of clean + adversarial images, the AID triplet loss on their
-mixtures, the ``adc`` forward, the MultiBox loss over all of them and, with CFR, reconstruction and KL terms.
+mixtures (over the global batch under ``tf.distribute``), the ``adc`` forward, the MultiBox loss over all of them
+and, with CFR, reconstruction and KL terms.
 """
 
 from __future__ import annotations
@@ -165,6 +166,17 @@ class RobustDet(DetectionModelBase):
             target = tf.image.resize(target, tf.shape(like)[1:3], method="bilinear", antialias=False)
         return target
 
+    def _global_triplet_loss(self, pi: tf.Tensor, n_clean: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The AID triplet loss over the *global* batch: under ``tf.distribute`` every replica gathers all
+        replicas' mixtures in one device's order (every clean image, then every adversarial one) and computes the
+        loss one device would (the same random negatives: the seed state is the same on every replica).  The
+        caller divides by the replicas, as Keras sums their gradients."""
+        clean = training.gather_replicas(pi[:n_clean])
+        adv = training.gather_replicas(pi[n_clean:])
+        labels = tf.concat([tf.zeros([tf.shape(clean)[0]], tf.int32), tf.ones([tf.shape(adv)[0]], tf.int32)], 0)
+        return aid_triplet_loss(tf.concat([clean, adv], 0), labels, self.triplet_margin, self.triplet_hinge,
+                                seed=self.seed_generator)
+
     def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
         """All loss terms of one step (spec §4.5, §6.3), inside the caller's tape."""
         clean, clean_targets = data.clean, data.clean_targets
@@ -172,10 +184,7 @@ class RobustDet(DetectionModelBase):
         replicas = float(training.num_replicas())
         n_clean, n_adv = tf.shape(clean)[0], tf.shape(adv)[0]
         out1 = self(tf.concat([clean, adv], 0), training=True)
-        aid_labels = tf.concat([tf.zeros([n_clean], tf.int32), tf.ones([n_adv], tf.int32)], 0)
-        loss_aid, triplets = aid_triplet_loss(
-            out1["pi"], aid_labels, self.triplet_margin, self.triplet_hinge, seed=self.seed_generator
-        )
+        loss_aid, triplets = self._global_triplet_loss(out1["pi"], n_clean)
         outputs = [out1]
         targets = [clean_targets, adv_targets]
         recon_targets = [clean, adv_clean]

@@ -57,6 +57,16 @@ def global_sum(value: tf.Tensor) -> tf.Tensor:
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def gather_replicas(value: tf.Tensor) -> tf.Tensor:
+    """``value`` of every replica in sync concatenated along axis 0 in replica order (the rows of the global
+    batch, as one device would hold them); the value itself outside ``tf.distribute``.  Differentiable: each
+    replica's rows get the gradient summed over the replicas that used them."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_gather(value, axis=0)
+
+
 def add_weight_decay(
     grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable], weight_decay: float
 ) -> list[tf.Tensor | None]:

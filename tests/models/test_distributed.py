@@ -21,6 +21,8 @@ SCRIPT = textwrap.dedent(
     import keras
     from robustdet_tf.data import pipeline
     from robustdet_tf.data.shapes import shapes_dataset
+    from robustdet_tf.models.adversarial import AdversarialBatch
+    from robustdet_tf.models.base import TrainingData
     from robustdet_tf.models.robustdet import RobustDet
     from robustdet_tf.models.ssd import SSD
     from robustdet_tf.models.training import sgd
@@ -55,6 +57,34 @@ SCRIPT = textwrap.dedent(
         model.compile(optimizer=sgd(1e-3))
     history = model.fit(streams, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False).history
     result["robustdet_loss"] = [float(v) for v in history["loss"]]
+
+    # One RobustDet step's loss terms and gradient (AID batch statistics, triplets, adc, MultiBox) on two replicas
+    # equal the one-device ones: the AID normalises and forms triplets over the global batch.  (Whole training runs
+    # are compared in tests/test_multi_worker.py: sign-gradient attacks turn last-bit differences of kernels run at
+    # another batch size into other pixels, so fit-level equality needs the same per-replica batch.)
+    (clean, clean_t), (adv, adv_t) = next(iter(streams))
+
+    def step(model, clean, clean_t, adv, adv_t):
+        with tf.GradientTape() as tape:
+            terms = model.compute_losses(TrainingData(clean, clean_t, adv, adv_t),
+                                         AdversarialBatch(adv + 3.0, adv, adv_t))
+        return terms, tape.gradient(terms["loss"], model.trainable_variables)
+
+    keras.utils.set_random_seed(0)
+    one = RobustDet(**{**TINY_SSD, "num_classes": 7}, aid_width=4, seed=3)
+    one.build()
+    terms1, grads1 = tf.function(lambda *x: step(one, *x))(clean, clean_t, adv, adv_t)
+    with strategy.scope():
+        two = RobustDet(**{**TINY_SSD, "num_classes": 7}, aid_width=4, seed=3)
+        two.build()
+        for w, v in zip(two.weights, one.weights):
+            w.assign(v)
+    batch = next(iter(strategy.experimental_distribute_dataset(streams)))
+    terms2, grads2 = tf.function(lambda b: strategy.run(lambda *x: step(two, *x), args=(*b[0], *b[1])))(batch)
+    summed = lambda v: sum(t.numpy() for t in strategy.experimental_local_results(v))  # Keras sums the replicas
+    result["terms"] = {k: [float(terms1[k]), float(summed(terms2[k]))] for k in ("loss_l", "loss_c", "loss_aid")}
+    result["grad_rel_diff"] = max(float(np.abs(g1.numpy() - summed(g2)).max() / max(1e-6, np.abs(g1.numpy()).max()))
+                                  for g1, g2 in zip(grads1, grads2) if g1 is not None)
     print("RESULT" + json.dumps(result))
     """
 )
@@ -70,3 +100,6 @@ def test_fit_under_mirrored_strategy_on_two_logical_cpus():
     assert result["replicas"] == 2
     assert result["max_weight_diff"] < 1e-5, result
     assert all(v == v and v < 1e6 for v in result["robustdet_loss"])
+    for name, (one, two) in result["terms"].items():
+        assert abs(one - two) <= 1e-5 * max(1.0, abs(one)), (name, result)
+    assert result["grad_rel_diff"] < 1e-5, result
