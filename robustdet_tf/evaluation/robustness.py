@@ -155,7 +155,7 @@ def evaluate_robustness(
       shard_timeout: seconds the chief waits for shards other workers compute.
       data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
       workers: this process's place among the workers (default: from ``TF_CONFIG``).
-      printer: receives one line on how many shards were computed and reused.
+      printer: receives one line on how many shards were computed and reused (on a resume or a worker).
 
     Returns the dict written to ``robustness.json``, or ``None`` on a worker that is not the chief.
     """
@@ -200,7 +200,7 @@ def evaluate_robustness(
                                       metric_factory, shard_batches, workers,
                                       on_batch=keep_first if sample_images > 0 and workers.chief else None)
         computed, reused = computed + done[0], reused + done[1]
-    if printer is not None:
+    if printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
         printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
                 f"shards ({len(cells)} cells)")
     if not workers.chief:
