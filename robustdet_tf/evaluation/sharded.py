@@ -77,16 +77,21 @@ def shard_file(directory: str, shard: int) -> str:
     return os.path.join(directory, f"shard-{shard:05d}.npz")
 
 
-def finished_shards(directory: str) -> dict[int, int]:
-    """``{shard: number of batches}`` of the shard files in ``directory`` (only the count is read)."""
+def finished_shards(directory: str, known: dict[int, int] | None = None) -> dict[int, int]:
+    """``{shard: number of batches}`` of the shard files in ``directory`` (only the count is read; counts already in
+    ``known`` are not read again: a shard file never changes once it is in place)."""
     if not os.path.isdir(directory):
         return {}
     found = {}
     for name in os.listdir(directory):
         match = _SHARD_FILE.match(name)
         if match:
+            shard = int(match.group(1))
+            if known is not None and shard in known:
+                found[shard] = known[shard]
+                continue
             with np.load(os.path.join(directory, name), allow_pickle=False) as data:
-                found[int(match.group(1))] = int(data[COUNT_KEY])
+                found[shard] = int(data[COUNT_KEY])
     return found
 
 
@@ -173,7 +178,7 @@ def merged_metric(
     shard_batches: int | None,
     workers: Workers = Workers(),
     timeout: float = 3600.0,
-    poll: float = 1.0,
+    poll: float = 2.0,
     what: str = "the cell",
 ) -> Any:
     """A fresh metric holding every shard of the cell merged in shard order (the one-pass metric, bit for bit).
@@ -182,17 +187,18 @@ def merged_metric(
     the workers that own them.
     """
     deadline = time.monotonic() + float(timeout)
+    done: dict[int, int] = {}
+    wait = 0.02
     while True:
-        done = finished_shards(directory)
+        done = finished_shards(directory, done)
         end = last_shard(done, shard_batches)
-        missing = [] if end is not None else None
-        if end is not None:
-            missing = [s for s in range(end + 1) if s not in done]
+        missing = None if end is None else [s for s in range(end + 1) if s not in done]
         if missing == []:
             break
         if time.monotonic() >= deadline:
             raise TimeoutError(_missing_message(what, directory, done, missing, workers, timeout))
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+        wait = min(2 * wait, poll)  # quick while the other workers are about to finish, then every `poll` seconds
     metric = metric_factory()
     for shard in range(end + 1):
         metric.merge(load_shard(directory, shard))
