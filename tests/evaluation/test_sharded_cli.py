@@ -43,3 +43,16 @@ def test_cli_resumes_an_unfinished_table(tmp_path, monkeypatch):
                                                 "task": {"type": "worker", "index": 0}}))
     with pytest.raises(ValueError, match="2 workers.*same --output_dir"):
         cli.run_evaluate(config, str(tmp_path), models=models, printer=quiet)
+
+
+def test_eval_strategy_names(monkeypatch):
+    from ml_collections import ConfigDict
+
+    from robustdet_tf.evaluation.from_config import eval_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert eval_strategy(ConfigDict({"strategy": "auto"})) is None  # one CPU device: no replicas to split over
+    with pytest.raises(ValueError, match=r"config.eval.strategy='tpu': use one of"):
+        eval_strategy(ConfigDict({"strategy": "tpu"}))
+    with pytest.raises(ValueError, match="TF_CONFIG environment variable, which is not set"):
+        eval_strategy(ConfigDict({"strategy": "multi_worker"}))
