@@ -48,7 +48,8 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None,
     "--mode=evaluate / attack / analyze: a new or empty folder for the results (default: a new "
     "<workdir>/evaluation[_N], <workdir>/adversarial[_N] or <workdir>/analysis[_N]); a folder holding results is "
-    "refused, so nothing is overwritten.")
+    "refused, so nothing is overwritten (except an unfinished --mode=evaluate table, which is resumed; under "
+    "TF_CONFIG every worker needs the same --output_dir).")
 
 
 def default_workdir() -> str:

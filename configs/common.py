@@ -142,6 +142,9 @@ def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
             sample_top_n=10,
             attack="A_cls",
             attack_images=0,
+            shard_batches=8,
+            shard_timeout=3600.0,
+            strategy="auto",
         )
     )
 

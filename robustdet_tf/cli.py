@@ -11,6 +11,7 @@ them to the workdir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -23,7 +24,9 @@ from robustdet_tf import train as train_lib
 from robustdet_tf.analysis.run import analyze_models
 from robustdet_tf.checkpoints import backbone
 from robustdet_tf.checkpoints.torch_import import import_checkpoint, read_state_dict
-from robustdet_tf.evaluation.from_config import attack_dataset, evaluate_models
+from robustdet_tf.distribution import num_workers
+from robustdet_tf.evaluation.from_config import attack_dataset, eval_strategy, evaluate_models
+from robustdet_tf.evaluation.sharded import is_unfinished
 from robustdet_tf.export import export_all
 from robustdet_tf.io import new_output_dir
 
@@ -62,14 +65,41 @@ run_train = train_lib.train_in_workdir
 
 
 def run_evaluate(config, workdir: str, models: dict | None = None, output_dir: str | None = None,
-                 printer=print) -> dict:
+                 printer=print) -> dict | None:
     """Robustness table of the workdir's model (or ``models``) under ``config.eval.attacks``, written to
-    ``output_dir`` (refused if it holds results) or to a new ``<workdir>/evaluation[_N]`` folder."""
-    models = models or {os.path.basename(os.path.normpath(workdir)): load_trained_model(workdir, config)}
-    folder = new_output_dir(output_dir or os.path.join(workdir, "evaluation"), explicit=output_dir is not None)
-    results = evaluate_models(config, models, folder, printer=printer)
-    printer(f"robustness table, JSON and figures in {folder}")
+    ``output_dir`` or to a new ``<workdir>/evaluation[_N]`` folder.
+
+    An ``output_dir`` holding results is refused, except an unfinished table (``shards/`` without
+    ``robustness.json``), which is resumed: its finished shards are reused.  Under ``TF_CONFIG`` every worker must be
+    given the same ``output_dir``; the models are loaded under ``config.eval.strategy``'s scope.  Returns ``None`` on
+    a worker other than the chief.
+    """
+    if num_workers() > 1 and output_dir is None:
+        raise ValueError(f"TF_CONFIG names {num_workers()} workers: they evaluate into one folder, so pass the same "
+                         "--output_dir=DIR (on a filesystem every worker sees) to each of them.")
+    strategy = eval_strategy(config.eval)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        models = models or {os.path.basename(os.path.normpath(workdir)): load_trained_model(workdir, config)}
+    folder = _evaluation_folder(output_dir, workdir, printer)
+    results = evaluate_models(config, models, folder, printer=printer, strategy=strategy)
+    if results is not None:
+        printer(f"robustness table, JSON and figures in {folder}")
     return results
+
+
+def _evaluation_folder(output_dir: str | None, workdir: str, printer) -> str:
+    """A new ``<workdir>/evaluation[_N]``, or ``output_dir`` if it is new, empty or an unfinished table (another
+    worker may be creating it at this very moment, hence the second look after a refusal)."""
+    if output_dir is None:
+        return new_output_dir(os.path.join(workdir, "evaluation"), explicit=False)
+    try:
+        return new_output_dir(output_dir, explicit=True)
+    except FileExistsError:
+        if not is_unfinished(output_dir):
+            raise
+    folder = os.path.abspath(output_dir)
+    printer(f"resuming the unfinished evaluation in {folder}")
+    return folder
 
 
 def run_attack(config, workdir: str, output_dir: str | None = None, printer=print) -> dict:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
+from robustdet_tf.distribution import make_strategy
 from robustdet_tf.evaluation import robustness
 from robustdet_tf.evaluation.adversarial_images import write_adversarial_set
 from robustdet_tf.evaluation.evaluate import make_metric
@@ -56,10 +57,13 @@ def _checked_batches(config, models: Mapping[str, keras.Model]) -> tuple[Detecti
     return source, batches
 
 
-def evaluate_models(config, models: Mapping[str, keras.Model], output_dir: str, printer=print) -> dict:
-    """Robustness table of ``models`` under ``config.eval`` written to ``output_dir``; returns the results."""
+def evaluate_models(config, models: Mapping[str, keras.Model], output_dir: str, printer=print,
+                    strategy: tf.distribute.Strategy | None = None) -> dict | None:
+    """Robustness table of ``models`` under ``config.eval`` written to ``output_dir``; returns the results (``None``
+    on a worker other than the chief, which only computes its shards).  ``strategy``: see ``eval_strategy``."""
     source, batches = _checked_batches(config, models)
     settings = config.eval
+    image_size = int(getattr(next(iter(models.values())), "image_size", config.model.image_size))
     results = robustness.evaluate_robustness(
         models, batches, source.class_names, output_dir,
         attacks=list(settings.get("attacks", None) or DEFAULT_ATTACKS),
@@ -68,9 +72,43 @@ def evaluate_models(config, models: Mapping[str, keras.Model], output_dir: str, 
         sample_images=int(settings.get("sample_images", 0)),
         sample_score_threshold=float(settings.get("sample_score_threshold", 0.3)),
         sample_top_n=int(settings.get("sample_top_n", 10)),
+        shard_batches=_shard_batches(settings),
+        shard_timeout=float(settings.get("shard_timeout", 3600.0)),
+        strategy=strategy,
+        data={"name": source.name, "num_examples": source.num_examples, "batch_size": int(settings.batch_size),
+              "image_size": image_size, "max_boxes": int(config.data.max_boxes)},
+        printer=printer,
     )
-    printer(robustness.markdown_table(results))
+    if results is not None:
+        printer(robustness.markdown_table(results))
     return results
+
+
+def _shard_batches(settings) -> int | None:
+    """``config.eval.shard_batches``; 0 or ``None`` makes the whole set one shard."""
+    value = settings.get("shard_batches", 8)
+    return int(value) if value else None
+
+
+EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+
+
+def eval_strategy(settings) -> tf.distribute.Strategy | None:
+    """The in-process replicas of ``config.eval.strategy`` (names as ``train.strategy``; ``None``: one device).
+
+    Workers are not a strategy here: under ``TF_CONFIG`` each worker evaluates its own shards (``evaluation.sharded``)
+    without collectives, so ``multi_worker`` only insists on ``TF_CONFIG`` and uses the local devices as ``auto``.
+    """
+    name = str(settings.get("strategy", "auto"))
+    if name not in EVAL_STRATEGIES:
+        raise ValueError(f"config.eval.strategy={name!r}: use one of {EVAL_STRATEGIES} (workers come from TF_CONFIG).")
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("config.eval.strategy='multi_worker' reads the workers from the TF_CONFIG environment "
+                             "variable, which is not set; see README 'Scaling out'.")
+        name = "auto"
+    strategy = make_strategy(name)
+    return strategy if strategy.num_replicas_in_sync > 1 else None
 
 
 def attack_dataset(config, model: keras.Model, output_dir: str, printer=print) -> dict:

@@ -1,9 +1,11 @@
 """The paper's robustness table: mAP of several detectors under several attacks (spec §5, §7; Table 1).
 
 Table 1 is a grid (models × attacks) evaluated under one *protocol* (``evaluation.protocol``: ``"reference"`` as
-``eval_attack.py`` runs it, or ``"strong"``).  Every (model, attack) cell is evaluated batched through
-``evaluation.evaluate.evaluate_detections`` (attack and detection in one ``tf.function`` per batch; the attack sees
-targets with difficult objects removed, as the reference's).
+``eval_attack.py`` runs it, or ``"strong"``).  Every (model, attack) cell is evaluated batched (attack and
+detection in one ``tf.function`` per batch, split over the replicas of a strategy if given; the attack sees targets
+with difficult objects removed, as the reference's) through the shard engine of ``evaluation.sharded``: shards of
+consecutive batches, their metric states saved and merged in order (the one-pass metric exactly), resumable after an
+interruption, and divided among the workers of a ``TF_CONFIG`` cluster.
 
 Outputs (``evaluation.report``, each written atomically):
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -28,7 +31,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, evaluate_detections, make_metric
+from robustdet_tf.evaluation import shard_plan, sharded
+from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, make_metric
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
     ATTACKS,
     COLUMN_TITLES,
@@ -40,6 +44,7 @@ from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the 
     make_attack,
     make_protocol,
 )
+from robustdet_tf.evaluation.replicas import batch_step
 from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is re-exported)
     file_stem,
     fraction,
@@ -114,11 +119,24 @@ def evaluate_robustness(
     sample_images: int = 0,
     sample_score_threshold: float = 0.3,
     sample_top_n: int = 10,
-) -> dict[str, Any]:
+    shard_batches: int | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    shard_timeout: float = 3600.0,
+    data: Mapping[str, Any] | None = None,
+    workers: sharded.Workers | None = None,
+    printer: Callable[[str], None] | None = None,
+) -> dict[str, Any] | None:
     """Evaluate every model under every attack and write the table, JSON and figures to ``output_dir``.
 
+    Every cell goes through the shard engine (``evaluation.sharded``): its batches are cut into shards of
+    ``shard_batches`` consecutive batches whose metric states are saved under ``output_dir/shards`` and merged in
+    order, which gives the one-pass metric bit for bit.  A rerun into the same folder after an interruption reuses
+    the finished shards; under ``TF_CONFIG`` each worker computes its own shards and only the chief writes the
+    table (after waiting for the others' shards).  The shard files are removed once the table is written.
+
     Args:
-      models: name → detector (any model of the package: pixel input, ``detect``, ``detection_loss``).
+      models: name → detector (any model of the package: pixel input, ``detect``, ``detection_loss``); under a
+        ``strategy`` with several replicas, built or loaded under its scope.
       batches: evaluation batches ``(images, targets)`` as ``data.pipeline.eval_batches`` yields them (targets with
         ``difficult`` and ``original_size`` for the faithful VOC metric).  Iterated once per (model, attack).
       class_names: object class names (label ``k`` ↔ name ``k``).
@@ -132,40 +150,74 @@ def evaluate_robustness(
       sample_images: if > 0, also draw clean vs attacked detections of that many first-batch images per cell.
       sample_score_threshold, sample_top_n: the pictures show at most ``sample_top_n`` detections per image, those
         scoring at least ``sample_score_threshold`` (the metric itself uses every detection).
+      shard_batches: batches per shard (``None``: the whole set is one shard).
+      strategy: split each batch over its replicas (``evaluation.replicas``); ``None``: one device.
+      shard_timeout: seconds the chief waits for shards other workers compute.
+      data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
+      workers: this process's place among the workers (default: from ``TF_CONFIG``).
+      printer: receives one line on how many shards were computed and reused (on a resume or a worker).
 
-    Returns the dict written to ``robustness.json``.
+    Returns the dict written to ``robustness.json``, or ``None`` on a worker that is not the chief.
     """
     if not models:
         raise ValueError("evaluate_robustness: no models given; pass a dict name -> model.")
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise ValueError(f"evaluate_robustness: unknown attack(s) {unknown} (or none given); choose from {ATTACKS}.")
+    if shard_batches is not None and int(shard_batches) < 1:
+        raise ValueError(f"evaluate_robustness: shard_batches must be >= 1 (or None: one shard), got {shard_batches}.")
+    stems = {}
+    for name in models:
+        stems.setdefault(file_stem(name), []).append(name)
+    clash = [names for names in stems.values() if len(names) > 1]
+    if clash:
+        raise ValueError(f"evaluate_robustness: the model names {clash[0]} give the same file name; rename one.")
     proto = make_protocol(protocol, overrides)
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     if metric_factory is None:
         metric_factory = partial(make_metric, proto["metric"], class_names,
                                  reference_offsets=proto["reference_offsets"])
+    if max_batches is not None:
+        batches = batches.take(max_batches)
+    workers = workers or sharded.Workers.from_environment()
+    plan_data = {"class_names": list(class_names), "max_batches": max_batches, **(data or {})}
+    plan = shard_plan.make_plan(models, attacks, proto, shard_batches, metric_factory(), plan_data)
+    shard_plan.check_plan(output_dir, plan)
 
-    table: dict[str, dict[str, float | None]] = {}
-    per_class: dict[str, dict[str, dict[str, float | None]]] = {}
-    worst: dict[str, dict[str, Any]] = {}
+    first_batch: dict[str, dict[str, tuple]] = {name: {} for name in models}
+    cells = [(m, a) for m in models for a in attacks if column_applies(a, models[m])]
+    computed = reused = 0
+    for model_name, attack_name in cells:
+        model = models[model_name]
+        step = batch_step(model, column_attack(attack_name, proto, attacks, model), strategy)
+
+        def keep_first(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name):
+            if index == 0:
+                kept[attack_name] = (clean, adv, detections)
+
+        done = sharded.compute_shards(sharded.cell_dir(output_dir, model_name, attack_name), batches, step,
+                                      metric_factory, shard_batches, workers,
+                                      on_batch=keep_first if sample_images > 0 and workers.chief else None)
+        computed, reused = computed + done[0], reused + done[1]
+    if printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
+        printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
+                f"shards ({len(cells)} cells)")
+    if not workers.chief:
+        return None
+
+    table: dict[str, dict[str, float | None]] = {name: {} for name in models}
+    per_class: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name in models}
     num_images = 0
     for model_name, model in models.items():
-        table[model_name], per_class[model_name] = {}, {}
-        first_batch: dict[str, tuple] = {}
         for attack_name in attacks:
-            if not column_applies(attack_name, model):  # e.g. the AID column of a model without an AID
+            if (model_name, attack_name) not in cells:  # e.g. the AID column of a model without an AID
                 table[model_name][attack_name], per_class[model_name][attack_name] = None, {}
                 continue
-            attack = column_attack(attack_name, proto, attacks, model)
-
-            def keep_first(clean, adv, detections, attack_name=attack_name, first_batch=first_batch):
-                first_batch.setdefault(attack_name, (clean, adv, detections))
-
-            metric_result = evaluate_detections(model, batches, metric_factory(), attack=attack,
-                                                max_batches=max_batches,
-                                                on_batch=keep_first if sample_images > 0 else None)
+            metric = sharded.merged_metric(sharded.cell_dir(output_dir, model_name, attack_name), metric_factory,
+                                           shard_batches, workers, shard_timeout,
+                                           what=f"the cell ({model_name}, {attack_name})")
+            metric_result = metric.result()
             table[model_name][attack_name] = fraction(_headline(metric_result))
             ap_key = "AP" if "AP" in metric_result else "per_class_AP50"
             per_class[model_name][attack_name] = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
@@ -173,31 +225,35 @@ def evaluate_robustness(
             if plots and "recall" in metric_result:
                 plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
                                os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
-        worst[model_name] = worst_column(table[model_name])
         if sample_images > 0:
-            _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, sample_images,
-                               (sample_score_threshold, sample_top_n))
+            applicable = [a for a in attacks if (model_name, a) in cells]
+            _samples_for_model(model, model_name, first_batch[model_name], batches, output_dir, class_names,
+                               sample_images, (sample_score_threshold, sample_top_n),
+                               {a: column_attack(a, proto, attacks, model) for a in applicable})
 
+    worst = {name: worst_column(table[name]) for name in models}
     results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class,
                "worst_case": worst}
     write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
     write_text(os.path.join(output_dir, "robustness.md"), markdown_table(results))
     if plots:
         plot_bars(results, os.path.join(output_dir, "robustness_bars.png"))
+    shutil.rmtree(sharded.shards_root(output_dir), ignore_errors=True)  # the table is final; see the docstring
     return results
 
 
-def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, shown):
-    """Reuse the first batch each attack already produced; the clean detections come from the clean column
-    (or one extra batched ``detect`` if the clean column was not requested)."""
-    if not first_batch:
+def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, shown,
+                       cell_attacks):
+    """Reuse the first batch each attack produced in this run (the clean detections come from the clean column);
+    a cell whose first shard was computed earlier or by another worker attacks the first batch again."""
+    if not cell_attacks or not any(a != "clean" for a in cell_attacks):
         return
-    _, targets = next(iter(batches))
-    if "clean" in first_batch:
-        clean_images, _, clean_dets = first_batch["clean"]
-    else:
-        clean_images = next(iter(first_batch.values()))[0]
-        clean_dets = model.detect(clean_images)
+    images, targets = next(iter(batches))
+    for attack_name, attack in cell_attacks.items():
+        if attack_name not in first_batch:
+            detections, adv = detection_step(model, None if attack_name == "clean" else attack)(images, targets)
+            first_batch[attack_name] = (images, adv, detections)
+    clean_images, _, clean_dets = first_batch.get("clean") or (images, None, model.detect(images))
     for attack_name, (_, adv, adv_dets) in first_batch.items():
         if attack_name == "clean":
             continue

@@ -1,0 +1,147 @@
+"""Sharded evaluation: shards merged in order give the one-pass table exactly; an interrupted table resumes by shard
+without recomputing finished shards; a resume with another plan is refused; workers divide the shards statically."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from robustdet_tf.evaluation import robustness, sharded
+from robustdet_tf.evaluation.evaluate import evaluate_detections, make_metric
+from robustdet_tf.evaluation.shard_plan import PlanMismatchError
+from robustdet_tf.models.ssd import SSD
+from tests.conftest import TINY_SSD
+from tests.evaluation.test_robustness import CLASS_NAMES, SIZE, rectangles
+from tests.helpers import train_on_detection_loss
+
+NUM_IMAGES, BATCH = 11, 3  # batches of 3, 3, 3, 2
+ATTACKS = ("clean", "A_cls")
+QUICK = {"pgd": {"steps": 2}}
+
+
+def eval_batches(images, targets):
+    eval_targets = {**targets, "difficult": np.zeros_like(targets["labels"], bool),
+                    "original_size": np.full((len(images), 2), SIZE, np.int32)}
+    return tf.data.Dataset.from_tensor_slices((images, eval_targets)).batch(BATCH)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny SSD trained on 11 rectangles (saved as model.keras for the subprocess tests), its evaluation batches
+    and the reference numbers: every cell evaluated in one pass by ``evaluate_detections`` (no shards)."""
+    keras.utils.set_random_seed(0)
+    images, targets = rectangles(NUM_IMAGES, SIZE, seed=3)
+    model = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
+    model.build()
+    train_on_detection_loss(model, images, targets, steps=40)
+    folder = tmp_path_factory.mktemp("model")
+    model.save(folder / "model.keras")
+    batches = eval_batches(images, targets)
+    protocol = robustness.make_protocol("reference", QUICK)
+    reference = {}
+    for attack in ATTACKS:
+        metric = make_metric("voc07", CLASS_NAMES)
+        reference[attack] = evaluate_detections(model, batches, metric, robustness.make_attack(attack, protocol))
+    assert reference["clean"]["mAP"] > 0.3 and reference["A_cls"]["mAP"] < reference["clean"]["mAP"]
+    return model, batches, reference, folder / "model.keras"
+
+
+def table(model, batches, output_dir, **kwargs):
+    return robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir, attacks=ATTACKS,
+                                          overrides=QUICK, plots=False, **kwargs)
+
+
+def assert_table_is_reference(results, reference):
+    for attack in ATTACKS:
+        assert results["models"]["m"][attack] == reference[attack]["mAP"], attack
+        assert results["per_class_AP"]["m"][attack] == {k: float(v) for k, v in reference[attack]["AP"].items()}
+    assert results["num_images"] == NUM_IMAGES
+
+
+@pytest.mark.parametrize("shard_batches", [None, 1, 2, 4])
+def test_sharded_table_equals_the_one_pass_table(setup, tmp_path, shard_batches):
+    model, batches, reference, _ = setup
+    results = table(model, batches, tmp_path, shard_batches=shard_batches)
+    assert_table_is_reference(results, reference)
+    assert not (tmp_path / "shards").exists()  # the finished table keeps no partial results
+    assert sorted(os.listdir(tmp_path)) == ["robustness.json", "robustness.md"]
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def counting_steps(monkeypatch, fail_after=None):
+    """Wrap every cell's batch step: count the calls per attack; raise ``Interrupt`` on call ``fail_after + 1``."""
+    calls = {}
+    original = robustness.batch_step
+
+    def batch_step(model, attack, strategy=None):
+        step = original(model, attack, strategy)
+        name = "clean" if attack is None else "attack"
+
+        def counted(images, targets):
+            if fail_after is not None and sum(calls.values()) >= fail_after:
+                raise Interrupt("simulated interruption")
+            calls[name] = calls.get(name, 0) + 1
+            return step(images, targets)
+
+        return counted
+
+    monkeypatch.setattr(robustness, "batch_step", batch_step)
+    return calls
+
+
+def test_an_interrupted_table_resumes_by_shard(setup, tmp_path, monkeypatch):
+    model, batches, reference, _ = setup
+    with monkeypatch.context() as patch:
+        counting_steps(patch, fail_after=6)  # clean: 4 batches; A_cls: shards 0 and 1 done, then interrupted
+        with pytest.raises(Interrupt):
+            table(model, batches, tmp_path, shard_batches=1)
+    assert sharded.is_unfinished(tmp_path)
+    assert sorted(sharded.finished_shards(sharded.cell_dir(tmp_path, "m", "clean"))) == [0, 1, 2, 3, 4]
+    assert sorted(sharded.finished_shards(sharded.cell_dir(tmp_path, "m", "A_cls"))) == [0, 1]
+
+    calls = counting_steps(monkeypatch)
+    printed = []
+    results = table(model, batches, tmp_path, shard_batches=1, printer=printed.append)
+    assert calls == {"attack": 2}  # only A_cls shards 2 and 3; the clean cell is not even read
+    assert printed == ["worker 0 of 1: computed 3 shards, reused 7 finished shards (2 cells)"]  # + A_cls's end
+    assert_table_is_reference(results, reference)
+    assert not sharded.is_unfinished(tmp_path)
+
+
+def test_a_resume_with_another_plan_is_refused_and_nothing_deleted(setup, tmp_path, monkeypatch):
+    model, batches, _, _ = setup
+    with monkeypatch.context() as patch:
+        counting_steps(patch, fail_after=5)
+        with pytest.raises(Interrupt):
+            table(model, batches, tmp_path, shard_batches=1)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    with pytest.raises(PlanMismatchError, match=r"protocol\.pgd\.steps: saved 2, now 3.*another output folder"):
+        robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, tmp_path, attacks=ATTACKS,
+                                       overrides={"pgd": {"steps": 3}}, plots=False, shard_batches=1)
+    with pytest.raises(PlanMismatchError, match="shard_batches: saved 1, now 2"):
+        table(model, batches, tmp_path, shard_batches=2)
+    retrained = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
+    with pytest.raises(PlanMismatchError, match=r"models\.m"):
+        table(retrained, batches, tmp_path, shard_batches=1)
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_workers_divide_the_shards_and_the_chief_merges(setup, tmp_path):
+    """Worker 1 of 2 computes the odd shards and writes no table; the chief then computes the even ones and merges
+    all; a chief whose partner never comes names the missing shards and their worker."""
+    model, batches, reference, _ = setup
+    lonely = tmp_path / "lonely"
+    with pytest.raises(TimeoutError, match=r"shards missing: 1 \(worker 1\), 3 \(worker 1\).*same --output_dir"):
+        table(model, batches, lonely, shard_batches=1, workers=sharded.Workers(0, 2, True), shard_timeout=0.2)
+
+    folder = tmp_path / "pair"
+    assert table(model, batches, folder, shard_batches=1, workers=sharded.Workers(1, 2, False)) is None
+    assert sorted(sharded.finished_shards(sharded.cell_dir(folder, "m", "A_cls"))) == [1, 3]
+    assert not (folder / "robustness.json").exists()
+    results = table(model, batches, folder, shard_batches=1, workers=sharded.Workers(0, 2, True))
+    assert_table_is_reference(results, reference)

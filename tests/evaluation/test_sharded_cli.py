@@ -1,0 +1,58 @@
+"""``--mode=evaluate`` (``cli.run_evaluate``) resumes an unfinished table in an explicit ``--output_dir``, refuses a
+finished one, and asks several ``TF_CONFIG`` workers for one shared ``--output_dir``."""
+
+import json
+
+import pytest
+
+from robustdet_tf import cli
+from robustdet_tf.evaluation import robustness, sharded
+from robustdet_tf.models.ssd import SSD
+from tests.conftest import TINY_SSD
+from tests.evaluation.test_from_config import tiny_config
+from tests.evaluation.test_sharded import Interrupt, counting_steps
+
+
+def test_cli_resumes_an_unfinished_table(tmp_path, monkeypatch):
+    config = tiny_config()  # 5 images in batches of 2: 3 batches, clean + A_cls (PGD-1)
+    config.eval.shard_batches = 1
+    models = {"tiny": SSD(**{**TINY_SSD, "num_classes": config.model.num_classes}, max_detections=20)}
+    quiet = lambda *_: None  # noqa: E731
+    fresh = cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(tmp_path / "fresh"), printer=quiet)
+
+    folder = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        counting_steps(patch, fail_after=4)  # clean: 3 batches; A_cls: shard 0, then interrupted
+        with pytest.raises(Interrupt):
+            cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(folder), printer=quiet)
+    assert sharded.is_unfinished(folder)
+
+    calls = counting_steps(monkeypatch)
+    printed = []
+    resumed = cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(folder), printer=printed.append)
+    assert calls == {"attack": 2}
+    assert printed[0] == f"resuming the unfinished evaluation in {folder}"
+    assert printed[1] == "worker 0 of 1: computed 3 shards, reused 5 finished shards (2 cells)"
+    assert printed[2] == robustness.markdown_table(resumed)
+    assert resumed == fresh == json.loads((folder / "robustness.json").read_text())
+
+    with pytest.raises(FileExistsError, match="already holds results"):  # a finished table is never overwritten
+        cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(folder), printer=quiet)
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="2 workers.*same --output_dir"):
+        cli.run_evaluate(config, str(tmp_path), models=models, printer=quiet)
+
+
+def test_eval_strategy_names(monkeypatch):
+    from ml_collections import ConfigDict
+
+    from robustdet_tf.evaluation.from_config import eval_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert eval_strategy(ConfigDict({"strategy": "auto"})) is None  # one CPU device: no replicas to split over
+    with pytest.raises(ValueError, match=r"config.eval.strategy='tpu': use one of"):
+        eval_strategy(ConfigDict({"strategy": "tpu"}))
+    with pytest.raises(ValueError, match="TF_CONFIG environment variable, which is not set"):
+        eval_strategy(ConfigDict({"strategy": "multi_worker"}))
