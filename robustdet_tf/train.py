@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.checkpoints.backbone import initialise_backbone
+from robustdet_tf.checkpoints.held_batch import HeldBatches
 from robustdet_tf.checkpoints.saving import CheckpointEvery, save_checkpoint
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
@@ -190,6 +191,14 @@ def adopt_class_names(model: keras.Model, source: DetectionSource) -> None:
         model.class_names = tuple(source.class_names)
 
 
+def held_batches_of(model: keras.Model, strategy: tf.distribute.Strategy) -> HeldBatches | None:
+    """The checkpointed global held batch of an interleaved adversarial schedule (``None`` for other models)."""
+    schedule = getattr(model, "adversary", None)
+    if schedule is None or schedule.schedule != "interleaved":
+        return None
+    return HeldBatches(schedule, strategy)
+
+
 class Trainer:
     """Builds everything a run needs from ``config`` and trains in ``workdir``, resuming what is there."""
 
@@ -206,7 +215,10 @@ class Trainer:
             self.model = self._in_scope(model) if model is not None else build_model(config.model)
             compile_model(self.model, config.train)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=self.step)
+        self.held_batches = held_batches_of(self.model, self.strategy)
+        parts = {"held_batches": self.held_batches} if self.held_batches is not None else {}
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=self.step,
+                                              **parts)
         self.checkpoint_dir = os.path.join(workdir, "checkpoints")
         self.manager = tf.train.CheckpointManager(  # the chief's folder; other workers save into scratch
             self.checkpoint, write_dir(self.checkpoint_dir, self.strategy), max_to_keep=int(config.train.get("keep", 2))
@@ -230,13 +242,22 @@ class Trainer:
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)  # every worker resumes from the chief's files
         if latest is None:
             return 0
+        checkpoint = self.checkpoint
+        saved = {name for name, _ in tf.train.list_variables(latest)}
+        if self.held_batches is not None and not any(name.startswith("held_batches/") for name in saved):
+            # written before checkpoints held every replica's batch: the model's own (first replica's) copy serves
+            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=self.step)
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as err:
             raise IncompatibleWorkdirError(
                 f"checkpoint {latest} does not fit the configured model ({err}). Nothing was changed; use another "
                 "--workdir."
             ) from err
+        if checkpoint is self.checkpoint and self.held_batches is not None:
+            message = self.held_batches.restore()
+            if message:
+                print(f"resuming {latest}: {message}")
         return int(self.step.numpy())
 
     def run(self, steps: int | None = None, callbacks=(), verbose_every: int | None = None, printer=print) -> dict:
@@ -266,7 +287,9 @@ class Trainer:
         adopt_class_names(self.model, self.source)
         adversarial = getattr(self.model, "adversary", None) is not None
         batches = training_batches(self.source, self.config, self.start_step, adversarial)
-        saver = CheckpointEvery(self.manager, self.step, self.start_step, self.config.train.checkpoint_every)
+        capture = self.held_batches.capture if self.held_batches is not None else None
+        saver = CheckpointEvery(self.manager, self.step, self.start_step, self.config.train.checkpoint_every,
+                                before_save=capture)
         progress = Progress(total, self.start_step, verbose_every or self.config.train.log_every, printer)
         board = [keras.callbacks.TensorBoard(os.path.join(self.workdir, "tensorboard"),
                                              update_freq=int(self.config.train.log_every))] if self.chief else []
@@ -288,7 +311,7 @@ class Trainer:
                 signal.signal(sig, handler)
         done = self.start_step + saver.done
         if not saver.interrupted and done % saver.every:
-            save_checkpoint(self.manager, done)
+            save_checkpoint(self.manager, done, before_save=capture)
         self.start_step = done
         return {k: float(v[-1]) for k, v in history.history.items()}
 

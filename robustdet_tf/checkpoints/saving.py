@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -18,10 +19,14 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (typically a full disk); the previous one is intact."""
 
 
-def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int,
+                    before_save: Callable[[], None] | None = None) -> str:
     """``manager.save`` that, when the write fails (disk full, quota, I/O error), removes the half-written files of
     this step and raises one clear ``CheckpointWriteError``; the previous checkpoint and the index are untouched
-    (the manager updates its index only after a complete write)."""
+    (the manager updates its index only after a complete write).  ``before_save`` gathers state the checkpoint
+    cannot read by itself (every replica's held adversarial batch, ``held_batch.py``)."""
+    if before_save is not None:
+        before_save()
     directory = manager.directory
     before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
     try:
@@ -43,8 +48,10 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
 class CheckpointEvery(keras.callbacks.Callback):
     """Save every ``every`` steps and stop (then save) when a SIGINT/SIGTERM arrives."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, step_var: tf.Variable, start: int, every: int):
+    def __init__(self, manager: tf.train.CheckpointManager, step_var: tf.Variable, start: int, every: int,
+                 before_save: Callable[[], None] | None = None):
         super().__init__()
+        self.before_save = before_save
         self.manager, self.step_var, self.start, self.every = manager, step_var, start, max(1, every)
         self.interrupted = False
         self.done = 0
@@ -54,6 +61,6 @@ class CheckpointEvery(keras.callbacks.Callback):
         step = self.start + self.done
         self.step_var.assign(step)
         if step % self.every == 0 or self.interrupted:
-            save_checkpoint(self.manager, step)
+            save_checkpoint(self.manager, step, self.before_save)
         if self.interrupted:
             self.model.stop_training = True
