@@ -16,6 +16,7 @@ from robustdet_tf.layers.aaconv import (
     DynamicXavierUniform,
     dynamic_xavier_uniform_bound,
     grouped_conv_supported,
+    mix_per_image,
 )
 from tests.helpers import assert_keras_round_trip
 
@@ -252,3 +253,23 @@ def test_map_fn_converts_to_tflite_builtins():
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(got, model([x, pi]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["grouped", "map_fn"])
+def test_each_image_gets_the_same_bits_whatever_the_batch(implementation):
+    """The per-image kernels are mixed image by image (``mix_per_image``), so an image's output does not depend on
+    which other images share its batch (one device vs a replica's share of the batch)."""
+    if implementation == "grouped" and not grouped_conv_supported((3, 3), (1, 1), (1, 1)):
+        pytest.skip("grouped convolutions are not supported on this machine")
+    rng = np.random.default_rng(5)
+    kernels = tf.constant(rng.normal(size=(4, 3, 3, 16, 8)).astype(np.float32))
+    pi = tf.nn.softmax(tf.constant(rng.normal(size=(6, 4)).astype(np.float32)))
+    mixed = mix_per_image(pi, kernels)
+    np.testing.assert_allclose(mixed, tf.einsum("nk,kyxio->nyxio", pi, kernels), atol=1e-5)
+    np.testing.assert_array_equal(mixed.numpy(), np.concatenate([mix_per_image(pi[:1], kernels).numpy(),
+                                                                 mix_per_image(pi[1:], kernels).numpy()]))
+    layer = AAConv2D(8, 3, implementation=implementation)
+    x = tf.constant(rng.uniform(-5, 5, (6, 11, 11, 16)).astype(np.float32))
+    whole = layer([x, pi]).numpy()
+    np.testing.assert_array_equal(whole, np.concatenate([layer([x[:4], pi[:4]]).numpy(),
+                                                         layer([x[4:], pi[4:]]).numpy()]))
