@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from robustdet_tf.distribution import local_cluster  # noqa: E402
 
 CHILD = """
 import functools, os, sys, time
@@ -55,22 +56,12 @@ if results is not None:
 """
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def eval_images_per_second(workers: int, scratch: str, num_images: int, batch_size: int, shard_batches: int,
                            pgd_steps: int) -> float:
     """Images/s of the clean + A_cls table over ``num_images`` images by ``workers`` processes (see the module)."""
     barrier = os.path.join(scratch, "barrier")
     os.makedirs(barrier, exist_ok=True)
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(workers)]}
+    cluster = local_cluster(workers)
     procs = []
     for index in range(workers):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)

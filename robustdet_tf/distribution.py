@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import tensorflow as tf
 
@@ -89,3 +90,16 @@ def write_dir(directory: str, strategy: tf.distribute.Strategy | None = None) ->
     kind, index = task()
     return os.path.join(os.path.dirname(os.path.abspath(directory)), f".scratch_{kind}_{index}",
                         os.path.basename(directory))
+
+
+def local_cluster(workers: int) -> dict[str, list[str]]:
+    """The ``cluster`` of a ``TF_CONFIG`` with ``workers`` workers on free localhost ports: several processes on one
+    machine (tests, benchmarks, trying ``multi_worker`` out before going to several hosts)."""
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return {"worker": [f"localhost:{s.getsockname()[1]}" for s in sockets]}
+    finally:
+        for s in sockets:
+            s.close()

@@ -38,3 +38,14 @@ def test_strategy_names(monkeypatch):
         distribution.make_strategy("nccl")
     with pytest.raises(ValueError, match="TF_CONFIG"):
         distribution.make_strategy("multi_worker")
+
+
+def test_local_cluster_names_distinct_free_localhost_ports():
+    import socket
+
+    cluster = distribution.local_cluster(3)
+    addresses = cluster["worker"]
+    assert len(set(addresses)) == 3 and all(a.startswith("localhost:") for a in addresses)
+    for address in addresses:  # released again: a worker can bind it
+        with socket.socket() as s:
+            s.bind(("localhost", int(address.split(":")[1])))

@@ -5,12 +5,13 @@ triplets over the global batch, and only the chief writes the run's files."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+
+from robustdet_tf.distribution import local_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,16 +45,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start(args, tf_config=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     env.pop("TF_CONFIG", None)
@@ -75,8 +66,7 @@ def test_two_workers_train_the_single_process_weights(tmp_path):
     single = _start([tmp_path / "single", "mirrored", tmp_path / "single.npz"])
     out, err = single.communicate(timeout=900)
     assert single.returncode == 0, err[-4000:]
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    cluster = local_cluster(2)
     workers = [_start([tmp_path / "cluster", "multi_worker", tmp_path / f"worker{i}.npz"],
                       {"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
     outputs = [w.communicate(timeout=900) for w in workers]

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+from robustdet_tf.distribution import local_cluster
 from tests.evaluation.test_sharded import assert_table_is_reference, setup  # noqa: F401 (the fixture)
-from tests.test_multi_worker import _free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -60,7 +60,7 @@ def _start(script, args, tf_config=None):
 
 def test_two_worker_processes_make_the_one_process_table(setup, tmp_path):  # noqa: F811
     _, _, reference, model_path = setup
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    cluster = local_cluster(2)
     workers = [_start(WORKER, [model_path, tmp_path / "table", tmp_path / f"worker{i}.json"],
                       {"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
     outputs = [w.communicate(timeout=600) for w in workers]
