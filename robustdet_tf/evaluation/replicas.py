@@ -1,10 +1,13 @@
 """One evaluation batch split over the replicas of a ``tf.distribute`` strategy, detections back in image order.
 
-Why this is enough for an exact evaluation: the detectors are per-image independent in inference mode (batch norm
-on moving statistics, AID included; each PGD step moves every pixel by the sign of its own gradient), so each
-replica can attack and detect a contiguous slice of the batch on its own.  The slices' results are concatenated in
-replica order (``experimental_local_results``), which is the one-device image order, before the metric sees them.
-No collective is needed: nothing is reduced across replicas.
+Why this is enough: the detectors are per-image independent in inference mode (batch norm on moving statistics,
+AID included; each PGD step moves every pixel by the sign of its own gradient), so each replica can attack and
+detect a contiguous slice of the batch on its own.  The slices' results are concatenated in replica order
+(``experimental_local_results``), which is the one-device image order, before the metric sees them.  No collective
+is needed: nothing is reduced across replicas.  The table is the one-device table bit for bit where TensorFlow's
+kernels give each image the same bits at the replicas' batch size (the SSD here, tested); RobustDet's AID stem
+convolution does not here, so its mixtures may differ in the last bit and a sign-gradient attack may then move a
+few pixels the other way (splitting the set over *workers* keeps whole batches and stays exact for every model).
 """
 
 from __future__ import annotations
