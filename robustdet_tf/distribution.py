@@ -21,6 +21,7 @@ import json
 import os
 import socket
 
+import keras
 import tensorflow as tf
 
 STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu", "one_device")
@@ -103,3 +104,21 @@ def local_cluster(workers: int) -> dict[str, list[str]]:
     finally:
         for s in sockets:
             s.close()
+
+
+def replica_seed(seed: keras.random.SeedGenerator | int) -> tf.Tensor:
+    """A stateless ``[2]`` int32 seed: the generator's next seed (or the fixed ``seed``) as Keras' random functions
+    would use it, with this replica's id added to its second word inside a ``tf.distribute`` replica context.
+
+    Why: every replica holds a copy of the same generator state, so ``keras.random.*`` draws the *same* noise on
+    every replica, and the images of replica 1 would get replica 0's noise (CFR's reparameterisation, PGD's random
+    start).  Replica 0 and code outside ``tf.distribute`` get exactly Keras' draw, so one-device numerics are
+    unchanged.
+    """
+    raw = seed.next() if isinstance(seed, keras.random.SeedGenerator) else tf.constant([int(seed), 0], tf.int64)
+    if raw.dtype != tf.int32:  # as Keras' TensorFlow backend casts a seed (stateless ops take int32 under XLA)
+        raw = tf.cast(tf.math.floormod(tf.cast(raw, tf.int64), tf.int32.max - 1), tf.int32)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return raw
+    return raw + tf.stack([0, tf.cast(ctx.replica_id_in_sync_group, tf.int32)])

@@ -12,6 +12,8 @@ import functools
 import keras
 import tensorflow as tf
 
+from robustdet_tf.distribution import replica_seed
+
 
 def project(candidate: tf.Tensor, clean: tf.Tensor, epsilon) -> tf.Tensor:
     """Clip the perturbation to the ε-ball around ``clean`` and the image to ``[0, 255]``."""
@@ -21,7 +23,11 @@ def project(candidate: tf.Tensor, clean: tf.Tensor, epsilon) -> tf.Tensor:
 
 def random_start(images: tf.Tensor, epsilon: float, seed=None) -> tf.Tensor:
     """Uniform noise in the ε-ball, clipped to ``[0, 255]``."""
-    noise = keras.random.uniform(tf.shape(images), -epsilon, epsilon, seed=seed)
+    shape, epsilon = tf.shape(images), tf.cast(epsilon, images.dtype)
+    if seed is None:
+        noise = keras.random.uniform(shape, -epsilon, epsilon, dtype=images.dtype)
+    else:  # distinct noise on each replica of a tf.distribute step (Keras' own draw on one device)
+        noise = tf.random.stateless_uniform(shape, replica_seed(seed), -epsilon, epsilon, dtype=images.dtype)
     return tf.clip_by_value(images + noise, 0.0, 255.0)
 
 

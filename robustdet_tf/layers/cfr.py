@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from robustdet_tf.distribution import replica_seed
 from robustdet_tf.layers.aaconv import AAConv2D, DynamicXavierUniform
 from robustdet_tf.layers.global_batch_norm import GlobalBatchNormalization
 
@@ -89,7 +90,7 @@ class ProbConv(keras.layers.Layer):
         logvar = tf.minimum(self.conv_std(inputs), LOGVAR_MAX)
         if not training:
             return mu, mu, logvar
-        eps = keras.random.normal(tf.shape(mu), dtype=mu.dtype, seed=self.seed_generator)
+        eps = tf.random.stateless_normal(tf.shape(mu), replica_seed(self.seed_generator), dtype=mu.dtype)
         return mu + tf.exp(0.5 * logvar) * eps, mu, logvar
 
     def get_config(self) -> dict:
