@@ -48,20 +48,15 @@ SCRIPT = textwrap.dedent(
     result["max_weight_diff"] = max(float(np.abs(a.numpy() - b.numpy()).max())
                                     for a, b in zip(single.weights, mirrored.weights))
 
-    # RobustDet's interleaved adversarial training runs under the strategy.
     source = shapes_dataset(16, image_size=64, seed=0)
     streams = pipeline.two_streams(source, seed=0, image_size=64, batch_size=4, max_boxes=6,
                                    augment_examples=False, shuffle_buffer=4)
-    with strategy.scope():
-        model = RobustDet(**{**TINY_SSD, "num_classes": 7}, aid_width=4, adversarial={"method": "cls", "steps": 2})
-        model.compile(optimizer=sgd(1e-3))
-    history = model.fit(streams, steps_per_epoch=3, epochs=1, verbose=0, shuffle=False).history
-    result["robustdet_loss"] = [float(v) for v in history["loss"]]
 
     # One RobustDet step's loss terms and gradient (AID batch statistics, triplets, adc, MultiBox) on two replicas
     # equal the one-device ones: the AID normalises and forms triplets over the global batch.  (Whole training runs
-    # are compared in tests/test_multi_worker.py: sign-gradient attacks turn last-bit differences of kernels run at
-    # another batch size into other pixels, so fit-level equality needs the same per-replica batch.)
+    # under a strategy: tests/test_multi_worker.py and tests/checkpoints/test_held_batch.py; sign-gradient attacks
+    # turn last-bit differences of kernels run at another batch size into other pixels, so fit-level equality needs
+    # the same per-replica batch.)
     (clean, clean_t), (adv, adv_t) = next(iter(streams))
 
     def step(model, clean, clean_t, adv, adv_t):
@@ -99,7 +94,6 @@ def test_fit_under_mirrored_strategy_on_two_logical_cpus():
     result = json.loads(line[len("RESULT"):])
     assert result["replicas"] == 2
     assert result["max_weight_diff"] < 1e-5, result
-    assert all(v == v and v < 1e6 for v in result["robustdet_loss"])
     for name, (one, two) in result["terms"].items():
         assert abs(one - two) <= 1e-5 * max(1.0, abs(one)), (name, result)
     assert result["grad_rel_diff"] < 1e-5, result
