@@ -103,17 +103,18 @@ class WorkdirLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
-    """Hold ``<workdir>/.lock`` while a run writes there; a second run is refused at once.
+def workdir_lock(workdir: str | os.PathLike, name: str = ".lock", what: str = "--workdir") -> Iterator[None]:
+    """Hold ``<workdir>/<name>`` while a run writes there; a second run is refused at once, naming the holder.
 
     The lock is an ``flock`` on an open file, which the kernel releases when the process ends, however it ends
-    (``kill -9`` included): a killed run never leaves a stale lock.  The file only says who holds it.
+    (``kill -9`` included): a killed run never leaves a stale lock.  The file only says who holds it.  ``what`` names
+    the flag that picks another folder, for the message.
     """
     import fcntl  # POSIX only; imported here so the module stays importable elsewhere
 
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, ".lock")
+    path = os.path.join(workdir, name)
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the lock's lifetime)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,7 +123,7 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
         owner = handle.read().strip() or "another process"
         handle.close()
         raise WorkdirLockedError(
-            f"{workdir} is in use by another run ({owner}); wait for it to finish or use another --workdir. "
+            f"{workdir} is in use by another run ({owner}); wait for it to finish or use another {what}. "
             "Nothing was changed. (A run that was killed releases the lock by itself.)"
         ) from None
     try:

@@ -37,6 +37,7 @@ from pycocotools.cocoeval import COCOeval
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
+from robustdet_tf.evaluation.bootstrap import RankedMatches
 from robustdet_tf.evaluation.metric_state import MetricStateError, checked, envelope
 from robustdet_tf.evaluation.per_image import unbatch_pair
 
@@ -323,17 +324,8 @@ class COCOMetric:
         ``per_class_AP50`` keyed by category name (``nan`` for categories without GT), ``category_ids``,
         ``num_dropped_detections``, ``num_images`` and the captured ``summary`` text.
         """
-        if not self._images:
-            raise ValueError("COCOMetric.result() called before any update(); there is nothing to evaluate.")
-        rows = np.concatenate(self._det_rows) if self._det_rows else np.zeros((0, 7))
-        det_cats = {int(c) for c in np.unique(rows[:, 6])}
-        coco_gt = self._coco_gt if self._coco_gt is not None else self._in_memory_gt(det_cats)
+        evaluator = self._evaluated("result()")
         with _quiet(self.verbose):
-            coco_dt = self._load_results(coco_gt, rows)
-            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-            if not self.evaluate_all_images:
-                evaluator.params.imgIds = sorted(self._images)
-            evaluator.evaluate()
             evaluator.accumulate()
             summary = io.StringIO()
             with contextlib.redirect_stdout(summary):
@@ -360,6 +352,50 @@ class COCOMetric:
             "num_images": len(self._images),
             "summary": summary.getvalue(),
         }
+
+    def _evaluated(self, caller: str) -> COCOeval:
+        """A ``COCOeval`` (bbox) over everything accumulated, after its per-image ``evaluate()``."""
+        if not self._images:
+            raise ValueError(f"COCOMetric.{caller} called before any update(); there is nothing to evaluate.")
+        rows = np.concatenate(self._det_rows) if self._det_rows else np.zeros((0, 7))
+        det_cats = {int(c) for c in np.unique(rows[:, 6])}
+        coco_gt = self._coco_gt if self._coco_gt is not None else self._in_memory_gt(det_cats)
+        with _quiet(self.verbose):
+            coco_dt = self._load_results(coco_gt, rows)
+            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+            if not self.evaluate_all_images:
+                evaluator.params.imgIds = sorted(self._images)
+            evaluator.evaluate()
+        return evaluator
+
+    def ranked_matches(self) -> RankedMatches:
+        """The per-image matching behind ``AP50`` (IoU 0.5, area "all", 100 detections per image), for bootstrap
+        resampling (``evaluation.bootstrap``): per category the detections in ``accumulate``'s order (scores
+        descending, merge sort over the images in id order) with their tp/fp flags (ignored detections are
+        neither), and each image's non-ignored GT count.  Images are ``COCOeval``'s ``imgIds`` in that order."""
+        evaluator = self._evaluated("ranked_matches()")
+        params = evaluator.params
+        num_images, num_areas, max_det = len(params.imgIds), len(params.areaRng), params.maxDets[-1]
+        iou = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
+        images, tps, fps = [], [], []
+        npos = np.zeros((num_images, len(params.catIds)))
+        for k in range(len(params.catIds)):
+            entries = [(i, e) for i in range(num_images)
+                       if (e := evaluator.evalImgs[(k * num_areas) * num_images + i]) is not None]
+            scores = np.concatenate([np.asarray(e["dtScores"][:max_det], np.float64) for _, e in entries] or
+                                    [np.zeros(0)])
+            owner = np.concatenate([np.full(len(e["dtScores"][:max_det]), i, np.int64) for i, e in entries] or
+                                   [np.zeros(0, np.int64)])
+            matched = np.concatenate([e["dtMatches"][iou, :max_det] > 0 for _, e in entries] or [np.zeros(0, bool)])
+            ignored = np.concatenate([e["dtIgnore"][iou, :max_det] > 0 for _, e in entries] or [np.zeros(0, bool)])
+            for i, e in entries:
+                npos[i, k] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+            order = np.argsort(-scores, kind="mergesort")
+            images.append(owner[order])
+            tps.append((matched & ~ignored)[order].astype(np.float64))
+            fps.append((~matched & ~ignored)[order].astype(np.float64))
+        return RankedMatches(kind="coco101", num_images=num_images, images=tuple(images), tp=tuple(tps),
+                             fp=tuple(fps), npos=npos)
 
     @staticmethod
     def _load_results(coco_gt: COCO, rows: np.ndarray) -> COCO:

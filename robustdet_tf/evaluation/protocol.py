@@ -16,7 +16,9 @@ described in one sentence for the table caption, and turned into attack function
 The adaptive columns exist under every protocol: ``Adaptive`` (detection loss − λ·D(π_adv, π_clean): fool the
 detector, keep the AID's mixture clean), ``FixedPi`` (the gradient of the detector run with the clean image's π)
 and ``AID`` (D alone: attack the router; not applicable to models without an AID, its cell is then empty).
-``Worst`` is the per-image worst case over the table's other attack columns (``evaluation/worst_case.py``).
+``Transfer`` is A_cls made against the table's transfer source and evaluated on every model
+(``evaluation/transfer.py``).  ``Worst`` is the per-image worst case over the table's other attack columns
+(``evaluation/worst_case.py``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from robustdet_tf.evaluation.evaluate import AttackFn
 
 PAPER_ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
 """The columns of the paper's Table 1."""
-ATTACKS: tuple[str, ...] = (*PAPER_ATTACKS, "Adaptive", "FixedPi", "AID", "Worst")
-"""Every column a table can have: Table 1's, the attacks on the AID and the per-image worst case."""
+ATTACKS: tuple[str, ...] = (*PAPER_ATTACKS, "Adaptive", "FixedPi", "AID", "Transfer", "Worst")
+"""Every column a table can have: Table 1's, the attacks on the AID, A_cls transferred from the table's source model
+and the per-image worst case."""
 
 # Table name → PGD objective of ``attacks.pgd`` (DAG, Worst and clean are handled separately).
 PGD_METHODS: dict[str, str] = {"A_cls": "cls", "A_loc": "loc", "con": "con", "MTD": "mtd", "CWA": "cwa",
@@ -180,6 +183,9 @@ def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
         return partial(dag, **kwargs)
     if name in PGD_METHODS:
         return partial(pgd, spec=attack_spec(name, protocol))
+    if name == "Transfer":
+        raise ValueError("the 'Transfer' column attacks a source model of the table: use "
+                         "evaluation.transfer.transfer_attack(...) or evaluate_robustness(attacks=[..., 'Transfer']).")
     if name == "Worst":
         raise ValueError("the 'Worst' column is built from the other columns of a table: use "
                          "evaluation.worst_case.worst_case_attack(...) or evaluate_robustness(attacks=[..., 'Worst']).")

@@ -44,27 +44,54 @@ def fraction(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _percent(value: float | None, interval: Mapping[str, Any] | None = None) -> str:
+    """``7.0`` or, with an interval, ``7.0 [5.1, 9.2]`` (mAP in %); '–' where undefined."""
+    if value is None:
+        return "–"
+    text = f"{100.0 * value:.1f}"
+    if interval and interval.get("ci_low") is not None:
+        text += f" [{100.0 * interval['ci_low']:.1f}, {100.0 * interval['ci_high']:.1f}]"
+    return text
+
+
 def markdown_table(results: Mapping[str, Any]) -> str:
-    """Table 1 layout: one row per model, one column per attack, mAP in % with one decimal ('–' if undefined or
-    not applicable), and the model's lowest attacked cell with its attack."""
+    """Table 1 layout: one row per model, one column per attack, mAP in % with one decimal and its bootstrap
+    interval where the results have one ('–' if undefined or not applicable), the model's lowest attacked cell with
+    its attack, and the paired differences between models under each attack."""
     models = results["models"]
+    cells = results.get("cells", {})
     attacks = list(next(iter(models.values())).keys()) if models else []
     worst = results.get("worst_case")
     titles = [COLUMN_TITLES.get(a, a) for a in attacks] + (["Lowest (attack)"] if worst else [])
     header = "| Model | " + " | ".join(titles) + " |"
     rule = "|---|" + "---:|" * len(titles)
     rows = []
-    for model_name, cells in models.items():
-        values = ["–" if cells[a] is None else f"{100.0 * cells[a]:.1f}" for a in attacks]
+    for model_name, row in models.items():
+        values = [_percent(row[a], cells.get(model_name, {}).get(a)) for a in attacks]
         if worst:
             low = worst[model_name]
             values.append("–" if low["mAP"] is None else
-                          f"{100.0 * low['mAP']:.1f} ({COLUMN_TITLES.get(low['attack'], low['attack'])})")
+                          f"{_percent(low['mAP'], low)} ({COLUMN_TITLES.get(low['attack'], low['attack'])})")
         rows.append(f"| {model_name} | " + " | ".join(values) + " |")
     caption = (f"mAP (%) on {results.get('num_images', '?')} images, protocol "
                f"**{results['protocol']['name']}**: {describe_protocol(results['protocol'])}")
-    return "\n".join([f"# Robustness ({results['protocol']['name']} protocol)", "", caption, "", header, rule, *rows,
-                      ""])
+    if "transfer_source" in results:
+        caption += f" Transfer: A_cls images made against {results['transfer_source']}."
+    boot = results.get("bootstrap")
+    if boot:
+        caption += (f" In brackets: {100 * boot['level']:g} % {boot['method']} ({boot['resamples']} resamples, "
+                    f"seed {boot['seed']}).")
+    lines = [f"# Robustness ({results['protocol']['name']} protocol)", "", caption, "", header, rule, *rows, ""]
+    differences = results.get("differences") or []
+    if differences:
+        lines += [f"## Paired differences (mAP points, {100 * boot['level']:g} % interval)", "",
+                  "| Attack | Models | Difference | Interval |", "|---|---|---:|---:|"]
+        for d in differences:
+            interval = "–" if d["ci_low"] is None else f"[{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+            lines.append(f"| {COLUMN_TITLES.get(d['attack'], d['attack'])} | {d['model_a']} − {d['model_b']} | "
+                         f"{100 * d['difference']:+.1f} | {interval} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot_pr_curves(metric_result: Mapping[str, Any], title: str, path: str) -> None:
@@ -90,17 +117,32 @@ def plot_pr_curves(metric_result: Mapping[str, Any], title: str, path: str) -> N
     save_figure_atomic(figure, path)
 
 
+def _half_width(value: float | None, bound: float | None, side: str) -> float:
+    """The length in mAP % of one side of an error bar (0 where the cell or its interval is missing)."""
+    if value is None or bound is None:
+        return 0.0
+    return max(0.0, 100.0 * (value - bound if side == "ci_low" else bound - value))
+
+
 def plot_bars(results: Mapping[str, Any], path: str) -> None:
-    """Grouped bars: attacks on the x axis, one bar per model, mAP in %."""
+    """Grouped bars: attacks on the x axis, one bar per model, mAP in %, with the bootstrap interval of each cell
+    as an error bar where the results have intervals."""
     models = results["models"]
     attacks = list(next(iter(models.values())).keys()) if models else []
     figure = Figure(figsize=(max(5.0, 1.1 * len(attacks) + 1.5), 4.0))
     axes = figure.add_subplot()
     width = 0.8 / max(len(models), 1)
     positions = np.arange(len(attacks))
+    intervals = results.get("cells", {})
     for i, (model_name, cells) in enumerate(models.items()):
         heights = [0.0 if cells[a] is None else 100.0 * cells[a] for a in attacks]
-        axes.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width, label=model_name)
+        errors = None
+        if intervals:
+            spans = [intervals.get(model_name, {}).get(a) or {} for a in attacks]
+            errors = np.array([[_half_width(cells[a], s.get(side), side) for a, s in zip(attacks, spans, strict=True)]
+                               for side in ("ci_low", "ci_high")])
+        axes.bar(positions + (i - (len(models) - 1) / 2) * width, heights, width, label=model_name, yerr=errors,
+                 capsize=2, error_kw={"elinewidth": 0.8})
     axes.set_xticks(positions, [COLUMN_TITLES.get(a, a) for a in attacks])
     axes.set_ylabel("mAP (%)")
     axes.set_title(f"Robustness ({results['protocol']['name']} protocol)")

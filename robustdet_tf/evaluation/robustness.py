@@ -12,10 +12,15 @@ Outputs (``evaluation.report``, each written atomically):
 * ``robustness.json`` — ``{"protocol": {...}, "models": {name: {attack: mAP}}, "num_images": n,
   "per_class_AP": {name: {attack: {class: AP}}}, "worst_case": {name: {"attack": a, "mAP": m}}}``, mAP and AP as
   fractions in [0, 1] (``null`` if undefined or not applicable); ``worst_case`` is each model's lowest attacked
-  cell (the ``Worst`` column, if requested, is the per-image worst case and usually lower still);
-* ``robustness.md`` — a Markdown table laid out like the paper's Table 1 (rows models, columns attacks, mAP in %);
+  cell (the ``Worst`` column, if requested, is the per-image worst case and usually lower still).  With intervals
+  (``bootstrap.resamples > 0``, the default) also ``"cells": {name: {attack: {"mAP", "ci_low", "ci_high"}}}``,
+  ``ci_low``/``ci_high`` in each ``worst_case`` entry, ``"differences": [{"attack", "model_a", "model_b",
+  "difference", "ci_low", "ci_high"}]`` (model_a − model_b for every pair of models under every attack) and
+  ``"bootstrap"`` (its settings): paired percentile bootstrap over images (``evaluation.bootstrap``);
+* ``robustness.md`` — a Markdown table laid out like the paper's Table 1 (rows models, columns attacks, mAP in %,
+  intervals in brackets), then the paired differences;
 * ``pr_<model>_<attack>.png`` — per-class precision/recall curves of every cell (VOC metrics only);
-* ``robustness_bars.png`` — grouped bars of mAP per model per attack;
+* ``robustness_bars.png`` — grouped bars of mAP per model per attack, intervals as error bars;
 * optionally ``samples/<model>_<attack>_<i>.png`` — clean vs attacked detections of the first images.
 """
 
@@ -32,6 +37,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.evaluation import shard_plan, sharded
+from robustdet_tf.evaluation.bootstrap import BootstrapSpec, table_intervals, with_intervals
 from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, make_metric
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
     ATTACKS,
@@ -53,8 +59,9 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     plot_pr_curves,
     write_sample_pngs,
 )
+from robustdet_tf.evaluation.transfer import TRANSFER_BASE, transfer_attack
 from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
-from robustdet_tf.io import write_text
+from robustdet_tf.io import workdir_lock, write_text
 
 
 def save_sample_detections(
@@ -88,12 +95,17 @@ def save_sample_detections(
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
-def column_attack(name: str, protocol: Mapping[str, Any], columns: Sequence[str], model: keras.Model):
+def column_attack(name: str, protocol: Mapping[str, Any], columns: Sequence[str], model: keras.Model,
+                  source: keras.Model | None = None):
     """The attack of column ``name`` for ``model``; ``Worst`` combines the other attacks of ``columns`` that apply
-    to the model."""
+    to the model; ``Transfer`` is A_cls made against ``source`` (the table's transfer source)."""
+    if name == "Transfer":
+        if source is None:
+            raise ValueError("the 'Transfer' column needs a source model (eval.transfer_source).")
+        return transfer_attack(source, make_attack(TRANSFER_BASE, protocol))
     if name != "Worst":
         return make_attack(name, protocol)
-    return worst_case_attack([make_attack(c, protocol) for c in columns
+    return worst_case_attack([column_attack(c, protocol, columns, model, source) for c in columns
                               if c not in ("clean", "Worst") and column_applies(c, model)])
 
 
@@ -125,6 +137,8 @@ def evaluate_robustness(
     data: Mapping[str, Any] | None = None,
     workers: sharded.Workers | None = None,
     printer: Callable[[str], None] | None = None,
+    bootstrap: BootstrapSpec | Mapping[str, Any] | None = None,
+    transfer_source: str | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate every model under every attack and write the table, JSON and figures to ``output_dir``.
 
@@ -156,6 +170,11 @@ def evaluate_robustness(
       data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
       workers: this process's place among the workers (default: from ``TF_CONFIG``).
       printer: receives one line on how many shards were computed and reused (on a resume or a worker).
+      bootstrap: resamples, seed and level of the paired bootstrap intervals over images (``evaluation.bootstrap``;
+        default ``BootstrapSpec()``: 1000 resamples, seed 0, 95 %); ``resamples=0`` writes no intervals.  Computed
+        from the merged metric states after the shards, so they are the same however the table was computed.
+      transfer_source: the model whose A_cls images the ``Transfer`` column evaluates every model on (default: the
+        first model).
 
     Returns the dict written to ``robustness.json``, or ``None`` on a worker that is not the chief.
     """
@@ -173,6 +192,12 @@ def evaluate_robustness(
     if clash:
         raise ValueError(f"evaluate_robustness: the model names {clash[0]} give the same file name; rename one.")
     proto = make_protocol(protocol, overrides)
+    bootstrap = bootstrap if isinstance(bootstrap, BootstrapSpec) else BootstrapSpec.from_mapping(bootstrap)
+    source_name = transfer_source or next(iter(models))
+    if "Transfer" in attacks and source_name not in models:
+        raise ValueError(f"evaluate_robustness: the transfer source {source_name!r} is not one of the models "
+                         f"{list(models)}; set eval.transfer_source to one of them.")
+    source = models[source_name] if "Transfer" in attacks else None
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     if metric_factory is None:
@@ -181,65 +206,78 @@ def evaluate_robustness(
     if max_batches is not None:
         batches = batches.take(max_batches)
     workers = workers or sharded.Workers.from_environment()
-    plan_data = {"class_names": list(class_names), "max_batches": max_batches, **(data or {})}
-    plan = shard_plan.make_plan(models, attacks, proto, shard_batches, metric_factory(), plan_data)
-    shard_plan.check_plan(output_dir, plan)
+    # One evaluation per output folder (per worker of a TF_CONFIG cluster, which share it by design): a second run
+    # into the folder is refused, naming the holder, so a finishing run never removes shards another is reading.
+    with workdir_lock(output_dir, name=f".lock-worker{workers.index}", what="--output_dir"):
+        plan_data = {"class_names": list(class_names), "max_batches": max_batches, **(data or {})}
+        if source is not None:
+            plan_data["transfer_source"] = source_name
+        plan = shard_plan.make_plan(models, attacks, proto, shard_batches, metric_factory(), plan_data)
+        shard_plan.check_plan(output_dir, plan)
 
-    first_batch: dict[str, dict[str, tuple]] = {name: {} for name in models}
-    cells = [(m, a) for m in models for a in attacks if column_applies(a, models[m])]
-    computed = reused = 0
-    for model_name, attack_name in cells:
-        model = models[model_name]
-        step = batch_step(model, column_attack(attack_name, proto, attacks, model), strategy)
+        first_batch: dict[str, dict[str, tuple]] = {name: {} for name in models}
+        cells = [(m, a) for m in models for a in attacks if column_applies(a, models[m])]
+        computed = reused = 0
+        for model_name, attack_name in cells:
+            model = models[model_name]
+            step = batch_step(model, column_attack(attack_name, proto, attacks, model, source), strategy)
 
-        def keep_first(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name):
-            if index == 0:
-                kept[attack_name] = (clean, adv, detections)
+            def keep_first(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name):
+                if index == 0:
+                    kept[attack_name] = (clean, adv, detections)
 
-        done = sharded.compute_shards(sharded.cell_dir(output_dir, model_name, attack_name), batches, step,
-                                      metric_factory, shard_batches, workers,
-                                      on_batch=keep_first if sample_images > 0 and workers.chief else None)
-        computed, reused = computed + done[0], reused + done[1]
-    if printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
-        printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
-                f"shards ({len(cells)} cells)")
-    if not workers.chief:
-        return None
+            done = sharded.compute_shards(sharded.cell_dir(output_dir, model_name, attack_name), batches, step,
+                                          metric_factory, shard_batches, workers,
+                                          on_batch=keep_first if sample_images > 0 and workers.chief else None)
+            computed, reused = computed + done[0], reused + done[1]
+        if printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
+            printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
+                    f"shards ({len(cells)} cells)")
+        if not workers.chief:
+            return None
 
-    table: dict[str, dict[str, float | None]] = {name: {} for name in models}
-    per_class: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name in models}
-    num_images = 0
-    for model_name, model in models.items():
-        for attack_name in attacks:
-            if (model_name, attack_name) not in cells:  # e.g. the AID column of a model without an AID
-                table[model_name][attack_name], per_class[model_name][attack_name] = None, {}
-                continue
-            metric = sharded.merged_metric(sharded.cell_dir(output_dir, model_name, attack_name), metric_factory,
-                                           shard_batches, workers, shard_timeout,
-                                           what=f"the cell ({model_name}, {attack_name})")
-            metric_result = metric.result()
-            table[model_name][attack_name] = fraction(_headline(metric_result))
-            ap_key = "AP" if "AP" in metric_result else "per_class_AP50"
-            per_class[model_name][attack_name] = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
-            num_images = int(metric_result.get("num_images", num_images))
-            if plots and "recall" in metric_result:
-                plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
-                               os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
-        if sample_images > 0:
-            applicable = [a for a in attacks if (model_name, a) in cells]
-            _samples_for_model(model, model_name, first_batch[model_name], batches, output_dir, class_names,
-                               sample_images, (sample_score_threshold, sample_top_n),
-                               {a: column_attack(a, proto, attacks, model) for a in applicable})
+        table: dict[str, dict[str, float | None]] = {name: {} for name in models}
+        per_class: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name in models}
+        num_images = 0
+        matches = {}
+        for model_name, model in models.items():
+            for attack_name in attacks:
+                if (model_name, attack_name) not in cells:  # e.g. the AID column of a model without an AID
+                    table[model_name][attack_name], per_class[model_name][attack_name] = None, {}
+                    continue
+                metric = sharded.merged_metric(sharded.cell_dir(output_dir, model_name, attack_name), metric_factory,
+                                               shard_batches, workers, shard_timeout,
+                                               what=f"the cell ({model_name}, {attack_name})")
+                metric_result = metric.result()
+                table[model_name][attack_name] = fraction(_headline(metric_result))
+                if bootstrap.resamples:
+                    matches[(model_name, attack_name)] = metric.ranked_matches()
+                ap_key = "AP" if "AP" in metric_result else "per_class_AP50"
+                per_class[model_name][attack_name] = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
+                num_images = int(metric_result.get("num_images", num_images))
+                if plots and "recall" in metric_result:
+                    plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
+                                   os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
+            if sample_images > 0:
+                applicable = [a for a in attacks if (model_name, a) in cells]
+                _samples_for_model(model, model_name, first_batch[model_name], batches, output_dir, class_names,
+                                   sample_images, (sample_score_threshold, sample_top_n),
+                                   {a: column_attack(a, proto, attacks, model, source) for a in applicable})
 
-    worst = {name: worst_column(table[name]) for name in models}
-    results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class,
-               "worst_case": worst}
-    write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
-    write_text(os.path.join(output_dir, "robustness.md"), markdown_table(results))
-    if plots:
-        plot_bars(results, os.path.join(output_dir, "robustness_bars.png"))
-    shutil.rmtree(sharded.shards_root(output_dir), ignore_errors=True)  # the table is final; see the docstring
-    return results
+        worst = {name: worst_column(table[name]) for name in models}
+        results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class,
+                   "worst_case": worst}
+        if source is not None:
+            results["transfer_source"] = source_name
+        if bootstrap.resamples:
+            results.update(with_intervals(table, worst, table_intervals(matches, list(models), list(attacks),
+                                                                        bootstrap), bootstrap, num_images))
+        write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
+        write_text(os.path.join(output_dir, "robustness.md"), markdown_table(results))
+        if plots:
+            plot_bars(results, os.path.join(output_dir, "robustness_bars.png"))
+        shutil.rmtree(sharded.shards_root(output_dir), ignore_errors=True)  # the table is final; see the docstring
+        return results
 
 
 def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, shown,

@@ -52,6 +52,7 @@ import numpy as np
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
+from robustdet_tf.evaluation.bootstrap import RankedMatches
 from robustdet_tf.evaluation.metric_state import MetricStateError, checked, concatenated, envelope, split_by_counts
 from robustdet_tf.evaluation.per_image import unbatch_pair
 
@@ -310,7 +311,31 @@ class VOCMetric:
         _, first = np.unique(gt_index[candidates], return_index=True)  # first (highest-ranked) hit of each GT
         tp[candidates[first]] = 1.0
         fp[candidates] = 1.0 - tp[candidates]  # later hits of an already matched GT are duplicates
-        return {"scores": scores, "tp": tp, "fp": fp, "npos": npos}
+        return {"scores": scores, "tp": tp, "fp": fp, "npos": npos, "images": images}
+
+    def _matched_classes(self) -> list[dict[str, Any]]:
+        """``_match_class`` of every class over everything accumulated."""
+        empty_f, empty_i = np.zeros((0,), np.float64), np.zeros((0,), np.int64)
+
+        def cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(parts) if parts else empty
+
+        gt_image = np.repeat(np.arange(self.num_images), [len(b) for b in self._gt_labels]).astype(np.int64)
+        arrays = (gt_image, cat(self._gt_labels, empty_i), cat(self._gt_boxes, np.zeros((0, 4))),
+                  cat(self._gt_difficult, np.zeros((0,), bool)), cat(self._det_image, empty_i),
+                  cat(self._det_class, empty_i), cat(self._det_score, empty_f), cat(self._det_box, np.zeros((0, 4))))
+        return [self._match_class(label, *arrays) for label in range(self.num_classes)]
+
+    def ranked_matches(self) -> RankedMatches:
+        """The matching ``result()`` scores, per image, for bootstrap resampling (``evaluation.bootstrap``): per class
+        the score-sorted detections' images and tp/fp flags, and each image's non-difficult GT count per class."""
+        npos = np.zeros((self.num_images, self.num_classes))
+        for image, (labels, difficult) in enumerate(zip(self._gt_labels, self._gt_difficult, strict=True)):
+            np.add.at(npos[image], labels[~difficult], 1.0)
+        classes = self._matched_classes()
+        return RankedMatches(kind="voc07" if self.use_07_metric else "voc", num_images=self.num_images,
+                             images=tuple(m["images"] for m in classes), tp=tuple(m["tp"] for m in classes),
+                             fp=tuple(m["fp"] for m in classes), npos=npos)
 
     def result(self) -> dict[str, Any]:
         """Computes the metric over everything accumulated.
@@ -321,24 +346,8 @@ class VOCMetric:
         sorted order, as the reference's ``save_tp_fp`` pickle); ``scores`` (sorted descending, as used after
         rounding; the confidence histograms' input); ``npos``.  ``num_images`` is the number of images seen.
         """
-        empty_f, empty_i = np.zeros((0,), np.float64), np.zeros((0,), np.int64)
-
-        def cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
-            return np.concatenate(parts) if parts else empty
-
-        gt_image = np.repeat(np.arange(self.num_images), [len(b) for b in self._gt_labels]).astype(np.int64)
-        gt_label = cat(self._gt_labels, empty_i)
-        gt_boxes = cat(self._gt_boxes, np.zeros((0, 4)))
-        gt_difficult = cat(self._gt_difficult, np.zeros((0,), bool))
-        det_image = cat(self._det_image, empty_i)
-        det_class = cat(self._det_class, empty_i)
-        det_score = cat(self._det_score, empty_f)
-        det_box = cat(self._det_box, np.zeros((0, 4)))
-
         out: dict[str, Any] = {key: {} for key in ("AP", "precision", "recall", "tp", "fp", "scores", "npos")}
-        for label, name in enumerate(self.class_names):
-            m = self._match_class(label, gt_image, gt_label, gt_boxes, gt_difficult, det_image, det_class,
-                                  det_score, det_box)
+        for name, m in zip(self.class_names, self._matched_classes(), strict=True):
             tp_cum, fp_cum = np.cumsum(m["tp"]), np.cumsum(m["fp"])
             with np.errstate(divide="ignore", invalid="ignore"):
                 recall = tp_cum / float(m["npos"])

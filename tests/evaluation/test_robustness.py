@@ -90,10 +90,17 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     assert set(lines[header + 1]) <= set("|-:")
     row = [c.strip() for c in lines[header + 2].strip("|").split("|")]
     assert row[0] == "SSD (tiny)"
-    assert row[1:-1] == [f"{100 * cells[a]:.1f}" for a in robustness.PAPER_ATTACKS]
+    intervals = written["cells"]["SSD (tiny)"]
+    assert row[1:-1] == [f"{100 * cells[a]:.1f} [{100 * intervals[a]['ci_low']:.1f}, "
+                         f"{100 * intervals[a]['ci_high']:.1f}]" for a in robustness.PAPER_ATTACKS]
+    for attack, cell in intervals.items():  # each value with its 95 % bootstrap interval beside it
+        assert cell["mAP"] == cells[attack] and cell["ci_low"] <= cell["mAP"] <= cell["ci_high"], attack
+    assert written["bootstrap"]["resamples"] == 1000 and written["bootstrap"]["num_images"] == NUM_IMAGES
     lowest = min((a for a in cells if a != "clean"), key=cells.get)
-    assert written["worst_case"]["SSD (tiny)"] == {"attack": lowest, "mAP": cells[lowest]}
-    assert row[-1] == f"{100 * cells[lowest]:.1f} ({lowest})"
+    worst = written["worst_case"]["SSD (tiny)"]
+    assert {k: worst[k] for k in ("attack", "mAP")} == {"attack": lowest, "mAP": cells[lowest]}
+    assert worst["ci_low"] <= worst["mAP"] <= worst["ci_high"]
+    assert row[-1].startswith(f"{100 * cells[lowest]:.1f} [") and row[-1].endswith(f"] ({lowest})")
     assert "PGD-2, ε = 8, α = 8, no random start" in "\n".join(lines[:header])
 
     # Figures: one PR plot per (model, attack), the bar plot, the first image of every attack; no temp files left.
@@ -108,6 +115,49 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     assert leftovers == []
 
 
+def test_transfer_column_and_paired_differences(trained, tmp_path):
+    """Transfer from model A evaluated on A is A's own A_cls cell; on another model it is A's images, not the other
+    model's own attack; a model under two names differs from itself by exactly 0 with a zero-width interval."""
+    model, batches = trained
+    keras.utils.set_random_seed(1)
+    other = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
+    other.build()
+    images, targets = rectangles(NUM_IMAGES, SIZE)
+    train_on_detection_loss(other, images, targets, steps=25)
+    models = {"a": model, "a_again": model, "b": other}
+    results = robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path,
+                                             attacks=("clean", "A_cls", "Transfer"), overrides=QUICK, plots=True,
+                                             bootstrap={"resamples": 200, "seed": 3})
+    cells = results["models"]
+    assert results["transfer_source"] == "a"
+    assert cells["a"]["Transfer"] == cells["a"]["A_cls"] and cells["a_again"]["Transfer"] == cells["a"]["A_cls"]
+    assert cells["b"]["Transfer"] != cells["b"]["A_cls"]  # b is scored on a's adversarial images, not its own
+
+    differences = {(d["attack"], d["model_a"], d["model_b"]): d for d in results["differences"]}
+    assert len(differences) == 4 * 3  # every attack and the lowest attacked cell, every pair of the three models
+    for attack in ("clean", "A_cls", "Transfer", "Lowest"):
+        same = differences[(attack, "a", "a_again")]
+        assert (same["difference"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+        gap = differences[(attack, "a", "b")]
+        assert gap["difference"] == pytest.approx(cells["a"][attack] - cells["b"][attack])
+        assert gap["ci_low"] <= gap["difference"] <= gap["ci_high"]
+    # The Lowest column takes Transfer into account.
+    assert results["worst_case"]["b"]["mAP"] == min(cells["b"]["A_cls"], cells["b"]["Transfer"])
+    markdown = (tmp_path / "robustness.md").read_text(encoding="utf-8")
+    assert "| Transfer | a − a_again | +0.0 | [+0.0, +0.0] |" in markdown
+    assert "Transfer: A_cls images made against a." in markdown
+    assert (tmp_path / "robustness_bars.png").read_bytes().startswith(PNG_MAGIC)
+
+    # A given seed gives the same intervals; the source must be a model of the table.
+    again = robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path / "again",
+                                           attacks=("clean", "A_cls", "Transfer"), overrides=QUICK, plots=False,
+                                           bootstrap={"resamples": 200, "seed": 3})
+    assert again["cells"] == results["cells"] and again["differences"] == results["differences"]
+    with pytest.raises(ValueError, match="transfer source 'c' is not one of the models"):
+        robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path / "bad", attacks=("Transfer",),
+                                       transfer_source="c")
+
+
 def test_protocol_reaches_the_attacks(trained, tmp_path):
     """ε = 0 makes A_cls a no-op (its column equals clean); the strong protocol's random start stays in the ε-ball."""
     model, batches = trained
@@ -116,7 +166,7 @@ def test_protocol_reaches_the_attacks(trained, tmp_path):
         overrides={"pgd": {"steps": 1, "epsilon": 0.0}}, plots=False,
     )
     assert results["models"]["m"]["A_cls"] == results["models"]["m"]["clean"]
-    assert sorted(os.listdir(tmp_path)) == ["robustness.json", "robustness.md"]
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["robustness.json", "robustness.md"]
 
     images, targets = next(iter(batches))
     targets = {"boxes": targets["boxes"], "labels": targets["labels"]}
