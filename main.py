@@ -20,8 +20,47 @@ import os
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
+
+# TensorFlow's C++ start-up notices: INFO lines (oneDNN on, CPU instructions) and absl's remark that they come before
+# its logging is set up.  They are written while TensorFlow is imported, before any Python logging exists, so no
+# verbosity setting reaches them.
+_STARTUP_NOTICES = re.compile(r"absl::InitializeLog\(\)|\] oneDNN custom operations are on|cpu_feature_guard\.cc"
+                              r"|^To enable the following instructions")
+
+
+def _asks_for_logs(argv) -> bool:
+    """Whether the command line sets absl's verbosity (``--verbosity=0`` / ``-v 0`` shows TensorFlow's INFO lines)."""
+    return any(a.split("=", 1)[0] in ("--verbosity", "-v") or (a.startswith("-v") and a[2:].lstrip("-").isdigit())
+               for a in argv[1:])
+
+
+def _import_tensorflow(argv) -> None:
+    """Import TensorFlow with its start-up notices held back (every other line it writes is passed on), unless the
+    command line asks for logs."""
+    if _asks_for_logs(argv):
+        import tensorflow  # noqa: F401
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if not _STARTUP_NOTICES.search(line)]
+    for line in kept:
+        print(line, file=sys.stderr)
+
+
+_import_tensorflow(sys.argv)
 
 
 def _unknown_key_exit(err: Exception, argv) -> None:
@@ -88,6 +127,11 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # absl raises its default verbosity from WARNING to INFO once flags are parsed, which prints TensorFlow's
+        # internal INFO lines (e.g. every checkpoint's "Sharding callback duration"); the console is for progress,
+        # tables and findings.  --verbosity=0 shows them again.
+        logging.set_verbosity(logging.WARNING)
     from robustdet_tf import cli
 
     config, workdir, mode = _CONFIG.value, default_workdir(), _MODE.value

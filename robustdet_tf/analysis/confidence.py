@@ -21,13 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from robustdet_tf.analysis.per_image import per_image_terms
+from robustdet_tf.compiled import traced_once
 from robustdet_tf.evaluation.evaluate import AttackFn, attack_targets
 
 
 def _step(model: keras.Model, attack: AttackFn | None, score_threshold: float):
     """Compiled ``(images, targets) → (scores [B, M], kept [B, M], terms [B, 2])`` under one attack."""
 
-    @tf.function(reduce_retracing=True)
     def step(images, targets):
         aimed = attack_targets(targets)
         adv = images if attack is None else attack(model, images, aimed)
@@ -37,7 +37,7 @@ def _step(model: keras.Model, attack: AttackFn | None, score_threshold: float):
         valid = tf.range(tf.shape(scores)[1])[None, :] < count
         return scores, tf.logical_and(valid, scores >= score_threshold), per_image_terms(model, adv, aimed)
 
-    return step
+    return traced_once(step)
 
 
 def attack_statistics(model: keras.Model, batches: Iterable, attacks: Mapping[str, AttackFn | None],

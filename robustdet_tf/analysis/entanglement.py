@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from robustdet_tf.analysis.per_image import detection_loss_fn, entanglement_ratio, pair_gradient_stats
 from robustdet_tf.analysis.records import jsonable, nan_stat
+from robustdet_tf.compiled import traced_once
 
 
 def conv_kernels(model: keras.Model) -> dict[str, tf.Variable]:
@@ -58,9 +59,10 @@ def gradient_entanglement(model: keras.Model, batches, max_batches: int | None =
     per_kernel = [is_multi_kernel(v) for v in variables]
     loss_fn = detection_loss_fn(model)
 
-    @tf.function(reduce_retracing=True)
     def stats(clean, adv, targets):
         return pair_gradient_stats(loss_fn, variables, per_kernel, clean, adv, targets)
+
+    stats = traced_once(stats)
 
     collected: list[list[np.ndarray]] = []
     for i, (clean, adv, targets) in enumerate(batches):

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustdet_tf.analysis.per_image import per_image_terms
+from robustdet_tf.compiled import traced_once
 
 CHANGES = ("clean_to_clean", "clean_to_adv", "adv_to_clean", "adv_to_adv")
 """Trained on → measured on."""
@@ -67,7 +68,6 @@ class CopyTrainer:
         self._initial_state = [tf.identity(v) for v in self.optimizer.variables]  # learning rate, zero moments
         copy, opt = self.copy, self.optimizer
 
-        @tf.function(reduce_retracing=True, autograph=False)  # straight-line code: nothing to convert
         def step(x, t):
             with tf.GradientTape() as tape:
                 loss = tf.add_n(copy.detection_loss(copy(x, training=False), t))
@@ -75,7 +75,7 @@ class CopyTrainer:
             opt.apply_gradients([(tf.zeros_like(v) if g is None else g, v) for g, v in zip(grads, variables)])
             return loss
 
-        self._step = step
+        self._step = traced_once(step, autograph=False)  # straight-line code: nothing to convert
 
     def reset(self) -> None:
         """The original's weights and the optimiser state it was built with (step counter and moments zero)."""
@@ -108,7 +108,7 @@ def loss_function(model: keras.Model):
     def losses(x, t):
         return tf.reduce_sum(per_image_terms(model, x, t), -1)
 
-    return tf.function(losses, reduce_retracing=True, autograph=False)  # no Python control flow to convert
+    return traced_once(losses, autograph=False)  # no Python control flow to convert
 
 
 def per_image_losses(loss_fn, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:

@@ -22,11 +22,11 @@ from functools import partial
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from robustdet_tf.analysis import confidence, entanglement, loss_conflict, plots, step_sweep
 from robustdet_tf.analysis.findings import findings
 from robustdet_tf.analysis.records import write_json
+from robustdet_tf.compiled import traced_once
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import check_labels_fit
 from robustdet_tf.data.sources import load_source
@@ -116,7 +116,7 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
     raw: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
     for name, model in models.items():
         printer(f"analysis of {name}: {', '.join(figures)}")
-        attack_model = tf.function(partial(attack, model), reduce_retracing=True)
+        attack_model = traced_once(partial(attack, model))
         triples = _adversarial(attack_model, batches) if {"loss_conflict", "entanglement"} & set(figures) else []
         if "entanglement" in figures:
             raw["entanglement"][name] = result = entanglement.gradient_entanglement(model, triples)

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.pgd import attack_step, random_start
 from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.compiled import traced_once
 from robustdet_tf.evaluation.evaluate import attack_targets
 
 
@@ -39,13 +40,12 @@ def check_steps(steps: Sequence[int]) -> list[int]:
 def _advance_fn(model: keras.Model, spec: AttackSpec):
     """A compiled ``(adv, clean, targets, n) → adv after n more attack steps``."""
 
-    @tf.function(reduce_retracing=True)
     def advance(adv, clean, targets, n):
         for _ in tf.range(n):
             adv = attack_step(model, adv, clean, targets, spec)
         return adv
 
-    return advance
+    return traced_once(advance)
 
 
 def iterates(model: keras.Model, spec: AttackSpec,
@@ -74,7 +74,7 @@ def step_sweep(model: keras.Model, batches: Iterable, specs: Mapping[str, Attack
     ``AttackSpec`` in ``specs`` (its own ``steps`` is ignored) and each count of ``steps`` (0 = no step: the clean
     images, or the random start)."""
     counts = check_steps(steps)
-    detect = tf.function(model.detect, reduce_retracing=True)
+    detect = traced_once(model.detect)
     metrics = {name: {s: metric_factory() for s in counts} for name in specs}
     runs = {name: iterates(model, spec, counts) for name, spec in specs.items()}
     seen = 0

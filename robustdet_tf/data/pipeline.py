@@ -152,8 +152,13 @@ def train_batches(
 
     examples = source.map(_drop_difficult, num_parallel_calls=num_parallel_calls, deterministic=True)
     examples = examples.filter(_has_objects)
+    fill = None
     if cache is not False:
         examples = examples.cache("" if cache is True else str(cache))
+        # One complete pass fills the cache before the stream starts (it yields nothing).  Without it the first
+        # epoch fills the cache, and a run that stops inside that epoch (short runs; the slowly renewed attacked
+        # stream) leaves a partial cache behind, which tf.data discards with a warning.
+        fill = examples.filter(lambda example: False)
 
     base_seed = tf.constant([seed, _SEED_WORD], tf.int64)
     stream_seed = tf.random.experimental.stateless_fold_in(base_seed, stream)
@@ -178,6 +183,8 @@ def train_batches(
 
     epochs = tf.data.Dataset.counter(first_epoch) if repeat else tf.data.Dataset.range(first_epoch, first_epoch + 1)
     stream_ds = epochs.flat_map(epoch)
+    if fill is not None:
+        stream_ds = fill.concatenate(stream_ds)
     stream_ds = stream_ds.enumerate(start=start_example)
 
     def prepare(position, example):

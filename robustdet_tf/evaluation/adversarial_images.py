@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from robustdet_tf.compiled import traced_once
 from robustdet_tf.evaluation.evaluate import AttackFn, attack_targets
 from robustdet_tf.evaluation.protocol import make_attack
 from robustdet_tf.io import write_text
@@ -46,7 +47,7 @@ def quantised_attack_step(model: keras.Model, attack: AttackFn | None, epsilon: 
             adv = tf.clip_by_value(adv, clean - bound, clean + bound)
         return tf.cast(clean, tf.uint8), tf.cast(adv, tf.uint8), model.detect(clean), model.detect(adv)
 
-    return tf.function(step, reduce_retracing=True)
+    return traced_once(step)
 
 
 def _file_name(image_id: Any, index: int) -> str:

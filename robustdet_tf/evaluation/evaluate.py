@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf.compiled import traced_once
 from robustdet_tf.evaluation.coco_metric import COCOMetric
 from robustdet_tf.evaluation.voc_metric import VOCMetric
 
@@ -37,13 +38,19 @@ def attack_targets(targets: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 def detection_step(model: keras.Model, attack: AttackFn | None = None, jit_compile: bool = False):
-    """A compiled ``(images, targets) → (detections, attacked images)`` function for one batch."""
+    """A compiled ``(images, targets) → (detections, attacked images)`` function for one batch, traced once per
+    batch shape (``compiled.traced_once``: a table makes one per cell without TensorFlow's retracing warnings)."""
 
     def step(images, targets):
         adv = images if attack is None else attack(model, images, attack_targets(targets))
         return model.detect(adv), adv
 
-    return tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
+    compiled = traced_once(step, jit_compile=jit_compile)
+
+    def call(images, targets: Mapping[str, Any]):
+        return compiled(tf.convert_to_tensor(images, tf.float32), dict(targets))
+
+    return call
 
 
 def evaluate_detections(

@@ -99,3 +99,26 @@ def test_the_attack_sees_difficult_objects_as_padding():
     detections, adv = detection_step(Oracle())(images, targets)
     np.testing.assert_array_equal(adv.numpy(), images.numpy())
     np.testing.assert_array_equal(detections["detection_classes"].numpy()[:, 0], LABELS[:3, 0] + 1)
+
+
+def test_one_trace_per_batch_shape_and_many_cells_warn_of_no_retracing(caplog):
+    """A cell's step is traced once per batch shape (the full batches, the smaller last one) and then only called; a
+    table's many cells, each traced once, are not reported as TensorFlow's repeated retracing."""
+    traces = []
+
+    def counted(model, images, targets):
+        traces.append(images.shape[0])  # runs only while tracing
+        return images + 1.0
+
+    step = detection_step(Oracle(), counted)
+    for _ in range(2):
+        for images, targets in batches(4):  # batches of 4 and 2
+            _, adv = step(images, targets)
+            np.testing.assert_array_equal(adv.numpy(), images.numpy() + 1.0)
+    assert traces == [4, 2]  # one trace per batch shape, static shapes, none on the second pass
+    with caplog.at_level("WARNING"):
+        for _ in range(12):  # twelve cells of a table
+            cell = detection_step(Oracle(), shift)
+            for images, targets in batches(3):
+                cell(images, targets)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
