@@ -3,9 +3,11 @@
 1. train a small clean SSD (same structure as SSD300, 1/8 of the channels, 96×96 input);
 2. expand it into RobustDet (K identical kernels, spec §3.5) and train that with the interleaved adversarial
    schedule;
-3. train an SSD-AT baseline from the same clean SSD with the same schedule and budget;
-4. evaluate all three under clean / A_cls / A_loc / CWA / DAG / Adaptive and write ``robustness.json``, the
-   Markdown table, a bar plot and sample detections (clean vs attacked) to the workdir;
+3. train an SSD-AT baseline from the same clean SSD with the same schedule and budget (and, when the config has a
+   ``robustdet_no_aid`` section as ``bench/phenomenon.py``'s does, RobustDet without L_aid);
+4. evaluate all of them under clean / A_cls / A_loc / CWA / DAG / Adaptive / Transfer with paired bootstrap
+   intervals, write ``robustness.json``, the Markdown table, a bar plot and sample detections (clean vs attacked)
+   to the workdir, and print the paper's claims with their intervals (``phenomenon``);
 5. run the paper's cheap diagnostics (loss conflict, gradient entanglement, confidence and per-attack loss changes;
    not the PGD-step sweep, which ``--mode=analyze`` adds) into ``<workdir>/analysis`` and print one line per finding.
 
@@ -18,6 +20,8 @@ import copy
 import json
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from robustdet_tf import train as train_lib
 from robustdet_tf.analysis.run import CHEAP_FIGURES, analyze_models
@@ -36,26 +40,72 @@ def stage_config(config, model_updates: dict, train_updates: dict):
     return stage
 
 
-def phenomenon(results: dict) -> dict:
-    """The paper's claims, checked on the demo's numbers (see the README)."""
+def paired_difference(results: Mapping[str, Any], attack: str, model_a: str, model_b: str) -> dict[str, Any]:
+    """``model_a − model_b`` under ``attack`` (or ``"Lowest"``) in mAP points with its paired bootstrap interval."""
+    for d in results.get("differences", []):
+        if d["attack"] != attack or {d["model_a"], d["model_b"]} != {model_a, model_b}:
+            continue
+        sign = 1.0 if d["model_a"] == model_a else -1.0
+        bounds = [None if v is None else 100.0 * sign * v for v in (d["ci_low"], d["ci_high"])]
+        low, high = (bounds if sign > 0 else bounds[::-1])
+        return {"value": 100.0 * sign * d["difference"], "ci_low": low, "ci_high": high}
+    raise KeyError(f"the results hold no paired difference of {model_a} and {model_b} under {attack}; evaluate "
+                   "both models in one table with eval.bootstrap.resamples > 0.")
+
+
+def _better(difference: dict[str, Any]) -> dict[str, Any]:
+    """A claim that ``difference`` is positive: ``holds`` on the point estimate, ``significant`` if its interval
+    lies above 0."""
+    return {**difference, "holds": difference["value"] > 0,
+            "significant": difference["ci_low"] is not None and difference["ci_low"] > 0}
+
+
+def phenomenon(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The paper's claims, checked on one table (see the README): each with its value, its interval where it is a
+    paired difference (mAP points, 95 %), whether it holds on the point estimate and whether the interval carries it.
+
+    Ratios (``ssd_collapses_under_A_cls``: SSD A_cls / clean < 0.2; ``robustdet_keeps_clean_map``: RobustDet clean /
+    SSD clean ≥ 0.9) have no interval.  The differences: ``adversarial_training_helps`` (SSD-AT − SSD under A_cls)
+    and RobustDet − SSD-AT on clean, A_cls, CWA and the lowest attacked cell; with a ``robustdet_no_aid`` model also
+    RobustDet − RobustDet without L_aid under A_cls and on the lowest cell (the discriminator's share).
+    """
     models = results["models"]
     ssd, rd = models["ssd"], models["robustdet"]
     eps = 1e-9
-    claims = {
-        "ssd_collapses_under_A_cls": ssd["A_cls"] < 0.2 * ssd["clean"],
-        "robustdet_keeps_clean_map": rd["clean"] >= 0.9 * ssd["clean"],
-        "robustdet_A_cls_over_ssd": rd["A_cls"] / max(ssd["A_cls"], eps),
-        "robustdet_A_cls_over_own_clean": rd["A_cls"] / max(rd["clean"], eps),
+    ratio = ssd["A_cls"] / max(ssd["clean"], eps)
+    keeps = rd["clean"] / max(ssd["clean"], eps)
+    claims: dict[str, dict[str, Any]] = {
+        "ssd_collapses_under_A_cls": {"value": ratio, "holds": ratio < 0.2},
+        "robustdet_keeps_clean_map": {"value": keeps, "holds": keeps >= 0.9},
     }
-    if rd.get("Adaptive") is not None:  # the attack that keeps the AID's mixture clean
-        claims["robustdet_Adaptive_over_A_cls"] = rd["Adaptive"] / max(rd["A_cls"], eps)
+    if "ssd_at" in models:
+        claims["adversarial_training_helps"] = _better(paired_difference(results, "A_cls", "ssd_at", "ssd"))
+        for attack, name in (("clean", "clean"), ("A_cls", "A_cls"), ("CWA", "CWA"), ("Lowest", "lowest")):
+            if attack == "Lowest" or attack in rd:
+                claims[f"robustdet_beats_ssd_at_{name}"] = _better(
+                    paired_difference(results, attack, "robustdet", "ssd_at"))
+    if "robustdet_no_aid" in models:
+        for attack, name in (("A_cls", "A_cls"), ("Lowest", "lowest")):
+            claims[f"aid_helps_{name}"] = _better(paired_difference(results, attack, "robustdet", "robustdet_no_aid"))
     return claims
+
+
+def claim_line(name: str, claim: Mapping[str, Any]) -> str:
+    """One printed line per claim: ``name: value [low, high] → holds / holds with its interval / does not hold``."""
+    if "ci_low" not in claim:
+        return f"{name}: {claim['value']:.3g} → {'holds' if claim['holds'] else 'does not hold'}"
+    verdict = ("holds, interval above 0" if claim["significant"] else
+               "holds on the point estimate, interval includes 0" if claim["holds"] else "does not hold")
+    interval = "" if claim["ci_low"] is None else f" [{claim['ci_low']:+.1f}, {claim['ci_high']:+.1f}]"
+    return f"{name}: {claim['value']:+.1f} points{interval} → {verdict}"
 
 
 def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer):
     """One stage started from the clean SSD (expanded or copied) unless its folder already holds checkpoints."""
     stage_cfg = stage_config(config, dict(stage.model), dict(stage.train))
     fresh = not os.path.isdir(os.path.join(stage_dir, "checkpoints"))
+    if fresh:
+        train_lib.seed_run(stage_cfg)  # the AID's initial weights follow the stage's seed
     init = train_lib.model_from_ssd(ssd, stage_cfg) if fresh else None
     return train_lib.train_in_workdir(stage_cfg, stage_dir, model=init, source=source, printer=printer)
 
@@ -77,30 +127,45 @@ def diagnostics(config, models: dict, workdir: str, printer=print) -> list[str]:
     return lines
 
 
-def run(config, workdir: str, printer=print) -> dict:
+ADVERSARIAL_STAGES: dict[str, str] = {
+    "robustdet": "RobustDet (expanded from the clean SSD, interleaved adversarial training)",
+    "ssd_at": "SSD-AT baseline (from the clean SSD, same schedule)",
+    "robustdet_no_aid": "RobustDet without L_aid (the ablation: AID loss weight 0, same model and schedule)",
+}
+"""The stages trained from the clean SSD, in order, each run when the config has a section of that name."""
+
+
+def run(config, workdir: str, printer=print, diagnostics_stage: bool = True) -> dict:
+    """The demo's stages in ``workdir``: the clean SSD, every adversarial stage the config has, the robustness table
+    with its claims, and (``diagnostics_stage``) the cheap diagnostics.  Returns the results, claims and findings."""
     start = time.time()
     os.makedirs(workdir, exist_ok=True)
     train_source = load_source(config.data, "train")
+    stages = [name for name in ADVERSARIAL_STAGES if name in config]
+    total = 2 + len(stages) + int(diagnostics_stage)
 
-    printer("== 1/5 clean SSD ==")
+    printer(f"== 1/{total} clean SSD ==")
     ssd_config = stage_config(config, {}, {})
     ssd = train_lib.train_in_workdir(ssd_config, os.path.join(workdir, "ssd"), source=train_source, printer=printer)
+    trained = {}
+    for number, name in enumerate(stages, start=2):
+        printer(f"== {number}/{total} {ADVERSARIAL_STAGES[name]} ==")
+        trained[name] = _train_from_ssd(config, config[name], os.path.join(workdir, name), ssd, train_source,
+                                        printer)
 
-    printer("== 2/5 RobustDet (expanded from the clean SSD, interleaved adversarial training) ==")
-    robustdet = _train_from_ssd(config, config.robustdet, os.path.join(workdir, "robustdet"), ssd, train_source,
-                                printer)
-
-    printer("== 3/5 SSD-AT baseline (from the clean SSD, same schedule) ==")
-    ssd_at = _train_from_ssd(config, config.ssd_at, os.path.join(workdir, "ssd_at"), ssd, train_source, printer)
-
-    printer("== 4/5 robustness evaluation ==")
-    models = {"ssd": ssd, "ssd_at": ssd_at, "robustdet": robustdet}
+    printer(f"== {len(stages) + 2}/{total} robustness evaluation ==")
+    models = {"ssd": ssd, **{name: trained[name] for name in ("ssd_at", "robustdet", "robustdet_no_aid")
+                             if name in trained}}
     results = evaluate_models(config, models, workdir, printer=printer)
     claims = phenomenon(results)
-    printer("phenomenon: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                       for k, v in claims.items()))
+    printer(f"claims on {results['num_images']} images (paired differences in mAP points, 95 % bootstrap "
+            "intervals):")
+    for name, claim in claims.items():
+        printer(f"claim: {claim_line(name, claim)}")
 
-    printer("== 5/5 diagnostics (loss conflict, gradient entanglement, confidence, loss changes) ==")
-    findings = diagnostics(config, models, workdir, printer=printer)
+    findings: list[str] = []
+    if diagnostics_stage:
+        printer(f"== {total}/{total} diagnostics (loss conflict, gradient entanglement, confidence, loss changes) ==")
+        findings = diagnostics(config, models, workdir, printer=printer)
     printer(f"demo finished in {time.time() - start:.0f}s; outputs in {workdir}")
     return {"results": results, "phenomenon": claims, "findings": findings}

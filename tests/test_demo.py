@@ -10,9 +10,24 @@ from robustdet_tf import demo
 from robustdet_tf import train as train_lib
 
 
-def results(ssd_clean=0.35, ssd_cls=0.01, rd_clean=0.39, rd_cls=0.11):
-    return {"models": {"ssd": {"clean": ssd_clean, "A_cls": ssd_cls}, "robustdet": {"clean": rd_clean, "A_cls": rd_cls},
-                       "ssd_at": {"clean": 0.3, "A_cls": 0.07}}}
+def difference(attack, a, b, value, low, high):
+    return {"attack": attack, "model_a": a, "model_b": b, "difference": value, "ci_low": low, "ci_high": high}
+
+
+def results(ssd_clean=0.35, ssd_cls=0.01, rd_clean=0.39, rd_cls=0.11, at_minus_ssd=(0.06, 0.02, 0.09)):
+    """A table of the three models; SSD-AT's A_cls difference to the SSD stored as ssd − ssd_at (the claims must turn
+    it round)."""
+    value, low, high = at_minus_ssd
+    return {"models": {"ssd": {"clean": ssd_clean, "A_cls": ssd_cls},
+                       "robustdet": {"clean": rd_clean, "A_cls": rd_cls},
+                       "ssd_at": {"clean": 0.3, "A_cls": ssd_cls + value}},
+            "num_images": 100,
+            "differences": [
+                difference("A_cls", "ssd", "ssd_at", -value, -high, -low),
+                difference("clean", "ssd_at", "robustdet", 0.3 - rd_clean, -0.12, -0.06),
+                difference("A_cls", "ssd_at", "robustdet", ssd_cls + value - rd_cls, -0.05, 0.01),
+                difference("Lowest", "ssd_at", "robustdet", 0.01, -0.02, 0.04),
+            ]}
 
 
 def test_stage_config_is_a_copy_with_the_stage_sections():
@@ -38,15 +53,38 @@ def test_stage_config_is_a_copy_with_the_stage_sections():
 )
 def test_phenomenon_applies_the_readme_criteria(numbers, collapses, keeps):
     claims = demo.phenomenon(results(**numbers))
-    assert claims["ssd_collapses_under_A_cls"] is collapses and claims["robustdet_keeps_clean_map"] is keeps
+    assert claims["ssd_collapses_under_A_cls"]["holds"] is collapses
+    assert claims["robustdet_keeps_clean_map"]["holds"] is keeps
     r = results(**numbers)["models"]
-    assert claims["robustdet_A_cls_over_ssd"] == pytest.approx(r["robustdet"]["A_cls"] / r["ssd"]["A_cls"])
-    assert claims["robustdet_A_cls_over_own_clean"] == pytest.approx(r["robustdet"]["A_cls"] / r["robustdet"]["clean"])
+    assert claims["ssd_collapses_under_A_cls"]["value"] == pytest.approx(r["ssd"]["A_cls"] / r["ssd"]["clean"])
+    assert claims["robustdet_keeps_clean_map"]["value"] == pytest.approx(r["robustdet"]["clean"] / r["ssd"]["clean"])
 
 
-def test_phenomenon_survives_zero_maps():
+@pytest.mark.parametrize(
+    "at_minus_ssd, holds, significant",
+    [((0.06, 0.02, 0.09), True, True), ((0.02, -0.01, 0.05), True, False), ((-0.02, -0.05, 0.01), False, False)],
+)
+def test_differences_are_turned_to_the_claimed_order_with_their_intervals(at_minus_ssd, holds, significant):
+    claim = demo.phenomenon(results(at_minus_ssd=at_minus_ssd))["adversarial_training_helps"]
+    value, low, high = (100 * v for v in at_minus_ssd)
+    assert claim["value"] == pytest.approx(value)
+    assert (claim["ci_low"], claim["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert claim["holds"] is holds and claim["significant"] is significant
+    clean = demo.phenomenon(results())["robustdet_beats_ssd_at_clean"]  # stored as ssd_at − robustdet
+    assert (clean["value"], clean["ci_low"], clean["ci_high"]) == (pytest.approx(9.0), pytest.approx(6.0),
+                                                                    pytest.approx(12.0))
+    assert demo.claim_line("x", clean) == "x: +9.0 points [+6.0, +12.0] → holds, interval above 0"
+    lowest = demo.phenomenon(results())["robustdet_beats_ssd_at_lowest"]
+    assert lowest["value"] == pytest.approx(-1.0) and not lowest["holds"]
+
+
+def test_phenomenon_survives_zero_maps_and_names_a_missing_difference():
     claims = demo.phenomenon(results(ssd_clean=0.0, ssd_cls=0.0, rd_clean=0.0, rd_cls=0.0))
-    assert claims["robustdet_A_cls_over_ssd"] == 0.0 and claims["robustdet_A_cls_over_own_clean"] == 0.0
+    assert claims["ssd_collapses_under_A_cls"]["value"] == 0.0
+    bare = results()
+    bare["differences"] = []
+    with pytest.raises(KeyError, match="no paired difference of ssd_at and ssd under A_cls"):
+        demo.phenomenon(bare)
 
 
 @pytest.fixture
@@ -100,9 +138,23 @@ def test_run_trains_the_stages_in_order_from_the_clean_ssd_and_evaluates_all_thr
     assert "step_sweep" not in demo.CHEAP_FIGURES
     assert out == {"results": results(), "phenomenon": demo.phenomenon(results()), "findings": ["a finding"]}
     assert "finding: a finding" in printed
-    line = next(p for p in printed if p.startswith("phenomenon: "))
-    assert "ssd_collapses_under_A_cls=True" in line and "robustdet_A_cls_over_ssd=11" in line
+    assert "claim: adversarial_training_helps: +6.0 points [+2.0, +9.0] → holds, interval above 0" in printed
+    assert "claim: ssd_collapses_under_A_cls: 0.0286 → holds" in printed
     assert printed[-1].startswith("demo finished in") and str(tmp_path) in printed[-1]
+
+
+def test_the_study_adds_robustdet_without_l_aid_and_can_skip_the_diagnostics(recorded, tmp_path):
+    config = demo_config.get_config()
+    with config.unlocked():
+        config.robustdet_no_aid = dict(model=dict(config.robustdet.model, aid_weight=0.0),
+                                       train=dict(config.robustdet.train))
+    out = demo.run(config, str(tmp_path), printer=lambda *_: None, diagnostics_stage=False)
+    trains = [c for c in recorded if c[0] == "train"]
+    assert [c[1] for c in trains] == ["ssd", "robustdet", "ssd_at", "robustdet_no_aid"]
+    assert trains[3][2].model.aid_weight == 0.0 and trains[1][2].model.get("aid_weight", 3.0) == 3.0
+    evaluation = next(c for c in recorded if c[0] == "evaluate")
+    assert list(evaluation[1]) == ["ssd", "ssd_at", "robustdet", "robustdet_no_aid"]
+    assert not any(c[0] == "analyze" for c in recorded) and out["findings"] == []
 
 
 def test_a_stage_with_checkpoints_resumes_instead_of_expanding_again(recorded, tmp_path):
@@ -114,9 +166,11 @@ def test_a_stage_with_checkpoints_resumes_instead_of_expanding_again(recorded, t
     assert [c[2].model.get("kind", "ssd") for c in recorded if c[0] == "expand"] == ["ssd"]
 
 
-def test_phenomenon_reports_the_adaptive_column_when_it_ran():
-    assert "robustdet_Adaptive_over_A_cls" not in demo.phenomenon(results())
-    r = results()
-    r["models"]["robustdet"]["Adaptive"] = 0.055
-    assert demo.phenomenon(r)["robustdet_Adaptive_over_A_cls"] == pytest.approx(0.5)
-    assert "Adaptive" in demo_config.get_config().eval.attacks
+def test_the_demo_config_evaluates_the_transfer_column_at_its_own_budget():
+    config = demo_config.get_config()
+    assert {"Adaptive", "Transfer"} <= set(config.eval.attacks) and config.eval.transfer_source == "ssd"
+    budget = config.eval.overrides["pgd"]
+    assert budget["epsilon"] == budget["step_size"] == demo_config.EPSILON
+    for stage in ("robustdet", "ssd_at"):  # the training attack has the evaluation's budget
+        adversarial = config[stage].model.adversarial
+        assert adversarial["epsilon"] == adversarial["step_size"] == demo_config.EPSILON

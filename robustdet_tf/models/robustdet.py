@@ -69,6 +69,8 @@ class RobustDet(DetectionModelBase):
         reference's default), negative = no such sub-batch.
       triplet_margin, triplet_hinge: AID loss settings (0.6, ``euclidean`` as coded; ``js`` as in the paper).
       loss_weighting: ``reference`` (CFR terms /255 as coded) or ``paper``.
+      aid_weight: the weight of L_aid inside Eq. 5's β(·) (3 in the reference); 0 is the paper's ablation
+        "without L_aid": the AID still mixes the kernels but learns only through the detection loss.
 
     ``call(images, pi=None, training=None)`` → ``{"loc", "logits", "pi"}`` plus ``"mu"``, ``"logvar"`` with CFR and
     ``"reconstruction"`` when training with CFR.
@@ -87,6 +89,7 @@ class RobustDet(DetectionModelBase):
         triplet_margin: float = 0.6,
         triplet_hinge: str = "euclidean",
         loss_weighting: str = "reference",
+        aid_weight: float = 3.0,
         seed: int | None = None,
         **kwargs,
     ):
@@ -103,6 +106,7 @@ class RobustDet(DetectionModelBase):
         self.triplet_margin = float(triplet_margin)
         self.triplet_hinge = triplet_hinge
         self.loss_weighting = loss_weighting
+        self.aid_weight = float(aid_weight)
         self.seed = seed
         self.detector = Detector(
             conv="aaconv",
@@ -212,7 +216,8 @@ class RobustDet(DetectionModelBase):
             logvar = tf.concat([o["logvar"] for o in outputs], 0)
             terms["loss_kld"] = kl_divergence(mu, logvar) / replicas
         terms["loss"] = total_loss(
-            loss_l, loss_c, terms["loss_aid"], terms.get("loss_re"), terms.get("loss_kld"), self.loss_weighting
+            loss_l, loss_c, terms["loss_aid"], terms.get("loss_re"), terms.get("loss_kld"), self.loss_weighting,
+            aid_weight=self.aid_weight,
         )
         return terms
 
@@ -250,5 +255,6 @@ class RobustDet(DetectionModelBase):
             "triplet_margin": self.triplet_margin,
             "triplet_hinge": self.triplet_hinge,
             "loss_weighting": self.loss_weighting,
+            "aid_weight": self.aid_weight,
             "seed": self.seed,
         }
