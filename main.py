@@ -135,6 +135,10 @@ def main(argv):
     from robustdet_tf import cli
 
     config, workdir, mode = _CONFIG.value, default_workdir(), _MODE.value
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        print(f"main.py --mode={mode}: --workdir={workdir} is a file, not a folder; name a folder (new, or one this "
+              "program wrote). Nothing was run.", file=sys.stderr)
+        sys.exit(2)
     strategy = None
     if mode == "train":  # before TensorFlow runs anything: MultiWorkerMirroredStrategy requires it
         from robustdet_tf.distribution import make_strategy

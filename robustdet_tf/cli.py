@@ -22,7 +22,7 @@ import keras
 from robustdet_tf import demo
 from robustdet_tf import train as train_lib
 from robustdet_tf.analysis.run import analyze_models
-from robustdet_tf.checkpoints import backbone
+from robustdet_tf.checkpoints import backbone, integrity
 from robustdet_tf.checkpoints.torch_import import import_checkpoint, read_state_dict
 from robustdet_tf.distribution import num_workers
 from robustdet_tf.evaluation.from_config import attack_dataset, eval_strategy, evaluate_models
@@ -124,7 +124,7 @@ def workdir_models(workdir: str, config) -> dict[str, keras.Model]:
     if not found:
         raise FileNotFoundError(f"{workdir} holds no model: no model.keras (or checkpoints) in it and no sub-folder "
                                 "with a model.keras; run --mode=train (or the demo) with this --workdir first.")
-    models = {d: keras.saving.load_model(os.path.join(workdir, d, "model.keras")) for d in found}
+    models = {d: integrity.load_model_file(os.path.join(workdir, d, "model.keras")) for d in found}
 
     def rank(item):
         name, model = item
@@ -148,7 +148,12 @@ def run_analyze(config, workdir: str, output_dir: str | None = None, printer=pri
 
 def run_export(config, workdir: str, export_dir: str, printer=print) -> dict:
     model = load_trained_model(workdir, config)
-    paths = export_all(model, export_dir)
+    try:
+        paths = export_all(model, export_dir)
+    except FileExistsError as err:
+        raise FileExistsError(f"{err.filename} already holds an export; the command line never replaces one: "
+                              "pass --export_dir=<a new folder>, or move the old export away. Nothing was written."
+                              ) from None
     printer(f"exported {paths}")
     return paths
 

@@ -21,9 +21,9 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> str:
     """The absolute destination path; refuses an existing one unless ``overwrite``."""
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(
-            f"{path} already exists; pass overwrite=True to replace it, or export to another path"
-        )
+        error = FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or export to another path")
+        error.filename = path
+        raise error
     return path
 
 
@@ -84,6 +84,9 @@ def new_output_dir(path: str | os.PathLike, explicit: bool) -> str:
         return not os.path.lexists(candidate) or (os.path.isdir(candidate) and not os.listdir(candidate))
 
     if explicit:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise FileExistsError(f"{path} is a file, not a folder; name a new or empty folder for the results "
+                                  "(nothing was written)")
         if not free(path):
             raise FileExistsError(f"{path} already holds results; name a new or empty folder so nothing is "
                                   "overwritten")
@@ -96,6 +99,22 @@ def new_output_dir(path: str | os.PathLike, explicit: bool) -> str:
             number += 1
     os.makedirs(chosen, exist_ok=True)
     return chosen
+
+
+def move_aside(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """Move the file ``path`` into ``folder`` (created if needed) under its own name, or ``name.1``, ``name.2``, … if
+    that is taken: a damaged file is kept for inspection and never overwrites one moved there before.  Returns the
+    new path."""
+    path, folder = os.fspath(path), os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    name = os.path.basename(path)
+    destination = os.path.join(folder, name)
+    number = 1
+    while os.path.lexists(destination):
+        destination = os.path.join(folder, f"{name}.{number}")
+        number += 1
+    shutil.move(path, destination)
+    return destination
 
 
 class WorkdirLockedError(RuntimeError):

@@ -94,7 +94,13 @@ class PriorSpec:
         set_("min_sizes", tuple(float(v) for v in self.min_sizes))
         set_("max_sizes", tuple(float(v) for v in self.max_sizes))
         set_("aspect_ratios", tuple(tuple(float(a) for a in ars) for ars in self.aspect_ratios))
-        set_("steps", None if self.steps is None else tuple(float(v) for v in self.steps))
+        steps = self.steps
+        if steps is not None and all(v is None for v in steps):
+            steps = None  # --config.model.steps=None on a config whose steps are a tuple arrives as (None,)
+        if steps is not None and any(v is None for v in steps):
+            raise ValueError(f"model.steps {tuple(steps)} mixes numbers and None: give one stride per source, or "
+                             "None to use the feature-map sizes.")
+        set_("steps", None if steps is None else tuple(float(v) for v in steps))
         set_("image_size", int(self.image_size))
         set_("feature_maps", None if self.feature_maps is None else tuple(int(v) for v in self.feature_maps))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -25,9 +26,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf.checkpoints import integrity
 from robustdet_tf.checkpoints.backbone import initialise_backbone
 from robustdet_tf.checkpoints.held_batch import HeldBatches
-from robustdet_tf.checkpoints.saving import CheckpointEvery, save_checkpoint
+from robustdet_tf.checkpoints.saving import CheckpointEvery, NonFiniteWeightsError, save_checkpoint
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
@@ -43,6 +45,16 @@ ARCHITECTURE_KEYS = (
     "decoder_width", "class_names",
 )
 MODEL_RECORD = "model_config.json"
+TRAIN_RECORD = "train_config.json"
+"""``config.train`` of the run's last start, compared with the new settings on a resume."""
+REFUSED_ON_RESUME = ("optimizer", "seed", "init_from")
+"""``config.train`` keys a resume cannot change: the restored optimiser state, the data order and the starting
+weights belong to the recorded values.  Every other change is printed; the learning rate and momentum are applied
+to the restored optimiser."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: a loss term or the weights became NaN or inf (nothing non-finite was checkpointed)."""
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -128,6 +140,11 @@ def save_model_atomically(model: keras.Model, path: str) -> str:
 def write_json_atomically(obj: Any, path: str) -> None:
     """The run record as indented JSON, written atomically."""
     write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+def train_record(config) -> dict:
+    """``config.train`` as JSON data (tuples as lists), as ``train_config.json`` records it."""
+    return json.loads(json.dumps(config.train.to_dict(), default=list))
 
 
 def model_config_dict(config) -> dict:
@@ -220,11 +237,16 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, step=self.step,
                                               **parts)
         self.checkpoint_dir = os.path.join(workdir, "checkpoints")
+        # Before the manager reads the folder's state file: damaged checkpoints are moved aside and the state file
+        # lists the intact ones, so the resume takes the newest whole checkpoint and rotation never reaches it.
+        self.notes = self._sort_out_checkpoints()
         self.manager = tf.train.CheckpointManager(  # the chief's folder; other workers save into scratch
             self.checkpoint, write_dir(self.checkpoint_dir, self.strategy), max_to_keep=int(config.train.get("keep", 2))
         )
         self.source = source
         self.start_step = self.restore()
+        if self.start_step:
+            self.notes += self._settings_on_resume()
 
     def _in_scope(self, model: keras.Model) -> keras.Model:
         """``model`` itself under the default strategy and its own precision; else a copy built in the strategy's
@@ -237,6 +259,48 @@ class Trainer:
         copy.build()
         copy.set_weights(model.get_weights())
         return copy
+
+    def _settings_on_resume(self) -> list[str]:
+        """Compare ``config.train`` with the run's record: refuse a change of ``REFUSED_ON_RESUME``, apply a new
+        learning rate or momentum to the restored optimiser (which would otherwise keep the old ones), and return
+        one line per change."""
+        path = os.path.join(self.workdir, TRAIN_RECORD)
+        if not os.path.exists(path):  # a workdir of an earlier version: nothing to compare
+            return []
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+        current = train_record(self.config)
+        changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        refused = [k for k in changed if k in REFUSED_ON_RESUME]
+        if refused:
+            raise IncompatibleWorkdirError(
+                f"{self.workdir} was trained with " + ", ".join(f"train.{k}={recorded.get(k)!r}" for k in refused)
+                + "; a resume cannot change " + ", ".join(f"train.{k}" for k in refused) + " (the restored optimiser "
+                "state, data order or starting weights belong to the recorded value). Resume with the recorded "
+                "value, or start a new run in another --workdir. Nothing was changed.")
+        optimizer = self.model.optimizer
+        if {"learning_rate", "lr_steps", "lr_gamma"} & set(changed):
+            optimizer.learning_rate = learning_rate(self.config.train)
+        if "momentum" in changed and hasattr(optimizer, "momentum"):
+            optimizer.momentum = float(self.config.train.momentum)
+        applied = {"learning_rate", "lr_steps", "lr_gamma", "momentum"}
+        return [f"resume: train.{k} changed from {recorded.get(k)!r} to {current.get(k)!r}"
+                + (" (applied to the restored optimiser)" if k in applied else "") for k in changed]
+
+    def _sort_out_checkpoints(self) -> list[str]:
+        """The chief checks every checkpoint of the workdir (``checkpoints/integrity.py``); returns what to say."""
+        if not self.chief:
+            return []
+        intact, damaged = integrity.sort_out(self.checkpoint_dir)
+        if not damaged:
+            return []
+        if not intact:
+            raise integrity.NoIntactCheckpointError(
+                f"{self.workdir} has no intact checkpoint to resume from: {integrity.describe(damaged)}. Nothing was "
+                "trained and nothing was deleted. To start this run over, use another --workdir (or move "
+                f"{self.checkpoint_dir} away).")
+        return [f"{integrity.describe(damaged)}; resuming from the newest intact checkpoint, "
+                f"{os.path.basename(intact[-1][0])} (step {intact[-1][1]})"]
 
     def restore(self) -> int:
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)  # every worker resumes from the chief's files
@@ -276,14 +340,15 @@ class Trainer:
     def _run(self, steps, callbacks, verbose_every, printer) -> dict:
         total = int(steps if steps is not None else self.config.train.steps)
         remaining = total - self.start_step
+        if remaining > 0 and self.source is None:  # a data config that cannot be read fails before any write
+            self.source = load_source(self.config.data, "train")
         os.makedirs(self.workdir, exist_ok=True)
         if self.chief:
             write_json_atomically(model_config_dict(self.config), os.path.join(self.workdir, MODEL_RECORD))
+            write_json_atomically(train_record(self.config), os.path.join(self.workdir, TRAIN_RECORD))
         if remaining <= 0:
             printer(f"{self.workdir}: already trained for {self.start_step} steps (target {total})")
             return {}
-        if self.source is None:
-            self.source = load_source(self.config.data, "train")
         adopt_class_names(self.model, self.source)
         adversarial = getattr(self.model, "adversary", None) is not None
         batches = training_batches(self.source, self.config, self.start_step, adversarial)
@@ -306,14 +371,50 @@ class Trainer:
                 batches, steps_per_epoch=remaining, epochs=1, verbose=0, shuffle=False,
                 callbacks=[saver, progress, *board, *callbacks],
             )
+        except tf.errors.InvalidArgumentError as err:
+            raise self._non_finite_error(err) from None
+        except NonFiniteWeightsError as err:
+            raise self._diverged(err.step, f"the weights ({err.names}) became NaN or inf",
+                                 "the update that produced them is not checkpointed") from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         done = self.start_step + saver.done
         if not saver.interrupted and done % saver.every:
-            save_checkpoint(self.manager, done, before_save=capture)
+            save_checkpoint(self.manager, done, before_save=capture, weights=self.model.weights)
         self.start_step = done
         return {k: float(v[-1]) for k, v in history.history.items()}
+
+
+    def _non_finite_error(self, err: tf.errors.InvalidArgumentError) -> Exception:
+        """The model's finite-loss check (``training.check_finite``) as one message; other errors unchanged."""
+        found = re.search(r"non-finite loss term (\w+) at optimiser step\D*(\d+)", str(err.message))
+        if found is None:
+            return err
+        return self._diverged(int(found.group(2)) + 1, f"the loss term {found.group(1)} became non-finite (NaN or inf)",
+                              "the update of that step was not applied")
+
+    def _diverged(self, step: int, what: str, consequence: str) -> NonFiniteLossError:
+        """One message for a run that diverged: what, at which step, at what learning rate, and what the last
+        checkpoint holds."""
+        rate = self.config.train.learning_rate
+        latest = self.manager.latest_checkpoint
+        kept = (f"the last checkpoint, {os.path.basename(latest)}, was written before it and holds finite weights "
+                "(no checkpoint with non-finite weights is ever written)" if latest else "no checkpoint was written")
+        return NonFiniteLossError(
+            f"training stopped: {what} at optimiser step {step}, learning rate {rate:g}; {consequence}. In "
+            f"{self.workdir}, {kept}. The run diverged: resume with a lower learning rate (e.g. "
+            f"--config.train.learning_rate={float(rate) / 10:g}), or check the data for empty or broken boxes.")
+
+
+def seed_run(config) -> None:
+    """Seed Keras, TensorFlow, NumPy and Python from ``config.train.seed`` before a fresh run builds its model.
+
+    Why: the initial weights (and every draw not seeded on its own) then follow the run's seed, so one seed names one
+    run and a study over seeds (``bench/phenomenon.py``) varies exactly what it says.  The data order and the
+    attacks' draws take ``config.train.seed`` already.
+    """
+    keras.utils.set_random_seed(int(config.train.get("seed", 0)))
 
 
 def initial_model(config) -> keras.Model:
@@ -335,7 +436,7 @@ def initial_model(config) -> keras.Model:
             f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
             "runs/ssd300_voc/model.keras), or import the official checkpoint with --mode=import first"
         )
-    return model_from_ssd(keras.saving.load_model(init_from), config)
+    return model_from_ssd(integrity.load_model_file(init_from), config)
 
 
 def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
@@ -352,7 +453,7 @@ def load_trained_model(workdir: str, config) -> keras.Model:
     """The model of a workdir: ``model.keras`` if training finished, else the latest checkpoint."""
     path = os.path.join(workdir, "model.keras")
     if os.path.exists(path):
-        return keras.saving.load_model(path)
+        return integrity.load_model_file(path)
     trainer = Trainer(config, workdir)
     if trainer.start_step == 0:
         raise FileNotFoundError(
@@ -375,7 +476,7 @@ def imported_model(workdir: str, printer=print) -> keras.Model | None:
     if not os.path.exists(kept):
         return None
     printer(f"starting from the imported model {kept}")
-    return keras.saving.load_model(kept)
+    return integrity.load_model_file(kept)
 
 
 def train_in_workdir(config, workdir: str, model: keras.Model | None = None, source: DetectionSource | None = None,
@@ -384,8 +485,11 @@ def train_in_workdir(config, workdir: str, model: keras.Model | None = None, sou
     check_workdir(workdir, config)
     has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
     if model is None and not has_checkpoint:
+        seed_run(config)
         model = imported_model(workdir, printer) or initial_model(config)
     trainer = Trainer(config, workdir, source=source, model=model, strategy=strategy)
+    for note in trainer.notes:
+        printer(note)
     if trainer.start_step:
         printer(f"resuming {workdir} at step {trainer.start_step}")
     trainer.run(printer=printer)

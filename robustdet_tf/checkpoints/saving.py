@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """The weights to checkpoint hold NaN or inf; nothing was written."""
+
+    def __init__(self, message: str, step: int, names: str):
+        super().__init__(message)
+        self.step, self.names = step, names
 
 
 class CheckpointWriteError(OSError):
@@ -20,13 +29,22 @@ class CheckpointWriteError(OSError):
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, step: int,
-                    before_save: Callable[[], None] | None = None) -> str:
+                    before_save: Callable[[], None] | None = None, weights: Sequence[Any] = ()) -> str:
     """``manager.save`` that, when the write fails (disk full, quota, I/O error), removes the half-written files of
     this step and raises one clear ``CheckpointWriteError``; the previous checkpoint and the index are untouched
     (the manager updates its index only after a complete write).  ``before_save`` gathers state the checkpoint
-    cannot read by itself (every replica's held adversarial batch, ``held_batch.py``)."""
+    cannot read by itself (every replica's held adversarial batch, ``held_batch.py``).  ``weights`` (the model's)
+    are checked first: weights holding NaN or inf are never written (``NonFiniteWeightsError``), so the newest
+    checkpoint is always one a run can continue from."""
     if before_save is not None:
         before_save()
+    bad = [v.path for v in weights if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(v.value, tf.float32))))]
+    if bad:
+        names = f"{', '.join(bad[:3])}{' and others' if len(bad) > 3 else ''}"
+        raise NonFiniteWeightsError(
+            f"not writing the checkpoint of step {step}: the model's weights {names} hold NaN or inf. The previous "
+            f"checkpoint ({manager.latest_checkpoint or 'none yet'}) is kept as it is; resume from it with a lower "
+            "learning rate.", step, names)
     directory = manager.directory
     before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
     try:
@@ -61,6 +79,6 @@ class CheckpointEvery(keras.callbacks.Callback):
         step = self.start + self.done
         self.step_var.assign(step)
         if step % self.every == 0 or self.interrupted:
-            save_checkpoint(self.manager, step, self.before_save)
+            save_checkpoint(self.manager, step, self.before_save, self.model.weights)
         if self.interrupted:
             self.model.stop_training = True

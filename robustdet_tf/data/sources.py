@@ -35,6 +35,12 @@ def load_source(data: Mapping[str, Any], role: str) -> DetectionSource:
         raise ValueError(f"role must be 'train' or 'eval', got {role!r}")
     dataset = data["dataset"]
     if dataset == "shapes":
+        needed = ("image_size", "num_classes", "max_objects", f"{role}_images", f"{role}_seed")
+        missing = [key for key in needed if key not in data]
+        if missing:
+            raise ValueError(f"config.data.dataset='shapes' needs the synthetic set's keys, and this config has no "
+                             f"{', '.join('data.' + k for k in missing)}: use --config=configs/demo.py (the shapes "
+                             "config), or keep this config's dataset.")
         return shapes_source(
             data[f"{role}_images"],
             data["image_size"],

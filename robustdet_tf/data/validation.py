@@ -83,10 +83,32 @@ class ProblemLog:
                      self._problems[0].message)
 
 
+LARGE_IMAGE_PIXELS = 4096 * 4096
+"""Images above this many pixels get a warning: a detector sees 300×300 (or its own input size), yet each copy of a
+decoded image in the input pipeline costs H·W·3 bytes (H·W·12 as float32) — one 6000×6000 JPEG among small images
+raised the pipeline's peak memory from 0.9 to 4.2 GB."""
+
+
+def warn_large_images(images: Sequence[ParsedImage], name: str, shown: int = 3) -> list[str]:
+    """One warning line per image far larger than any detector input (at most ``shown``, then a count); returns the
+    lines (also logged as warnings)."""
+    large = [im for im in images if im.height * im.width > LARGE_IMAGE_PIXELS]
+    lines = [f"{name}: {im.path} is {im.width}x{im.height} ({im.width * im.height / 1e6:.0f} MP), far larger than "
+             f"the model's input; decoding it costs about {3 * im.width * im.height * 4 / 2**30:.1f} GB as float32 in "
+             "the input pipeline: resize such images beforehand to save memory" for im in large[:shown]]
+    if len(large) > shown:
+        lines.append(f"{name}: {len(large) - shown} more image(s) above {LARGE_IMAGE_PIXELS / 1e6:.0f} MP")
+    for line in lines:
+        _LOG.warning("%s", line)
+    return lines
+
+
 def finished_source_fields(images: Sequence[ParsedImage], log: ProblemLog, name: str, path: str) -> dict:
     """The ``DetectionSource`` fields every local reader ends with: the dataset of its parsed images and the
-    bookkeeping of what it skipped (logged once); refuses a source left without any image."""
+    bookkeeping of what it skipped (logged once); refuses a source left without any image, and warns of images far
+    larger than any detector input."""
     log.log_summary(name, len(images))
+    warn_large_images(images, name)
     if not images:
         raise BadExampleError(f"{name}: no usable image left in {path}; see the problems logged above.",
                               NO_OBJECTS, path)

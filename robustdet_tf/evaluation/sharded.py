@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,7 @@ import numpy as np
 
 from robustdet_tf import distribution
 from robustdet_tf.evaluation.report import file_stem
-from robustdet_tf.io import atomic_output
+from robustdet_tf.io import atomic_output, move_aside
 
 SHARDS_DIR = "shards"
 COUNT_KEY = "shard_num_batches"
@@ -77,21 +79,49 @@ def shard_file(directory: str, shard: int) -> str:
     return os.path.join(directory, f"shard-{shard:05d}.npz")
 
 
-def finished_shards(directory: str, known: dict[int, int] | None = None) -> dict[int, int]:
+DAMAGED_DIR = "damaged_shards"
+"""Where damaged shard files go (``<output_dir>/damaged_shards/<model>/<attack>/``): kept, never read again."""
+
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _set_aside(directory: str, name: str, err: BaseException, on_damaged: Callable[[str], None]) -> None:
+    """Move a shard file that cannot be read out of the cell's folder (so it is computed again) and say so."""
+    model_dir = os.path.dirname(os.path.normpath(directory))  # <output_dir>/shards/<model>/<attack>
+    output_dir = os.path.dirname(os.path.dirname(model_dir))
+    target = os.path.join(output_dir, DAMAGED_DIR, os.path.basename(model_dir), os.path.basename(directory))
+    destination = move_aside(os.path.join(directory, name), target)
+    on_damaged(f"shard {os.path.join(directory, name)} is damaged ({type(err).__name__}: {err}); it was moved to "
+               f"{destination} and is computed again")
+
+
+def finished_shards(directory: str, known: dict[int, int] | None = None,
+                    on_damaged: Callable[[str], None] = _warn) -> dict[int, int]:
     """``{shard: number of batches}`` of the shard files in ``directory`` (only the count is read; counts already in
-    ``known`` are not read again: a shard file never changes once it is in place)."""
+    ``known`` are not read again: a shard file never changes once it is in place).  A file that cannot be read
+    (truncated by a crash or a full disk) is moved to ``damaged_shards/`` and reported through ``on_damaged``: it is
+    then missing, so the run computes it again."""
     if not os.path.isdir(directory):
         return {}
     found = {}
-    for name in os.listdir(directory):
+    for name in sorted(os.listdir(directory)):
         match = _SHARD_FILE.match(name)
         if match:
             shard = int(match.group(1))
             if known is not None and shard in known:
                 found[shard] = known[shard]
                 continue
-            with np.load(os.path.join(directory, name), allow_pickle=False) as data:
-                found[shard] = int(data[COUNT_KEY])
+            try:
+                with np.load(os.path.join(directory, name), allow_pickle=False) as data:
+                    for key in data.files:  # every array: a truncated member fails here, not in the merge
+                        data[key]
+                    found[shard] = int(data[COUNT_KEY])
+            except _READ_ERRORS as err:
+                _set_aside(directory, name, err, on_damaged)
     return found
 
 

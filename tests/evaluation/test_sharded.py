@@ -1,4 +1,5 @@
-"""Sharded evaluation: shards merged in order give the one-pass table exactly; an interrupted table resumes by shard
+"""Sharded evaluation: shards merged in order give the one-pass table exactly (values and bootstrap intervals); an
+interrupted table resumes by shard
 without recomputing finished shards; a resume with another plan is refused; workers divide the shards statically."""
 
 import os
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from robustdet_tf.evaluation import robustness, sharded
+from robustdet_tf.evaluation.bootstrap import BootstrapSpec, table_intervals
 from robustdet_tf.evaluation.evaluate import evaluate_detections, make_metric
 from robustdet_tf.evaluation.shard_plan import PlanMismatchError
 from robustdet_tf.models.ssd import SSD
@@ -44,6 +46,7 @@ def setup(tmp_path_factory):
     for attack in ATTACKS:
         metric = make_metric("voc07", CLASS_NAMES)
         reference[attack] = evaluate_detections(model, batches, metric, robustness.make_attack(attack, protocol))
+        reference[attack]["matches"] = metric.ranked_matches()
     assert reference["clean"]["mAP"] > 0.3 and reference["A_cls"]["mAP"] < reference["clean"]["mAP"]
     return model, batches, reference, folder / "model.keras"
 
@@ -58,6 +61,13 @@ def assert_table_is_reference(results, reference):
         assert results["models"]["m"][attack] == reference[attack]["mAP"], attack
         assert results["per_class_AP"]["m"][attack] == {k: float(v) for k, v in reference[attack]["AP"].items()}
     assert results["num_images"] == NUM_IMAGES
+    # The bootstrap intervals are those of the one-pass metrics (the default 1000 resamples, seed 0).
+    expected = table_intervals({("m", a): reference[a]["matches"] for a in ATTACKS}, ["m"], list(ATTACKS),
+                               BootstrapSpec())
+    for attack in ATTACKS:
+        cell = results["cells"]["m"][attack]
+        assert (cell["ci_low"], cell["ci_high"]) == expected["cells"]["m"][attack], attack
+    assert (results["worst_case"]["m"]["ci_low"], results["worst_case"]["m"]["ci_high"]) == expected["lowest"]["m"]
 
 
 @pytest.mark.parametrize("shard_batches", [None, 1, 2, 4])
@@ -66,7 +76,7 @@ def test_sharded_table_equals_the_one_pass_table(setup, tmp_path, shard_batches)
     results = table(model, batches, tmp_path, shard_batches=shard_batches)
     assert_table_is_reference(results, reference)
     assert not (tmp_path / "shards").exists()  # the finished table keeps no partial results
-    assert sorted(os.listdir(tmp_path)) == ["robustness.json", "robustness.md"]
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["robustness.json", "robustness.md"]
 
 
 class Interrupt(RuntimeError):
@@ -145,3 +155,57 @@ def test_workers_divide_the_shards_and_the_chief_merges(setup, tmp_path):
     assert not (folder / "robustness.json").exists()
     results = table(model, batches, folder, shard_batches=1, workers=sharded.Workers(0, 2, True))
     assert_table_is_reference(results, reference)
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero-length"])
+def test_a_damaged_shard_is_named_kept_aside_and_computed_again(setup, tmp_path, monkeypatch, capsys, how):
+    """A shard file cut by a crash or a full disk: the resume names it, moves it to damaged_shards/ (kept after the
+    table is written) and computes that shard again; the table is the one-pass table."""
+    model, batches, reference, _ = setup
+    with monkeypatch.context() as patch:
+        counting_steps(patch, fail_after=6)  # clean: shards 0..4 done; A_cls: shards 0 and 1 done
+        with pytest.raises(Interrupt):
+            table(model, batches, tmp_path, shard_batches=1)
+    shard = sharded.shard_file(sharded.cell_dir(tmp_path, "m", "A_cls"), 1)
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as handle:
+        handle.write(data[: len(data) // 2] if how == "truncated" else b"")
+    capsys.readouterr()
+
+    calls = counting_steps(monkeypatch)
+    results = table(model, batches, tmp_path, shard_batches=1)
+    assert calls == {"attack": 3}  # A_cls shards 1 (again), 2 and 3
+    assert_table_is_reference(results, reference)
+    said = capsys.readouterr().err
+    assert f"shard {shard} is damaged" in said and "is computed again" in said
+    kept = tmp_path / "damaged_shards" / "m" / "A_cls" / "shard-00001.npz"
+    assert kept.read_bytes() == (data[: len(data) // 2] if how == "truncated" else b"")
+
+
+def test_a_second_evaluation_into_a_busy_output_folder_is_refused_naming_the_holder(setup, tmp_path):
+    """One evaluation per output folder: while one holds it (here a process holding its lock, as a running table
+    does), another is refused at once with the holder named and nothing touched; a killed holder leaves no lock."""
+    import subprocess
+    import sys
+
+    from robustdet_tf.io import WorkdirLockedError
+
+    model, batches, reference, _ = setup
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom robustdet_tf.io import workdir_lock\n"
+         f"with workdir_lock({str(tmp_path)!r}, name='.lock-worker0'):\n    print('held', flush=True)\n"
+         "    time.sleep(600)\n"],
+        cwd=root, stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {holder.pid} .*another "
+                                                     "--output_dir"):
+            table(model, batches, tmp_path, shard_batches=1)
+        assert not (tmp_path / "shards").exists()
+        # A worker of the same cluster (another index) shares the folder by design.
+        assert table(model, batches, tmp_path, shard_batches=1, workers=sharded.Workers(1, 2, False)) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_table_is_reference(table(model, batches, tmp_path, shard_batches=1), reference)
