@@ -28,7 +28,7 @@ from robustdet_tf.distribution import num_workers
 from robustdet_tf.evaluation.from_config import attack_dataset, eval_strategy, evaluate_models
 from robustdet_tf.evaluation.sharded import is_unfinished
 from robustdet_tf.export import export_all
-from robustdet_tf.io import new_output_dir
+from robustdet_tf.io import DestinationExistsError, new_output_dir
 
 load_trained_model = train_lib.load_trained_model
 
@@ -150,8 +150,8 @@ def run_export(config, workdir: str, export_dir: str, printer=print) -> dict:
     model = load_trained_model(workdir, config)
     try:
         paths = export_all(model, export_dir)
-    except FileExistsError as err:
-        raise FileExistsError(f"{err.filename} already holds an export; the command line never replaces one: "
+    except DestinationExistsError as err:
+        raise FileExistsError(f"{err.path} already holds an export; the command line never replaces one: "
                               "pass --export_dir=<a new folder>, or move the old export away. Nothing was written."
                               ) from None
     printer(f"exported {paths}")

@@ -17,13 +17,23 @@ import time
 from collections.abc import Iterator
 
 
+class DestinationExistsError(FileExistsError):
+    """An export destination that exists and may not be replaced; ``path`` names it."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def check_destination(path: str | os.PathLike, overwrite: bool) -> str:
     """The absolute destination path; refuses an existing one unless ``overwrite``."""
     path = os.path.abspath(os.fspath(path))
     if os.path.lexists(path) and not overwrite:
-        error = FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or export to another path")
-        error.filename = path
-        raise error
+        raise DestinationExistsError(
+            f"{path} already exists; pass overwrite=True to replace it, or export to another path", path)
     return path
 
 

@@ -244,9 +244,10 @@ class Trainer:
             self.checkpoint, write_dir(self.checkpoint_dir, self.strategy), max_to_keep=int(config.train.get("keep", 2))
         )
         self.source = source
+        recorded = self._recorded_settings()  # refused changes stop the run before the checkpoint is read
         self.start_step = self.restore()
-        if self.start_step:
-            self.notes += self._settings_on_resume()
+        if self.start_step and recorded is not None:
+            self.notes += self._apply_changed_settings(recorded)
 
     def _in_scope(self, model: keras.Model) -> keras.Model:
         """``model`` itself under the default strategy and its own precision; else a copy built in the strategy's
@@ -260,24 +261,29 @@ class Trainer:
         copy.set_weights(model.get_weights())
         return copy
 
-    def _settings_on_resume(self) -> list[str]:
-        """Compare ``config.train`` with the run's record: refuse a change of ``REFUSED_ON_RESUME``, apply a new
-        learning rate or momentum to the restored optimiser (which would otherwise keep the old ones), and return
-        one line per change."""
+    def _recorded_settings(self) -> dict | None:
+        """``config.train`` as the run recorded it, when there is a checkpoint to resume (``None`` otherwise, or for
+        a workdir of an earlier version); a change of ``REFUSED_ON_RESUME`` is refused here, key named."""
         path = os.path.join(self.workdir, TRAIN_RECORD)
-        if not os.path.exists(path):  # a workdir of an earlier version: nothing to compare
-            return []
+        if not os.path.exists(path) or tf.train.latest_checkpoint(self.checkpoint_dir) is None:
+            return None
         with open(path, encoding="utf-8") as handle:
             recorded = json.load(handle)
         current = train_record(self.config)
-        changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-        refused = [k for k in changed if k in REFUSED_ON_RESUME]
+        refused = [k for k in REFUSED_ON_RESUME if recorded.get(k) != current.get(k)]
         if refused:
             raise IncompatibleWorkdirError(
                 f"{self.workdir} was trained with " + ", ".join(f"train.{k}={recorded.get(k)!r}" for k in refused)
                 + "; a resume cannot change " + ", ".join(f"train.{k}" for k in refused) + " (the restored optimiser "
                 "state, data order or starting weights belong to the recorded value). Resume with the recorded "
                 "value, or start a new run in another --workdir. Nothing was changed.")
+        return recorded
+
+    def _apply_changed_settings(self, recorded: dict) -> list[str]:
+        """Apply a new learning rate or momentum to the restored optimiser (which would otherwise keep the old ones)
+        and return one line per ``config.train`` key that differs from the record."""
+        current = train_record(self.config)
+        changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
         optimizer = self.model.optimizer
         if {"learning_rate", "lr_steps", "lr_gamma"} & set(changed):
             optimizer.learning_rate = learning_rate(self.config.train)

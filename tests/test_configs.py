@@ -60,7 +60,7 @@ def test_demo_compares_robustdet_and_ssd_at_on_equal_terms():
     assert config.robustdet.model.adversarial == config.ssd_at.model.adversarial
     assert config.robustdet.train.to_dict() == config.ssd_at.train.to_dict()
     adversarial = config.robustdet.model.adversarial
-    assert (adversarial.method, adversarial.epsilon, adversarial.step_size) == ("cls", 8.0, 8.0)
+    assert (adversarial.method, adversarial.epsilon, adversarial.step_size) == ("cls", 2.0, 2.0)
     assert adversarial.schedule == "interleaved" and config.robustdet.train.steps % adversarial.steps == 0
 
 

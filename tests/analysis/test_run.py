@@ -19,7 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_settings_default_and_bad_keys_are_refused():
     assert settings_of(ml_collections.ConfigDict({"eval": {}})) == DEFAULT_SETTINGS  # a config without the section
     demo = settings_of(demo_config.get_config())
-    assert demo["images"] == 16 and tuple(demo["figures"]) == FIGURES
+    assert demo["images"] == 8 and tuple(demo["figures"]) == FIGURES
     for bad, match in (({"imgaes": 3}, "unknown keys"), ({"figures": ("fig9",)}, "figures"),
                        ({"images": 0}, "images")):
         with pytest.raises(ValueError, match=match):

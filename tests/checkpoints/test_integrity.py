@@ -2,6 +2,7 @@
 the resume names them, moves them aside, continues from the newest intact checkpoint and deletes nothing intact;
 with none intact it stops with one message instead of starting over."""
 
+import copy
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from tests.test_train import tiny_config
 
 
 def train(config, workdir, steps):
+    config = copy.deepcopy(config)  # the module's config stays as the fixture made it
     with config.unlocked():
         config.train.steps = steps
     printed = []
@@ -67,7 +69,8 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
 
     trainer = train_lib.Trainer(config, str(workdir))
     assert trainer.start_step == 4  # the newest intact checkpoint, not step 0
-    assert len(trainer.notes) == 1 and "checkpoint ckpt-6 (step 6) is damaged" in trainer.notes[0]
+    assert "checkpoint ckpt-6 (step 6) is damaged" in trainer.notes[0]
+    assert not any("damaged" in note for note in trainer.notes[1:])
     note = trainer.notes[0]
     assert reason in note and "resuming from the newest intact checkpoint, ckpt-4 (step 4)" in note
     damaged = sorted(os.listdir(workdir / "checkpoints" / "damaged"))

@@ -55,7 +55,8 @@ def test_worst_case_column_and_lowest_cell(table):
     results, folder = table
     cells = results["models"]["robustdet"]
     lowest = min((k for k in cells if k != "clean"), key=cells.get)
-    assert results["worst_case"]["robustdet"] == {"attack": lowest, "mAP": cells[lowest]}
+    worst = results["worst_case"]["robustdet"]
+    assert {k: worst[k] for k in ("attack", "mAP")} == {"attack": lowest, "mAP": cells[lowest]}
     written = json.loads((folder / "robustness.json").read_text())
     assert written["worst_case"] == results["worst_case"] and list(written["models"]["robustdet"]) == list(COLUMNS)
     markdown = (folder / "robustness.md").read_text()
@@ -70,7 +71,7 @@ def test_the_aid_column_does_not_apply_to_a_model_without_one(tmp_path):
                                              attacks=("clean", "AID"), max_batches=1, plots=False,
                                              overrides={"pgd": {"steps": 1}})
     assert results["models"]["ssd"]["AID"] is None and results["per_class_AP"]["ssd"]["AID"] == {}
-    assert results["worst_case"]["ssd"] == {"attack": None, "mAP": None}
+    assert {k: results["worst_case"]["ssd"][k] for k in ("attack", "mAP")} == {"attack": None, "mAP": None}
     assert "| ssd |" in (tmp_path / "robustness.md").read_text() and "– |" in (tmp_path / "robustness.md").read_text()
 
 

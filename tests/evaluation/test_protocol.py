@@ -17,7 +17,7 @@ def test_predefined_protocols():
     strong = P.make_protocol("strong")
     assert strong["pgd"]["random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
     assert strong["dag"]["faithful"] is False and strong["dag"]["epsilon"] == 8.0
-    assert set(P.ATTACKS) == {"clean", "DAG", "Worst", *P.PGD_METHODS}
+    assert set(P.ATTACKS) == {"clean", "DAG", "Transfer", "Worst", *P.PGD_METHODS}
     assert set(P.PAPER_ATTACKS) == {"clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"}
     adaptive = P.make_protocol("adaptive")
     assert adaptive["pgd"]["step_schedule"] == "apgd" and adaptive["pgd"]["restarts"] >= 2

@@ -96,4 +96,7 @@ def test_fit_under_mirrored_strategy_on_two_logical_cpus():
     assert result["max_weight_diff"] < 1e-5, result
     for name, (one, two) in result["terms"].items():
         assert abs(one - two) <= 1e-5 * max(1.0, abs(one)), (name, result)
-    assert result["grad_rel_diff"] < 1e-5, result
+    # The defect this guards against (batch statistics all-reduced in another order) gave 6e-3.  What remains is
+    # float32 summation order inside convolution kernels run at another per-replica batch size: 1.1e-5 (Eigen) and
+    # 1.4e-5 (oneDNN) on an AVX-512 Xeon, below 1e-5 on the AMD EPYC this was first measured on.
+    assert result["grad_rel_diff"] < 1e-4, result
