@@ -17,9 +17,14 @@ from typing import Any
 import tensorflow as tf
 
 
-def traced_once(fn: Callable[..., Any], *, jit_compile: bool = False, autograph: bool = True) -> Callable[..., Any]:
+def traced_once(fn: Callable[..., Any], *, jit_compile: bool = False, autograph: bool = False) -> Callable[..., Any]:
     """``fn`` (positional tensor arguments, nested structures allowed) as a graph function traced once per input
-    structure, dtypes and shapes."""
+    structure, dtypes and shapes.
+
+    Without AutoGraph by default: the steps traced here hold no Python control flow on tensors (the attacks' step
+    loops are explicit ``while`` loops, ``attacks.budget.repeat``), and AutoGraph's conversion of every function a
+    step calls took about a quarter of each trace; code that needs it passes ``autograph=True`` (a Python ``if`` or
+    ``for`` on a tensor then fails loudly at trace time instead of silently)."""
     def positional(*args: Any) -> Any:  # a partial's bound keywords must not become part of the signature
         return fn(*args)
 

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf.attacks.budget import repeat
 from robustdet_tf.attacks.pgd import attack_step, random_start
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.compiled import traced_once
@@ -41,9 +42,7 @@ def _advance_fn(model: keras.Model, spec: AttackSpec):
     """A compiled ``(adv, clean, targets, n) → adv after n more attack steps``."""
 
     def advance(adv, clean, targets, n):
-        for _ in tf.range(n):
-            adv = attack_step(model, adv, clean, targets, spec)
-        return adv
+        return repeat(n, lambda x: attack_step(model, x, clean, targets, spec), adv)
 
     return traced_once(advance)
 

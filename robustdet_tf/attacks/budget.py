@@ -8,6 +8,8 @@ Models eat pixels, so ε, the clip to ``[0, 255]`` and the noise are all in pixe
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -46,3 +48,16 @@ def in_graph(attack):
         return attack(*args, **kwargs)
 
     return run
+
+
+def repeat(times, body: Callable[[Any], Any], state: Any) -> Any:
+    """``body`` applied ``times`` times to ``state`` (a tensor or a nested structure of tensors) as one graph
+    ``while`` loop (eagerly: a loop of eager calls).
+
+    Why written out: the attacks' step loops are the only control flow on tensors in an evaluation step, and a
+    ``tf.range`` loop needs AutoGraph, which converts every function the step calls while tracing — about a quarter
+    of the tracing time of a table cell.  With the loops explicit, evaluation traces with ``autograph=False``.
+    """
+    _, state = tf.while_loop(lambda i, _: i < times, lambda i, s: (i + 1, body(s)),
+                             (tf.constant(0, tf.int32), state))
+    return state

@@ -28,8 +28,13 @@ def detection_terms(model: keras.Model, images: tf.Tensor, targets: Mapping[str,
     return model.detection_loss(model(images, training=False), targets)
 
 
-def make_objective(name: str, con_weights: Sequence[float] = (1.0, 1.0)) -> Objective:
-    """The objective maximised by an attack: ``cls`` (A_cls), ``loc`` (A_loc), ``con`` (weighted sum) or ``cwa``."""
+def make_objective(name: str, con_weights: Sequence[float] = (1.0, 1.0), cwa_per_image: bool = False) -> Objective:
+    """The objective maximised by an attack: ``cls`` (A_cls), ``loc`` (A_loc), ``con`` (weighted sum) or ``cwa``.
+
+    ``cwa_per_image``: the sum over the images of each image's own class-wise loss, whose gradient at every image
+    is that of the image attacked alone (the reference's evaluation, one image at a time); otherwise the classes are
+    averaged over the batch (its training).  The other objectives need no such switch: their batch normalisation (by
+    the positives of the batch) only scales each image's gradient, which a sign step does not see."""
     if name == "cls":
         return lambda model, x, t: detection_terms(model, x, t)[1]
     if name == "loc":
@@ -42,6 +47,8 @@ def make_objective(name: str, con_weights: Sequence[float] = (1.0, 1.0)) -> Obje
 
         return con
     if name == "cwa":
+        if cwa_per_image:
+            return lambda model, x, t: tf.reduce_sum(per_image_class_wise(model, model(x, training=False), t))
         return lambda model, x, t: class_wise_loss(
             model(x, training=False), t, model.priors, threshold=model.match_threshold
         )
@@ -54,15 +61,8 @@ def per_image_terms(model: keras.Model, outputs: Outputs, targets: Mapping[str, 
 
 
 def per_image_class_wise(model: keras.Model, outputs: Outputs, targets: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """The CWA loss of each image alone, ``[B]`` (a graph ``map_fn``: the class averages do not batch)."""
-    return tf.map_fn(
-        lambda item: class_wise_loss({k: v[None] for k, v in item[0].items()},
-                                     {k: v[None] for k, v in item[1].items()}, model.priors,
-                                     threshold=model.match_threshold),
-        ({"loc": outputs["loc"], "logits": outputs["logits"]},
-         {"boxes": targets["boxes"], "labels": targets["labels"]}),
-        fn_output_signature=tf.float32,
-    )
+    """The CWA loss of each image alone, ``[B]`` (class averages per (image, class) segment)."""
+    return class_wise_loss(outputs, targets, model.priors, threshold=model.match_threshold, per_image=True)
 
 
 def per_image_loss_of_outputs(name: str, con_weights: Sequence[float] = (1.0, 1.0)):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from robustdet_tf.attacks.budget import in_graph, project, random_start
+from robustdet_tf.attacks.budget import in_graph, project, random_start, repeat
 from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective, per_image_terms
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.attacks.strong import strong_pgd
@@ -42,7 +42,7 @@ def pgd_step(
 ) -> tf.Tensor:
     """One signed-gradient ascent step from ``images`` on ``spec.method`` (or ``objective``), projected around
     ``clean``."""
-    fn = objective if objective is not None else make_objective(spec.method, spec.con_weights)
+    fn = objective if objective is not None else make_objective(spec.method, spec.con_weights, spec.cwa_per_image)
     grad = input_gradient(fn, model, images, targets)
     return tf.stop_gradient(project(images + spec.step_size * tf.sign(grad), clean, spec.epsilon))
 
@@ -94,8 +94,8 @@ def pgd(
 
     The default is the reference protocol (PGD-20 A_cls, ε = α = 8, no random start).  The random start draws from
     ``seed_generator`` when given (a new draw per call: training), else from ``spec.seed`` (the same draw for the
-    same input: evaluation).  The step loop is a ``tf.range`` loop, so under ``tf.function`` it is one graph
-    ``while`` loop.
+    same input: evaluation).  The steps are one graph ``while`` loop (``budget.repeat``), written out so the
+    graph needs no AutoGraph conversion.
 
     With restarts, the ``apgd`` schedule or an adaptive method (``spec.per_image``) the attack is
     ``strong.strong_pgd``: the best iterate per image instead of the final one.
@@ -105,6 +105,4 @@ def pgd(
     clean = tf.convert_to_tensor(images, tf.float32)
     seed = seed_generator if seed_generator is not None else spec.seed
     adv = random_start(clean, spec.epsilon, seed) if spec.random_start else clean
-    for _ in tf.range(spec.steps):
-        adv = attack_step(model, adv, clean, targets, spec)
-    return adv
+    return repeat(spec.steps, lambda x: attack_step(model, x, clean, targets, spec), adv)

@@ -34,7 +34,10 @@ class AttackSpec:
       steps: iterations (reference 20); in interleaved training, the renewal period of the held batch.
       random_start: start from uniform noise in the ε-ball (the reference has none).
       con_weights: ``(w_loc, w_cls)`` of the ``con`` objective.
-      mtd_per_image: MTD chooses loc vs cls per image (the MTD paper) instead of per batch (the reference).
+      mtd_per_image: MTD chooses loc vs cls per image (the MTD paper, and the reference's evaluation, which attacks
+        one image at a time) instead of per batch (the reference's training).
+      cwa_per_image: CWA averages each image's classes alone (the reference's evaluation, one image at a time)
+        instead of the batch's classes (the reference's training batches).
       seed: seed of the random start (``None``: nondeterministic).
       restarts: independent runs (the first from ``random_start``'s choice, the others from random starts); each
         image keeps the iterate with the highest objective over all runs and steps (``attacks/strong.py``).
@@ -45,7 +48,7 @@ class AttackSpec:
         distance).
       base: the detection objective of ``adaptive`` and ``fixed_pi`` (``cls``, ``loc``, ``con``, ``cwa``).
 
-    The first eight settings are the reference's; with their defaults (``restarts=1``, ``step_schedule="constant"``) a
+    The first nine settings are the reference's; with their defaults (``restarts=1``, ``step_schedule="constant"``) a
     ``cls``/``loc``/``con``/``cwa``/``mtd`` attack is the reference's final-iterate PGD.
     """
 
@@ -56,6 +59,7 @@ class AttackSpec:
     random_start: bool = False
     con_weights: tuple[float, float] = (1.0, 1.0)
     mtd_per_image: bool = False
+    cwa_per_image: bool = False
     seed: int | None = None
     restarts: int = 1
     step_schedule: str = "constant"
@@ -73,6 +77,7 @@ class AttackSpec:
         set_("random_start", bool(self.random_start))
         set_("con_weights", tuple(float(w) for w in self.con_weights))
         set_("mtd_per_image", bool(self.mtd_per_image))
+        set_("cwa_per_image", bool(self.cwa_per_image))
         set_("seed", None if self.seed is None else int(self.seed))
         set_("restarts", int(self.restarts))
         set_("aid_weight", float(self.aid_weight))

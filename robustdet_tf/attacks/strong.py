@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from robustdet_tf.attacks.adaptive import AscentAndScore, ascent_and_score
-from robustdet_tf.attacks.budget import project, random_start
+from robustdet_tf.attacks.budget import project, random_start, repeat
 from robustdet_tf.attacks.objectives import make_per_image_objective
 from robustdet_tf.attacks.spec import ADAPTIVE_METHODS, AttackSpec
 
@@ -81,12 +81,12 @@ def _final_score(objective, model, x, targets, best):
 
 def _constant_run(objective, model, start, clean, targets, spec):
     """Fixed-α signed steps; returns the best ``(score, images)`` per image over the ``steps + 1`` iterates."""
-    best = (tf.fill(tf.shape(start)[:1], -np.inf), start)
-    x = start
-    for _ in tf.range(spec.steps):
+    def step(state):
+        x, best = state
         _, score, grad = _ascent_score_gradient(objective, model, x, targets)
-        best = _keep_best(score, x, *best)
-        x = project(x + spec.step_size * tf.sign(grad), clean, spec.epsilon)
+        return project(x + spec.step_size * tf.sign(grad), clean, spec.epsilon), _keep_best(score, x, *best)
+
+    x, best = repeat(spec.steps, step, (start, (tf.fill(tf.shape(start)[:1], -np.inf), start)))
     return _final_score(objective, model, x, targets, best)
 
 
@@ -112,7 +112,10 @@ def _apgd_run(objective, model, start, clean, targets, spec):
     value_prev = value
     rises = tf.zeros(batch)
     top_at_checkpoint, reduced_at_checkpoint = top_value, tf.zeros(batch, tf.bool)
-    for k in tf.range(1, steps):
+
+    def step(state):
+        k, x, x_prev, value_prev, eta, rises, best, top, top_at_checkpoint, reduced_at_checkpoint = state
+        top_value, top_images, top_grad = top
         value, score, grad = _ascent_score_gradient(objective, model, x, targets)
         best = _keep_best(score, x, *best)
         rises += tf.cast(value > value_prev, tf.float32)
@@ -133,7 +136,12 @@ def _apgd_run(objective, model, start, clean, targets, spec):
         e = eta[:, None, None, None]
         z = project(x + e * tf.sign(grad), clean, spec.epsilon)
         x_next = project(x + MOMENTUM * (z - x) + (1.0 - MOMENTUM) * (x - x_prev), clean, spec.epsilon)
-        x_prev, x, value_prev = x, x_next, value
+        return (k + 1, x_next, x, value, eta, rises, best, (top_value, top_images, top_grad), top_at_checkpoint,
+                reduced_at_checkpoint)
+
+    state = (tf.constant(1, tf.int32), x, x_prev, value_prev, eta, rises, best, (top_value, top_images, top_grad),
+             top_at_checkpoint, reduced_at_checkpoint)
+    _, x, _, _, _, _, best, *_ = repeat(steps - 1, step, state)
     return _final_score(objective, model, x, targets, best)
 
 

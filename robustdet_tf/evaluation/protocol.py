@@ -5,7 +5,8 @@ a protocol is explicit data (``PROTOCOLS``), merged with user overrides by ``mak
 described in one sentence for the table caption, and turned into attack functions by ``make_attack``.
 
 * ``"reference"`` — what ``eval_attack.py`` does: PGD-20 with ε = α = 8 and no random start for A_cls, A_loc,
-  con, MTD (choice per batch) and CWA; DAG with 150 steps of γ = 0.5, faithful (unbounded, gradient at the clean
+  con, MTD and CWA, each image attacked as if alone (the reference runs batch size 1: MTD's loc/cls choice and CWA's
+  class averages are per image, so a table does not depend on ``eval.batch_size``); DAG with 150 steps of γ = 0.5, faithful (unbounded, gradient at the clean
   image + last step); VOC07 11-point AP with the reference's coordinate offsets.
 * ``"strong"`` — a stronger, corrected evaluation: PGD with a random start, α = 2 and 50 steps (ε = 8), MTD's choice
   per image, and the ε-bounded, early-stopping DAG.
@@ -62,7 +63,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "steps": 20,
             "random_start": False,
             "con_weights": [1.0, 1.0],
-            "mtd_per_image": False,
+            "mtd_per_image": True,  # eval_attack.py attacks one image at a time
+            "cwa_per_image": True,
             **_REFERENCE_PGD,
         },
         "dag": {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None},
@@ -80,6 +82,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "random_start": True,
             "con_weights": [1.0, 1.0],
             "mtd_per_image": True,
+            "cwa_per_image": True,
             **_REFERENCE_PGD,
         },
         "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
@@ -144,12 +147,15 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
         start = f"α = {p['step_size']:g}, {start}"
     a = protocol.get("adaptive", _ADAPTIVE_DEFAULTS)
     adaptive = f"adaptive attacks on {a['base']} − {a['aid_weight']:g}·{a['divergence'].upper()}(π)"
-    mtd = "per image" if p["mtd_per_image"] else "per batch"
+    scope = {True: "per image", False: "per batch"}
+    mtd, cwa = bool(p["mtd_per_image"]), bool(p.get("cwa_per_image", False))  # results files of older versions
+    coupling = (f"MTD choice and CWA classes {scope[mtd]}" if mtd == cwa else
+                f"MTD choice {scope[mtd]}, CWA classes {scope[cwa]}")
     if d["faithful"]:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, faithful (unbounded)"
     else:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, bounded ε = {d['epsilon']:g}, early stop"
-    return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, {start}; MTD choice {mtd}; "
+    return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, {start}; {coupling}; "
             f"{dag_text}; {adaptive}; metric {protocol['metric']}.")
 
 

@@ -39,6 +39,7 @@ import tensorflow as tf
 from robustdet_tf.evaluation import shard_plan, sharded
 from robustdet_tf.evaluation.bootstrap import BootstrapSpec, table_intervals, with_intervals
 from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, make_metric
+from robustdet_tf.evaluation.progress import TableProgress
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
     ATTACKS,
     COLUMN_TITLES,
@@ -59,7 +60,7 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     plot_pr_curves,
     write_sample_pngs,
 )
-from robustdet_tf.evaluation.transfer import TRANSFER_BASE, transfer_attack
+from robustdet_tf.evaluation.transfer import TRANSFER_BASE, same_cell, transfer_attack
 from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
 from robustdet_tf.io import workdir_lock, write_text
 
@@ -169,7 +170,9 @@ def evaluate_robustness(
       shard_timeout: seconds the chief waits for shards other workers compute.
       data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
       workers: this process's place among the workers (default: from ``TF_CONFIG``).
-      printer: receives one line on how many shards were computed and reused (on a resume or a worker).
+      printer: receives the progress lines (``evaluation.progress``: one per finished cell, and inside a long cell
+        one at most every 30 s with images done and time left) and one line on how many shards were computed and
+        reused (on a resume or a worker); ``None``: silent.
       bootstrap: resamples, seed and level of the paired bootstrap intervals over images (``evaluation.bootstrap``;
         default ``BootstrapSpec()``: 1000 resamples, seed 0, 95 %); ``resamples=0`` writes no intervals.  Computed
         from the merged metric states after the shards, so they are the same however the table was computed.
@@ -217,18 +220,28 @@ def evaluate_robustness(
 
         first_batch: dict[str, dict[str, tuple]] = {name: {} for name in models}
         cells = [(m, a) for m in models for a in attacks if column_applies(a, models[m])]
+        computed_cells = [(m, a) for m, a in cells if same_cell(m, a, source_name if source else None, attacks) is None]
+        known = (data or {}).get("num_examples") if max_batches is None and workers.count == 1 else None
+        progress = TableProgress(len(computed_cells), known, printer) if printer is not None else None
         computed = reused = 0
-        for model_name, attack_name in cells:
+        for model_name, attack_name in computed_cells:
             model = models[model_name]
             step = batch_step(model, column_attack(attack_name, proto, attacks, model, source), strategy)
+            keep = sample_images > 0 and workers.chief
 
-            def keep_first(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name):
-                if index == 0:
+            def on_batch(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name,
+                         keep=keep):
+                if keep and index == 0:
                     kept[attack_name] = (clean, adv, detections)
+                if progress is not None:
+                    progress.batch_done(int(clean.shape[0]))
 
+            if progress is not None:
+                progress.start_cell(model_name, attack_name)
             done = sharded.compute_shards(sharded.cell_dir(output_dir, model_name, attack_name), batches, step,
-                                          metric_factory, shard_batches, workers,
-                                          on_batch=keep_first if sample_images > 0 and workers.chief else None)
+                                          metric_factory, shard_batches, workers, on_batch=on_batch)
+            if progress is not None:
+                progress.end_cell(reused=done[0] == 0 and done[1] > 0)
             computed, reused = computed + done[0], reused + done[1]
         if printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
             printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
@@ -245,9 +258,10 @@ def evaluate_robustness(
                 if (model_name, attack_name) not in cells:  # e.g. the AID column of a model without an AID
                     table[model_name][attack_name], per_class[model_name][attack_name] = None, {}
                     continue
-                metric = sharded.merged_metric(sharded.cell_dir(output_dir, model_name, attack_name), metric_factory,
+                stored = same_cell(model_name, attack_name, source_name if source else None, attacks) or attack_name
+                metric = sharded.merged_metric(sharded.cell_dir(output_dir, model_name, stored), metric_factory,
                                                shard_batches, workers, shard_timeout,
-                                               what=f"the cell ({model_name}, {attack_name})")
+                                               what=f"the cell ({model_name}, {stored})")
                 metric_result = metric.result()
                 table[model_name][attack_name] = fraction(_headline(metric_result))
                 if bootstrap.resamples:
@@ -260,6 +274,10 @@ def evaluate_robustness(
                                    os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
             if sample_images > 0:
                 applicable = [a for a in attacks if (model_name, a) in cells]
+                for attack_name in applicable:
+                    stored = same_cell(model_name, attack_name, source_name if source else None, attacks)
+                    if stored in first_batch[model_name]:
+                        first_batch[model_name].setdefault(attack_name, first_batch[model_name][stored])
                 _samples_for_model(model, model_name, first_batch[model_name], batches, output_dir, class_names,
                                    sample_images, (sample_score_threshold, sample_top_n),
                                    {a: column_attack(a, proto, attacks, model, source) for a in applicable})

@@ -28,3 +28,11 @@ def transfer_attack(source: keras.Model, attack: AttackFn) -> AttackFn:
         return tf.stop_gradient(attack(source, images, targets))
 
     return attacked
+
+
+def same_cell(model_name: str, attack_name: str, source_name: str | None, attacks) -> str | None:
+    """The column whose cell ``(model_name, attack_name)`` is, exactly: the source's ``Transfer`` cell is its own
+    ``A_cls`` cell when the table has both (the same images, the same detections), so a table computes it once."""
+    if attack_name == "Transfer" and model_name == source_name and TRANSFER_BASE in attacks:
+        return TRANSFER_BASE
+    return None

@@ -72,3 +72,32 @@ def test_pgd_runs_in_graph(model_and_batch):
     fn = tf.function(lambda x, t: pgd_lib.pgd(model, x, t, spec))
     np.testing.assert_allclose(fn(x0, targets).numpy(), pgd_lib.pgd(model, x0, targets, spec).numpy(),
                                atol=1e-3)
+
+
+def shared_classes(model, images, targets):
+    """The batch with labels whose classes recur across images in other proportions (images 0 and 3 hold two or three
+    classes), so a batch-wide class average weighs each image's classes otherwise than the image alone does."""
+    labels = tf.constant([[2, 1, -1], [1, -1, -1], [0, -1, -1], [1, 2, 0]])
+    return model, images, {"boxes": targets["boxes"], "labels": labels}
+
+
+@pytest.mark.parametrize("spec", [AttackSpec("cwa", steps=2, cwa_per_image=True),
+                                  AttackSpec("mtd", steps=2, mtd_per_image=True)], ids=["cwa", "mtd"])
+def test_per_image_attacks_take_each_image_as_its_batch_of_one_would(model_and_batch, spec):
+    """``eval_attack.py`` attacks one image at a time; with the per-image switches a batch gives every image the
+    adversarial image it gets alone, so a table does not depend on the evaluation batch size."""
+    model, x0, targets = shared_classes(*model_and_batch)
+    batched = pgd_lib.pgd(model, x0, targets, spec).numpy()
+    alone = np.concatenate([pgd_lib.pgd(model, x0[i:i + 1], {k: v[i:i + 1] for k, v in targets.items()}, spec).numpy()
+                            for i in range(4)])
+    np.testing.assert_array_equal(batched, alone)
+
+
+def test_batch_coupled_cwa_differs_from_the_batch_of_one(model_and_batch):
+    """Without ``cwa_per_image`` the classes are averaged over the batch (the reference's training): another attack."""
+    model, x0, targets = shared_classes(*model_and_batch)
+    spec = AttackSpec("cwa", steps=2)
+    batched = pgd_lib.pgd(model, x0, targets, spec).numpy()
+    alone = np.concatenate([pgd_lib.pgd(model, x0[i:i + 1], {k: v[i:i + 1] for k, v in targets.items()}, spec).numpy()
+                            for i in range(4)])
+    assert np.mean(batched != alone) > 1e-3

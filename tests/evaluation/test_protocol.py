@@ -24,6 +24,11 @@ def test_predefined_protocols():
     assert adaptive["pgd"]["epsilon"] == 8.0 and adaptive["pgd"]["steps"] >= 50
     assert all(p["pgd"]["restarts"] == 1 and p["pgd"]["step_schedule"] == "constant" for p in (ref, strong))
     assert ref["adaptive"] == {"aid_weight": 1.0, "divergence": "kl", "base": "cls"}
+    # eval_attack.py attacks one image at a time: MTD's choice and CWA's class averages are each image's own.
+    for protocol in (ref, strong, adaptive):
+        for column in ("MTD", "CWA"):
+            spec = P.attack_spec(column, protocol)
+            assert spec.mtd_per_image and spec.cwa_per_image, (protocol["name"], column)
 
 
 def test_overrides_are_deep_merged_and_checked():
@@ -35,7 +40,7 @@ def test_overrides_are_deep_merged_and_checked():
     assert custom["name"] == "mine" and custom["dag"]["steps"] == 5 and custom["pgd"]["steps"] == 20
 
     with pytest.raises(KeyError, match=r"'pgd\.stpes' is not a protocol key; accepted keys at this level: "
-                                       r"\['con_weights', 'epsilon'"):
+                                       r"\['con_weights', 'cwa_per_image', 'epsilon'"):
         P.make_protocol("reference", {"pgd": {"stpes": 5}})
     with pytest.raises(KeyError, match="'metrics' is not a protocol key"):
         P.make_protocol({"metrics": "coco"})
@@ -92,13 +97,15 @@ def test_clean_is_no_attack_and_unknown_columns_are_refused():
 
 def test_description_names_every_setting():
     assert P.describe_protocol(P.make_protocol("reference")) == (
-        "PGD-20, ε = 8, α = 8, no random start; MTD choice per batch; DAG 150 steps, γ = 0.5, faithful (unbounded); "
-        "adaptive attacks on cls − 1·KL(π); metric voc07.")
+        "PGD-20, ε = 8, α = 8, no random start; MTD choice and CWA classes per image; DAG 150 steps, γ = 0.5, "
+        "faithful (unbounded); adaptive attacks on cls − 1·KL(π); metric voc07.")
+    coupled = P.make_protocol("reference", {"pgd": {"cwa_per_image": False}})
+    assert "MTD choice per image, CWA classes per batch;" in P.describe_protocol(coupled)
     strong = P.describe_protocol(P.make_protocol("strong", {"pgd": {"steps": 9, "epsilon": 4}, "metric": "coco"}))
-    assert strong == ("PGD-9, ε = 4, α = 2, random start; MTD choice per image; DAG 150 steps, γ = 0.5, bounded "
+    assert strong == ("PGD-9, ε = 4, α = 2, random start; MTD choice and CWA classes per image; DAG 150 steps, γ = 0.5, bounded "
                       "ε = 8, early stop; adaptive attacks on cls − 1·KL(π); metric coco.")
     adaptive = P.describe_protocol(P.make_protocol("adaptive", {"adaptive": {"aid_weight": 4, "divergence": "js"}}))
     assert adaptive.startswith("PGD-50, ε = 8, random start, 2 run(s), best iterate per image; APGD step schedule "
-                               "from 2ε; MTD choice per image;")
+                               "from 2ε; MTD choice and CWA classes per image;")
     assert "adaptive attacks on cls − 4·JS(π)" in adaptive
 

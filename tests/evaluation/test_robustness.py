@@ -68,7 +68,7 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     proto = written["protocol"]
     assert proto["name"] == "reference" and proto["metric"] == "voc07"
     assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "random_start": False,
-                            "con_weights": [1.0, 1.0], "mtd_per_image": False, "restarts": 1,
+                            "con_weights": [1.0, 1.0], "mtd_per_image": True, "cwa_per_image": True, "restarts": 1,
                             "step_schedule": "constant"}
     assert proto["dag"] == {"steps": 10, "gamma": 0.5, "faithful": True, "epsilon": None}
     cells = written["models"]["SSD (tiny)"]
@@ -125,12 +125,18 @@ def test_transfer_column_and_paired_differences(trained, tmp_path):
     images, targets = rectangles(NUM_IMAGES, SIZE)
     train_on_detection_loss(other, images, targets, steps=25)
     models = {"a": model, "a_again": model, "b": other}
+    lines = []
     results = robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path,
                                              attacks=("clean", "A_cls", "Transfer"), overrides=QUICK, plots=True,
-                                             bootstrap={"resamples": 200, "seed": 3})
+                                             bootstrap={"resamples": 200, "seed": 3}, printer=lines.append)
     cells = results["models"]
     assert results["transfer_source"] == "a"
+    # a_again's Transfer cell is computed (a's images, detected by the same weights) and equals a's A_cls cell
+    # exactly, which is why the source's own Transfer cell is not computed again but read from its A_cls cell.
     assert cells["a"]["Transfer"] == cells["a"]["A_cls"] and cells["a_again"]["Transfer"] == cells["a"]["A_cls"]
+    progress = [line for line in lines if line.startswith("cell ")]
+    assert len(progress) == 8 and progress[-1].startswith("cell 8/8 (b, Transfer)")
+    assert not any("(a, Transfer)" in line for line in progress)
     assert cells["b"]["Transfer"] != cells["b"]["A_cls"]  # b is scored on a's adversarial images, not its own
 
     differences = {(d["attack"], d["model_a"], d["model_b"]): d for d in results["differences"]}

@@ -28,3 +28,23 @@ def test_class_wise_loss_without_positives_is_zero():
     zeros = {"loc": tf.zeros([1, 8732, 4]), "logits": tf.zeros([1, 8732, 21])}
     assert float(class_wise_loss(zeros, empty, PRIORS)) == 0.0
 
+
+
+def test_per_image_class_wise_loss_is_each_image_alone():
+    """The reference's evaluation attacks one image at a time: ``per_image`` gives each image's loss as its batch of
+    one would, where the batch loss averages the classes over all images (another number)."""
+    rng = np.random.default_rng(0)
+    predictions = {"loc": tf.constant(rng.normal(size=[3, 8732, 4]), tf.float32),
+                   "logits": tf.constant(rng.normal(size=[3, 8732, 21]), tf.float32)}
+    targets = {"boxes": tf.constant([[[0.1, 0.2, 0.5, 0.7], [0.6, 0.1, 0.9, 0.4]],
+                                     [[0.2, 0.2, 0.6, 0.6], [0.0, 0.0, 0.0, 0.0]],
+                                     [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]),
+               "labels": tf.constant([[4, 11], [4, -1], [-1, -1]])}  # the last image has no object
+    alone = [float(class_wise_loss({k: v[i:i + 1] for k, v in predictions.items()},
+                                   {k: v[i:i + 1] for k, v in targets.items()}, PRIORS)) for i in range(3)]
+    per_image = class_wise_loss(predictions, targets, PRIORS, per_image=True).numpy()
+    assert per_image.shape == (3,)
+    np.testing.assert_allclose(per_image, alone, rtol=1e-6)
+    assert per_image[2] == 0.0 and min(per_image[:2]) > 0
+    batch = float(class_wise_loss(predictions, targets, PRIORS))
+    assert abs(batch - np.mean(alone[:2])) > 1e-3  # class 4 spans two images: the batch average is another loss
