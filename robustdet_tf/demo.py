@@ -107,7 +107,9 @@ def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer):
     if fresh:
         train_lib.seed_run(stage_cfg)  # the AID's initial weights follow the stage's seed
     init = train_lib.model_from_ssd(ssd, stage_cfg) if fresh else None
-    return train_lib.train_in_workdir(stage_cfg, stage_dir, model=init, source=source, printer=printer)
+    how = "K copies of every kernel" if stage_cfg.model.get("kind", "ssd") == "robustdet" else "its weights copied"
+    return train_lib.train_in_workdir(stage_cfg, stage_dir, model=init, source=source, printer=printer,
+                                      origin=f"the demo's clean SSD ({how})")
 
 
 def diagnostics(config, models: dict, workdir: str, printer=print) -> list[str]:

@@ -26,8 +26,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf import run_report
 from robustdet_tf.checkpoints import integrity
-from robustdet_tf.checkpoints.backbone import initialise_backbone
+from robustdet_tf.checkpoints.backbone import start_backbone
 from robustdet_tf.checkpoints.held_batch import HeldBatches
 from robustdet_tf.checkpoints.saving import CheckpointEvery, NonFiniteWeightsError, save_checkpoint
 from robustdet_tf.data import pipeline
@@ -430,10 +431,19 @@ def initial_model(config) -> keras.Model:
     RobustDet is trained from a clean SSD (spec §3.5): every convolution's K kernels start as copies of the SSD's.
     For an SSD config ``init_from`` simply loads the weights of a compatible model.
     """
+    return initial_model_and_origin(config)[0]
+
+
+def initial_model_and_origin(config) -> tuple[keras.Model, str]:
+    """``initial_model`` and where its weights come from, in words (the start-of-run report's line)."""
     init_from = config.train.get("init_from", None)
     backbone_init = str(config.model.get("backbone_init", None) or "none")
     if not init_from:
-        return initialise_backbone(build_model(config.model), backbone_init)
+        model = build_model(config.model)
+        loaded = start_backbone(model, backbone_init)
+        if loaded == "none":
+            return model, f"random: the layers' initialisers, seed {config.train.get('seed', 0)}"
+        return model, loaded
     if backbone_init != "none":
         raise ValueError(f"config.train.init_from={init_from!r} and config.model.backbone_init={backbone_init!r} "
                          "both say where the weights start: keep one of them.")
@@ -442,7 +452,8 @@ def initial_model(config) -> keras.Model:
             f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
             "runs/ssd300_voc/model.keras), or import the official checkpoint with --mode=import first"
         )
-    return model_from_ssd(integrity.load_model_file(init_from), config)
+    how = "K copies of every kernel" if config.model.get("kind", "ssd") == "robustdet" else "its weights copied"
+    return model_from_ssd(integrity.load_model_file(init_from), config), f"the trained SSD {init_from} ({how})"
 
 
 def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
@@ -486,18 +497,35 @@ def imported_model(workdir: str, printer=print) -> keras.Model | None:
 
 
 def train_in_workdir(config, workdir: str, model: keras.Model | None = None, source: DetectionSource | None = None,
-                     printer=print, strategy: tf.distribute.Strategy | None = None) -> keras.Model:
-    """Train (resuming whatever the workdir holds) and save ``model.keras`` when the target step is reached."""
+                     printer=print, strategy: tf.distribute.Strategy | None = None,
+                     origin: str | None = None) -> keras.Model:
+    """Train (resuming whatever the workdir holds) and save ``model.keras`` when the target step is reached.
+
+    A run with steps left starts with the report of ``run_report`` (data, classes, model, where the weights come
+    from, schedule); ``origin`` says where a ``model`` given here comes from."""
     check_workdir(workdir, config)
     has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
     if model is None and not has_checkpoint:
         seed_run(config)
-        model = imported_model(workdir, printer) or initial_model(config)
+        model = imported_model(workdir, printer)
+        if model is not None:
+            origin = f"the imported model {os.path.join(workdir, IMPORTED_MODEL)}"
+        else:
+            model, origin = initial_model_and_origin(config)
+    elif model is not None and origin is None:
+        origin = "the model given to train_in_workdir"
     trainer = Trainer(config, workdir, source=source, model=model, strategy=strategy)
     for note in trainer.notes:
         printer(note)
     if trainer.start_step:
         printer(f"resuming {workdir} at step {trainer.start_step}")
+    if trainer.start_step < config.train.steps and trainer.chief:
+        trainer.source = trainer.source or load_source(config.data, "train")
+        if trainer.start_step:
+            origin = f"the checkpoint of step {trainer.start_step} in {os.path.join(workdir, 'checkpoints')} (resumed)"
+        report = run_report.training_report(config, trainer.source, trainer.model, origin or "")
+        for line in report:
+            printer(line)
     trainer.run(printer=printer)
     if trainer.start_step >= config.train.steps and trainer.chief:
         path = save_model_atomically(trainer.model, os.path.join(workdir, "model.keras"))

@@ -87,7 +87,7 @@ def test_an_image_far_larger_than_the_model_input_is_named_with_its_size(caplog)
 
     images = [image("small", 375, 500), image("huge", 6000, 6000), image("also_small", 480, 640)]
     with caplog.at_level("WARNING"):
-        fields = finished_source_fields(images, ProblemLog(False), "VOC2007 test (local)", "/data")
+        fields = finished_source_fields(images, ProblemLog(False), "VOC2007 test (local)", "/data", 20)
     assert fields["num_examples"] == 3  # a warning, not a refusal
     said = [r.getMessage() for r in caplog.records if "far larger than the model's input" in r.getMessage()]
     assert len(said) == 1 and "/data/JPEGImages/huge.jpg is 6000x6000 (36 MP)" in said[0]

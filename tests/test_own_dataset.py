@@ -145,3 +145,33 @@ def test_an_imported_model_is_where_training_starts_and_is_kept(tmp_path):
         np.testing.assert_array_equal(a, b)
     moved = max(np.abs(a - b).max() for a, b in zip(trained.get_weights(), official.get_weights()))
     assert 0 < moved < 0.1  # one SGD step away from the imported weights, not from a fresh init
+
+
+def test_a_run_reports_its_data_model_weights_and_schedule_and_evaluation_its_progress(tmp_path):
+    """Issue 28: training starts with one block saying what it trains on and from where; evaluation reports each
+    finished cell with the table's time left."""
+    folder, classes = _tree_folder(tmp_path)
+    config = _tiny(ssd300_voc.get_config())
+    # The paper's selection on one folder: both years resolve to it, and it is read once.
+    config.data.update(source="local", root=str(folder), train_years="2007+2012", eval_years="2007", max_boxes=4)
+    config.data.class_names = (str(classes),)
+    workdir = str(tmp_path / "run")
+    lines = []
+    cli.run_train(config, workdir, printer=lines.append)
+    block = lines[lines.index("== run ==") + 1:][:5]
+    assert block[0] == f"training data: VOC2007 trainval (local {folder}): 6 images (2 without objects), 8 objects"
+    assert block[1] == "classes (1), objects each: tree 8"
+    assert block[2].startswith("model: ssd (VGG16 trunk, width ") and "2 classes with background" in block[2]
+    assert f"{keras.saving.load_model(os.path.join(workdir, 'model.keras')).count_params() / 1e6:.2f} M" in block[2]
+    assert block[3] == "weights from: random: the layers' initialisers, seed 0"
+    assert block[4].startswith("schedule: 2 steps, batch 4, sgd at 0.001, momentum 0.9")
+
+    lines = []
+    cli.run_evaluate(config, workdir, printer=lines.append)
+    cells = [line for line in lines if line.startswith("cell ")]
+    assert cells[0].startswith("cell 1/2 (run, clean): 4 images in ") and "table ETA" in cells[0]
+    assert cells[1].startswith("cell 2/2 (run, A_cls): 4 images in ") and cells[1].endswith("all cells done")
+
+    lines = []
+    cli.run_train(config, workdir, printer=lines.append)  # nothing left to train: no report
+    assert "== run ==" not in lines

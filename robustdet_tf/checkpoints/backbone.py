@@ -1,13 +1,17 @@
-"""An ImageNet start for the VGG16 trunk: Keras' VGG16 weights or ssd.pytorch's ``vgg16_reducedfc.pth``.
+"""An ImageNet start for the VGG16 trunk, from whichever VGG16 file the user has.
 
 SSD is trained from an ImageNet VGG16 (the reference's baselines load ``weights/vgg16_reducedfc.pth``, spec §6.5).
 ``config.model.backbone_init`` picks the source of a fresh model's trunk:
 
 * ``"imagenet"``: ``keras.applications.VGG16(weights="imagenet")`` (Keras downloads it once into
-  ``~/.keras/models/``); a path to that ``.h5`` file works offline.
-* a ``.pth`` / ``.npz`` file: ssd.pytorch's ``vgg16_reducedfc.pth`` (keys ``0.weight`` … ``33.bias``, the
-  reference's ``vgg`` ModuleList), loaded as the reference loads it (no channel or mean change).
+  ``~/.keras/models/``);
+* a file of any format ``checkpoints/vgg_files.py`` reads (recognised by content): Keras' ``.h5`` or ``.weights.h5``
+  with or without the classifier, torchvision's ``vgg16`` state dict, ssd.pytorch's ``vgg16_reducedfc.pth``
+  (loaded as the reference loads it: no channel or mean change), ``.npz`` in Keras or PyTorch naming;
 * ``"none"``: the initialiser's weights.
+
+Every file goes through one conversion (``trunk_arrays``).  A file without fc6/fc7 (Keras' "notop" file,
+torchvision's ``features`` alone) leaves conv6/conv7 to the model's own initialiser (``CONV6_DEFAULT``).
 
 Mapping Keras' VGG16.  The 13 convolutions go to ``vgg_0`` … ``vgg_28`` in order.  Keras' weights expect BGR input
 with the ImageNet mean ``(103.939, 116.779, 123.68)`` subtracted from (B, G, R); our models take RGB and subtract
@@ -21,6 +25,7 @@ same 13-pixel field) and every 4th output (4096 → 1024); fc7 keeps every 4th i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +33,7 @@ from collections.abc import Mapping, Sequence
 import keras
 import numpy as np
 
+from robustdet_tf.checkpoints import vgg_files
 from robustdet_tf.checkpoints.key_maps import to_keras_layout
 from robustdet_tf.checkpoints.torch_import import read_state_dict
 from robustdet_tf.layers.aaconv import AAConv2D
@@ -49,6 +55,8 @@ KERAS_CONVS = {
     "block5_conv1": "vgg_24", "block5_conv2": "vgg_26", "block5_conv3": "vgg_28",
 }
 CONV6, CONV7 = "vgg_31", "vgg_33"
+CONV6_DEFAULT = "the layers' own initialiser"
+"""conv6/conv7 of a file without fc6/fc7 (a notop file): left to the model's initialiser (see the README)."""
 TRUNK = (*KERAS_CONVS.values(), CONV6, CONV7)
 _BACKBONE_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
@@ -66,18 +74,25 @@ def keras_cache_path() -> str:
 
 
 def keras_vgg16(weights: str = "imagenet") -> keras.Model:
-    """Keras' VGG16 with its classifier (fc1/fc2 become conv6/conv7): ``"imagenet"`` or a local ``.h5`` path."""
-    if weights != "imagenet" and not os.path.isfile(weights):
-        raise BackboneWeightsError(f"config.model.backbone_init={weights!r}: no such file; give Keras' "
-                                   f"{KERAS_VGG16_FILE}, ssd.pytorch's vgg16_reducedfc.pth, 'imagenet' or 'none'.")
+    """Keras' ImageNet VGG16 with its classifier (fc1/fc2 become conv6/conv7), downloaded once into Keras' cache."""
     try:
         return keras.applications.VGG16(weights=weights, include_top=True)
     except Exception as err:  # get_file raises a bare Exception on a failed download
         raise BackboneWeightsError(
             f"could not load the ImageNet VGG16 weights ({type(err).__name__}: {err}). Without network access, "
             f"download {KERAS_VGG16_URL} on another machine and put it at {keras_cache_path()} (Keras' cache, "
-            f"$KERAS_HOME/models), or pass its path: --config.model.backbone_init=/path/to/{KERAS_VGG16_FILE}."
+            f"$KERAS_HOME/models), or pass a file you have: --config.model.backbone_init=/path/to/file. Accepted: "
+            f"{vgg_files.ACCEPTED}."
         ) from err
+
+
+def keras_model_weights(vgg: keras.Model) -> vgg_files.VGG16File:
+    """A Keras VGG16 model's weights as a ``VGG16File`` (Caffe convention)."""
+    convs = tuple(tuple(np.asarray(w) for w in vgg.get_layer(name).get_weights()) for name in KERAS_CONVS)
+    names = {layer.name for layer in vgg.layers}
+    fc6, fc7 = (tuple(np.asarray(w) for w in vgg.get_layer(n).get_weights()) if n in names else None
+                for n in ("fc1", "fc2"))
+    return vgg_files.VGG16File(convs, fc6, fc7, None, "caffe", f"Keras' VGG16 model {vgg.name}")
 
 
 def reduced_fc(fc6_kernel: np.ndarray, fc6_bias: np.ndarray, fc7_kernel: np.ndarray,
@@ -92,20 +107,22 @@ def reduced_fc(fc6_kernel: np.ndarray, fc6_bias: np.ndarray, fc7_kernel: np.ndar
     }
 
 
-def keras_vgg16_arrays(vgg: keras.Model, mean: Sequence[float]) -> TrunkArrays:
-    """Our trunk's kernels from a Keras VGG16, for a model subtracting ``mean`` from its RGB input."""
-    arrays: TrunkArrays = {}
-    for keras_name, ours in KERAS_CONVS.items():
-        kernel, bias = (np.asarray(w) for w in vgg.get_layer(keras_name).get_weights())
-        arrays[ours] = (kernel, bias)
-    kernel, bias = arrays["vgg_0"]
-    kernel = kernel[:, :, ::-1, :]  # BGR → RGB input channels
-    shift = np.asarray(mean, np.float64) - np.asarray(KERAS_IMAGENET_MEAN_BGR[::-1], np.float64)
-    bias = bias + np.einsum("hwco,c->o", kernel.astype(np.float64), shift)
-    arrays["vgg_0"] = (np.ascontiguousarray(kernel), bias.astype(np.float32))
-    fc1, fc2 = (vgg.get_layer(name).get_weights() for name in ("fc1", "fc2"))
-    arrays.update(reduced_fc(fc1[0], fc1[1], fc2[0], fc2[1]))
+def trunk_arrays(weights: vgg_files.VGG16File, mean: Sequence[float]) -> TrunkArrays:
+    """Our trunk's kernels from any VGG16 file, for a model subtracting ``mean`` from its RGB input: the first
+    convolution rewritten for that input (``vgg_files.first_conv_for``), conv6/conv7 from fc6/fc7 by the reduced-fc
+    subsampling or as ssd.pytorch reduced them; a file without them leaves conv6/conv7 to their initialisers."""
+    arrays: TrunkArrays = dict(zip(KERAS_CONVS.values(), weights.convs))
+    arrays["vgg_0"] = vgg_files.first_conv_for(*arrays["vgg_0"], weights.convention, mean)
+    if weights.fc6 is not None and weights.fc7 is not None:
+        arrays.update(reduced_fc(*weights.fc6, *weights.fc7))
+    elif weights.reduced is not None:
+        arrays[CONV6], arrays[CONV7] = weights.reduced
     return arrays
+
+
+def keras_vgg16_arrays(vgg: keras.Model, mean: Sequence[float]) -> TrunkArrays:
+    """Our trunk's kernels from a Keras VGG16 model, for a model subtracting ``mean`` from its RGB input."""
+    return trunk_arrays(keras_model_weights(vgg), mean)
 
 
 def is_vgg_backbone_state(state: Mapping[str, np.ndarray]) -> bool:
@@ -160,18 +177,37 @@ def model_with_backbone(model_config: Mapping, state: Mapping[str, np.ndarray], 
     return load_trunk(build_model(model_config), reducedfc_arrays(state), source)
 
 
-def initialise_backbone(model: keras.Model, backbone_init: str | None) -> keras.Model:
-    """Apply ``config.model.backbone_init`` (``"none"``, ``"imagenet"``, a Keras ``.h5`` or a ``.pth``/``.npz``)."""
+def start_backbone(model: keras.Model, backbone_init: str | None) -> str:
+    """Apply ``config.model.backbone_init`` (``"none"``, ``"imagenet"`` or a file of any accepted format, see
+    ``checkpoints/vgg_files.py``) to a fresh model; returns what was loaded, for the run's report."""
     spec = str(backbone_init or "none")
     if spec == "none":
-        return model
-    if spec.endswith((".pth", ".pt", ".npz")):
-        state = read_state_dict(spec)
-        if not is_vgg_backbone_state(state):
-            raise BackboneWeightsError(f"config.model.backbone_init={spec!r} is not a bare VGG16 state dict like "
-                                       "vgg16_reducedfc.pth; a full SSD checkpoint goes through --mode=import.")
-        return load_trunk(model, reducedfc_arrays(state), spec)
-    if spec != "imagenet" and not spec.endswith(".h5"):
-        raise BackboneWeightsError(f"config.model.backbone_init={spec!r}: use 'none', 'imagenet', a path to Keras' "
-                                   f"{KERAS_VGG16_FILE} or to ssd.pytorch's vgg16_reducedfc.pth.")
-    return load_trunk(model, keras_vgg16_arrays(keras_vgg16(spec), model.mean), spec)
+        return "none"
+    if spec == "imagenet":
+        weights = keras_model_weights(keras_vgg16("imagenet"))
+        weights = dataclasses.replace(weights, found="Keras' ImageNet VGG16 (with its classifier)")
+    elif os.path.isfile(spec):
+        try:
+            weights = vgg_files.read_vgg16(spec)
+        except vgg_files.VGG16FileError as err:
+            raise BackboneWeightsError(f"config.model.backbone_init={spec!r}: {err}. Accepted: "
+                                       f"{vgg_files.ACCEPTED}.") from None
+    else:
+        raise BackboneWeightsError(f"config.model.backbone_init={spec!r}: no such file, and not 'none' or "
+                                   f"'imagenet'. Accepted files: {vgg_files.ACCEPTED}.")
+    arrays = trunk_arrays(weights, model.mean)
+    load_trunk(model, arrays, spec)
+    loaded = "the 13 trunk convolutions"
+    if CONV6 in arrays:
+        loaded += " and conv6/conv7" + (" (fc6/fc7 subsampled)" if weights.fc6 is not None else "")
+    else:
+        loaded += f"; conv6/conv7 from their initialisers ({CONV6_DEFAULT})"
+    how = {"caffe": "BGR order and mean folded in", "torchvision": "scale and mean folded in",
+           "reference": "as they are"}[weights.convention]
+    return f"{weights.found}: {loaded}, first convolution {how}; the other layers from their initialisers"
+
+
+def initialise_backbone(model: keras.Model, backbone_init: str | None) -> keras.Model:
+    """``start_backbone`` returning the model."""
+    start_backbone(model, backbone_init)
+    return model

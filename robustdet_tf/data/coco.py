@@ -189,7 +189,8 @@ def local_coco(root: str, split: str = "val2017", image_dir: str | None = None,
         parsed = _parse_image(info, image_annotations, image_dir, annotation_file, index, crowd, validate, log)
         if parsed is not None:
             images.append(parsed)
-    fields = validation.finished_source_fields(images, log, f"COCO {split} (local {root})", annotation_file)
+    fields = validation.finished_source_fields(images, log, f"COCO {split} (local {root})", annotation_file,
+                                              len(class_names))
     return CocoSource(class_names=class_names, category_ids=category_ids, **fields)
 
 

@@ -77,6 +77,9 @@ class DetectionSource:
       num_examples: number of images the dataset yields, when known without iterating it.
       skipped: number of skipped images/objects per reason (empty unless ``skip_bad=True``).
       problems: the individual skipped items.
+      objects_per_class: objects of each class (difficult ones included), when the reader knows them without
+        iterating the dataset (the local readers parse every annotation first); ``None`` otherwise.
+      background_images: images without any object, known under the same condition.
     """
 
     dataset: tf.data.Dataset
@@ -85,6 +88,8 @@ class DetectionSource:
     num_examples: int | None = None
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
+    objects_per_class: tuple[int, ...] | None = None
+    background_images: int | None = None
 
 
 @dataclasses.dataclass
@@ -199,6 +204,10 @@ def concatenate(sources: Sequence[DetectionSource], name: str) -> DetectionSourc
         counts.update(s.skipped)
     sizes = [s.num_examples for s in sources]
     total = None if any(n is None for n in sizes) else sum(sizes)
+    known = all(s.objects_per_class is not None and s.background_images is not None for s in sources)
     return DetectionSource(dataset=dataset, name=name, class_names=sources[0].class_names,
                            num_examples=total, skipped=dict(counts),
-                           problems=tuple(p for s in sources for p in s.problems))
+                           problems=tuple(p for s in sources for p in s.problems),
+                           objects_per_class=tuple(map(sum, zip(*(s.objects_per_class for s in sources))))
+                           if known else None,
+                           background_images=sum(s.background_images for s in sources) if known else None)

@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 from PIL import Image
 
@@ -103,7 +104,8 @@ def warn_large_images(images: Sequence[ParsedImage], name: str, shown: int = 3) 
     return lines
 
 
-def finished_source_fields(images: Sequence[ParsedImage], log: ProblemLog, name: str, path: str) -> dict:
+def finished_source_fields(images: Sequence[ParsedImage], log: ProblemLog, name: str, path: str,
+                           num_classes: int) -> dict:
     """The ``DetectionSource`` fields every local reader ends with: the dataset of its parsed images and the
     bookkeeping of what it skipped (logged once); refuses a source left without any image, and warns of images far
     larger than any detector input."""
@@ -112,8 +114,11 @@ def finished_source_fields(images: Sequence[ParsedImage], log: ProblemLog, name:
     if not images:
         raise BadExampleError(f"{name}: no usable image left in {path}; see the problems logged above.",
                               NO_OBJECTS, path)
+    labels = np.concatenate([np.asarray(image.labels, np.int64).reshape(-1) for image in images])
     return dict(dataset=images_to_dataset(images), name=name, num_examples=len(images), skipped=log.counts,
-                problems=log.problems)
+                problems=log.problems,
+                objects_per_class=tuple(int(n) for n in np.bincount(labels, minlength=num_classes)[:num_classes]),
+                background_images=sum(1 for image in images if len(image.labels) == 0))
 
 
 def bad(message: str, reason: str, path: str, fix: str = "") -> BadExampleError:

@@ -183,7 +183,8 @@ def local_voc(root: str, year: str = "2007", split: str = "trainval",
         parsed = _parse_image(voc_dir, image_id, class_index, validate, log)
         if parsed is not None and (len(parsed.labels) or background_images == "keep"):
             images.append(parsed)
-    fields = validation.finished_source_fields(images, log, f"VOC{year} {split} (local {voc_dir})", voc_dir)
+    fields = validation.finished_source_fields(images, log, f"VOC{year} {split} (local {voc_dir})", voc_dir,
+                                              len(class_names))
     return DetectionSource(class_names=class_names, **fields)
 
 
@@ -282,6 +283,21 @@ def parse_voc_spec(spec: str) -> list[str]:
     return years
 
 
+def distinct_folders(root: str, years: Sequence[str], spec: str) -> list[str]:
+    """The years of a selection whose VOC-format folders differ, in order: a folder that several years resolve to
+    (``root`` is the dataset folder itself, as your own data usually is, and the selection is ``2007+2012``) is read
+    once, with a warning naming the folder and the keys to change, so no image counts twice."""
+    folders: dict[str, list[str]] = {}
+    for year in years:
+        folders.setdefault(os.path.realpath(find_voc_dir(root, year)), []).append(year)
+    for folder, named in folders.items():
+        if len(named) > 1:
+            _LOG.warning("the VOC selection %r names the folder %s %d times (as %s): it is read once. Name it once "
+                         "(config.data.train_years / config.data.eval_years, e.g. %r) to silence this.", spec, folder,
+                         len(named), " and ".join(repr(y) for y in named), named[0])
+    return [named[0] for named in folders.values()]
+
+
 def voc_dataset(spec: str = "2007+2012", split: str = "trainval", source: str = "local",
                 root: str | None = None, data_dir: str | None = None, manual_dir: str | None = None,
                 download: bool = False, class_names: Sequence[str] = VOC_CLASSES, skip_bad: bool = False,
@@ -296,9 +312,11 @@ def voc_dataset(spec: str = "2007+2012", split: str = "trainval", source: str = 
     if source == "local":
         if root is None:
             raise ValueError("voc_dataset(source='local') needs root=<VOCdevkit folder>.")
+        years = distinct_folders(root, years, spec)
         sources = [local_voc(root, y, split, class_names=class_names, skip_bad=skip_bad, validate=validate,
                              background_images=background_images) for y in years]
     elif source == "tfds":
+        years = list(dict.fromkeys(years))  # a year named twice is read once
         if tuple(str(n).strip().lower() for n in class_names) != VOC_CLASSES:
             raise ValueError("source='tfds' only provides the 20 standard VOC classes: drop config.data.class_names "
                              "or read your own VOC-format folder with source='local' and config.data.root.")

@@ -316,3 +316,22 @@ def test_tfds_not_prepared_raises_without_downloading(tmp_path):
 def test_tfds_voc2012_test_is_refused():
     with pytest.raises(ValueError, match="VOC2007 test"):
         voc.tfds_voc("voc/2012", "test")
+
+
+def test_a_folder_that_two_years_resolve_to_is_read_once(tmp_path, caplog):
+    """Your own data with the paper's selection: ``root`` is the dataset folder itself, so ``2007`` and ``2012``
+    both resolve to it.  Each image counts once, and the warning names the folder and the keys to change."""
+    tree = write_voc_tree(tmp_path / "devkit", "2007", "trainval", num_images=3, seed=0)
+    own = tmp_path / "tiles"
+    (tree.root / "VOC2007").rename(own)
+    with caplog.at_level("WARNING", logger=voc.__name__):
+        source = voc.voc_dataset("2007+2012", "trainval", root=own)
+    ids = [ex["image_id"].decode() for ex in _examples(source)]
+    assert source.num_examples == 3 and sorted(ids) == sorted(set(ids)) and len(ids) == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "read once" in r.getMessage()]
+    assert str(own) in warning and "config.data.train_years" in warning and "'2007' and '2012'" in warning
+    # Two real years stay two sources, and a year named twice is read once.
+    write_voc_tree(tmp_path, "2007", "trainval", num_images=2, seed=0)
+    write_voc_tree(tmp_path, "2012", "trainval", num_images=3, seed=1)
+    assert voc.voc_dataset("2007+2012", "trainval", root=tmp_path).num_examples == 5
+    assert voc.voc_dataset("2007+2007", "trainval", root=tmp_path).num_examples == 2
