@@ -50,6 +50,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "robustness.md").exists() and (tmp_path / "robustness_bars.png").exists()
     assert (tmp_path / "robustdet" / "model.keras").exists()
     assert "claim: adversarial_training_helps:" in proc.stdout and "steps/s" in proc.stdout
+    # Each stage reports what it trains; the table reports each cell (20: the SSD's Transfer cell is its A_cls cell).
+    assert proc.stdout.count("== run ==") == 3 and "weights from: the demo's clean SSD (K copies" in proc.stdout
+    assert "cell 1/20 (ssd, clean): 4 images in" in proc.stdout and "cell 20/20 (robustdet, Transfer)" in proc.stdout
     # A quiet console: progress, the table, the claims and the findings, none of TensorFlow's INFO or WARNING lines
     # (each fixed at its cause: checkpoint INFO lines below absl's default verbosity, the training cache filled by
     # one complete pass, one concrete function per table cell; the start-up notices held back).

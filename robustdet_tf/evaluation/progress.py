@@ -10,7 +10,7 @@ terminal and in a log file alike, since the lines go through the run's printer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def _duration(seconds: float) -> str:
@@ -25,21 +25,24 @@ def _duration(seconds: float) -> str:
 class TableProgress:
     """Counts the cells and images of one table and prints where it stands.
 
-    ``cells``: the cells this process computes; ``images``: images per cell (``None`` if unknown: no ETA inside a
-    cell); ``every``: the most seconds between two lines inside a cell.  ``clock`` is injectable for tests.
+    ``cells``: the ``(model, attack)`` cells this process computes, in order; ``images``: images per cell (``None``
+    if unknown: no ETA inside a cell); ``every``: the most seconds between two lines inside a cell.  The table's
+    time left sums an estimate per remaining cell: the mean time of the finished cells of its model, else of its
+    attack, else of all (cells of one model cost alike; RobustDet's cost several times the SSD's).  ``clock`` is
+    injectable for tests.
     """
 
-    def __init__(self, cells: int, images: int | None, printer: Callable[[str], None], every: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.cells, self.images, self.printer, self.every, self.clock = cells, images, printer, every, clock
-        self.started = clock()
-        self.finished = 0
+    def __init__(self, cells: Sequence[tuple[str, str]], images: int | None, printer: Callable[[str], None],
+                 every: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.cells, self.images, self.printer, self.every, self.clock = list(cells), images, printer, every, clock
+        self.spent: dict[tuple[str, str], float] = {}
         self.cell_name = ""
-        self.cell_started = self.last_line = self.started
+        self.cell_started = self.last_line = clock()
         self.done = 0
 
     def start_cell(self, model: str, attack: str) -> None:
-        self.cell_name = f"cell {self.finished + 1}/{self.cells} ({model}, {attack})"
+        self.current = (model, attack)
+        self.cell_name = f"cell {len(self.spent) + 1}/{len(self.cells)} ({model}, {attack})"
         self.cell_started = self.last_line = self.clock()
         self.done = 0
 
@@ -59,11 +62,17 @@ class TableProgress:
             line += f" images, {_duration(elapsed)}"
         self.printer(line)
 
+    def _estimate(self, cell: tuple[str, str]) -> float:
+        for same in (lambda c: c[0] == cell[0], lambda c: c[1] == cell[1], lambda c: True):
+            times = [t for c, t in self.spent.items() if same(c)]
+            if times:
+                return sum(times) / len(times)
+        return 0.0
+
     def end_cell(self, reused: bool = False) -> None:
-        now = self.clock()
-        self.finished += 1
-        spent = now - self.cell_started
-        left = (now - self.started) / self.finished * (self.cells - self.finished)
+        spent = self.clock() - self.cell_started
+        self.spent[self.current] = spent
+        left = sum(self._estimate(cell) for cell in self.cells if cell not in self.spent)
         what = "finished shards reused" if reused else f"{self.done} images in {_duration(spent)}"
-        tail = f"table ETA {_duration(left)}" if self.finished < self.cells else "all cells done"
+        tail = f"table ETA {_duration(left)}" if len(self.spent) < len(self.cells) else "all cells done"
         self.printer(f"{self.cell_name}: {what}; {tail}")

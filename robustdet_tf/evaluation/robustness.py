@@ -222,7 +222,7 @@ def evaluate_robustness(
         cells = [(m, a) for m in models for a in attacks if column_applies(a, models[m])]
         computed_cells = [(m, a) for m, a in cells if same_cell(m, a, source_name if source else None, attacks) is None]
         known = (data or {}).get("num_examples") if max_batches is None and workers.count == 1 else None
-        progress = TableProgress(len(computed_cells), known, printer) if printer is not None else None
+        progress = TableProgress(computed_cells, known, printer) if printer is not None else None
         computed = reused = 0
         for model_name, attack_name in computed_cells:
             model = models[model_name]
