@@ -7,15 +7,44 @@ Each experiment file in this folder returns a complete ``ml_collections.ConfigDi
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
 import ml_collections
 
 from robustdet_tf.analysis.run import DEFAULT_SETTINGS as ANALYSIS_DEFAULTS
 from robustdet_tf.attacks.spec import AttackSpec
-from robustdet_tf.data.voc import VOC_CLASSES as VOC_CLASS_NAMES
 from robustdet_tf.evaluation.from_config import DEFAULT_ATTACKS
+from robustdet_tf.labels import VOC_CLASSES as VOC_CLASS_NAMES
 from robustdet_tf.models.adversarial import REFERENCE_TRAINING_ATTACK
-from robustdet_tf.models.detector import SSD300_EXTRAS
+from robustdet_tf.models.robustdet import RobustDet
+from robustdet_tf.models.ssd import SSD
 from robustdet_tf.priors import SSD300_COCO, SSD300_VOC, PriorSpec
+
+SSD_KEYS = ("image_size", "width", "extras", "mean", "weight_decay", "match_threshold", "neg_pos_ratio",
+            "score_threshold", "pre_nms_top_k", "nms_iou_threshold")
+"""The SSD constructor's settings a model config carries with the constructor's defaults."""
+ROBUSTDET_KEYS = ("num_kernels", "aid_width", "decoder_width", "aaconv_implementation", "adc", "triplet_margin",
+                  "triplet_hinge", "loss_weighting")
+"""RobustDet's own settings a model config carries with the constructor's defaults."""
+
+
+def constructor_defaults(cls: type, names: Sequence[str]) -> dict[str, Any]:
+    """The defaults of ``names`` in the constructors of ``cls`` and its bases: a model default is written once, in
+    its constructor, and the configs read it from there (state only what differs)."""
+    found: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.default is not inspect.Parameter.empty:
+                found.setdefault(parameter.name, parameter.default)
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise KeyError(f"{cls.__name__}'s constructor has no default for {missing}")
+    return {name: found[name] for name in names}
 
 
 def _prior_keys(spec: PriorSpec) -> dict:
@@ -34,18 +63,9 @@ def ssd300_model(dataset: str = "voc", num_classes: int | None = None) -> ml_col
         dict(
             kind="ssd",
             num_classes=ml_collections.FieldReference(num_classes, field_type=int),
-            image_size=300,
             backbone_init="none",
-            width=1.0,
-            extras=SSD300_EXTRAS,
+            **constructor_defaults(SSD, SSD_KEYS),
             **_prior_keys(SSD300_VOC if voc else SSD300_COCO),
-            mean=(104.0, 117.0, 123.0),
-            weight_decay=5e-4,
-            match_threshold=0.5,
-            neg_pos_ratio=3.0,
-            score_threshold=0.01,
-            pre_nms_top_k=200,
-            nms_iou_threshold=0.45,
             max_detections=ml_collections.FieldReference(None, field_type=int),
         )
     )
@@ -172,16 +192,9 @@ def robustdet_model(dataset: str = "voc", num_classes: int | None = None, cfr: b
     """RobustDet on the SSD300 layout: K = 4 AAconv kernels, the AID, optional CFR, MTD adversarial training."""
     model = ssd300_model(dataset, num_classes)
     model.kind = "robustdet"
-    model.num_kernels = 4
     model.cfr = cfr
-    model.aid_width = 64
-    model.decoder_width = 512
-    model.aaconv_implementation = "auto"
+    model.update(constructor_defaults(RobustDet, ROBUSTDET_KEYS))
     model.adversarial = adversarial("mtd")
-    model.adc = 0
-    model.triplet_margin = 0.6
-    model.triplet_hinge = "euclidean"
-    model.loss_weighting = "reference"
     return model
 
 

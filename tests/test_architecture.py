@@ -14,7 +14,7 @@ RANKS = {
     "attacks": 2,
     "models": 3,
     "data": 4,
-    "evaluation": 5, "export": 5, "checkpoints": 5, "analysis": 5, "interop": 5,
+    "evaluation": 5, "export": 5, "checkpoints": 5, "analysis": 5, "interop": 5, "run_report": 5,
     "train": 6,
     "demo": 7,
     "cli": 8,

@@ -82,3 +82,24 @@ def test_adversarial_config_keys_are_attack_spec_keys(name):
     schedule = AdversarialSchedule.from_config(settings, seed=3)
     assert schedule.attack == AttackSpec(**{k: v for k, v in settings.items() if k != "schedule"}, seed=3)
     assert schedule.schedule == settings["schedule"]
+
+
+def test_model_defaults_are_written_once_in_the_constructors():
+    """The VOC configs take every model default from the SSD / RobustDet constructors (the values the reference
+    uses: spec §2, §3), so changing a default in one place changes it everywhere."""
+    import inspect
+
+    from configs import common, robustdet_voc, ssd300_voc
+    from robustdet_tf.models.robustdet import RobustDet
+    from robustdet_tf.models.ssd import SSD
+
+    ssd_model, robustdet = ssd300_voc.get_config().model, robustdet_voc.get_config().model
+    for key, value in common.constructor_defaults(SSD, common.SSD_KEYS).items():
+        assert ssd_model[key] == value and robustdet[key] == value, key
+    for key, value in common.constructor_defaults(RobustDet, common.ROBUSTDET_KEYS).items():
+        assert robustdet[key] == value, key
+    assert (ssd_model.image_size, ssd_model.mean, ssd_model.weight_decay, ssd_model.nms_iou_threshold) == (
+        300, (104.0, 117.0, 123.0), 5e-4, 0.45)
+    assert (robustdet.num_kernels, robustdet.aid_width, robustdet.triplet_margin) == (4, 64, 0.6)
+    base_defaults = inspect.signature(SSD.__mro__[1].__init__).parameters
+    assert base_defaults["weight_decay"].default == ssd_model.weight_decay  # read from the base class

@@ -92,8 +92,10 @@ def recorded(monkeypatch):
     """Replace training, expansion, data and evaluation by recorders; each trained "model" is its stage folder."""
     calls = []
 
-    def train_in_workdir(config, workdir, model=None, source=None, printer=print):
+    def train_in_workdir(config, workdir, model=None, source=None, printer=print, origin=None):
         calls.append(("train", os.path.basename(workdir), config, model, source))
+        if model is not None:  # a stage started from the clean SSD says so in its start-of-run report
+            assert origin is not None and origin.startswith("the demo's clean SSD (")
         return f"model<{os.path.basename(workdir)}>"
 
     def model_from_ssd(ssd, config):

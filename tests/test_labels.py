@@ -45,3 +45,14 @@ def test_num_classes_follows_the_names_unless_given():
         num_classes_for(("a", "b"), 2)
     with pytest.raises(ValueError, match="neither config.model.num_classes nor config.data.class_names"):
         num_classes_for(None, None)
+
+
+def test_one_voc_class_list():
+    """The VOC readers, the VOC metric and the configs share the one list of ``labels.py``."""
+    from configs import common
+    from robustdet_tf import labels
+    from robustdet_tf.data import voc
+    from robustdet_tf.evaluation import voc_metric
+
+    assert voc.VOC_CLASSES is labels.VOC_CLASSES and voc_metric.VOC_CLASSES is labels.VOC_CLASSES
+    assert common.VOC_CLASS_NAMES is labels.VOC_CLASSES and len(labels.VOC_CLASSES) == 20

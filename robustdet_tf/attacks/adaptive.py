@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 import keras
 import tensorflow as tf
 
+from robustdet_tf.attacks.model_protocol import has_aid
 from robustdet_tf.attacks.objectives import per_image_loss_of_outputs
 from robustdet_tf.attacks.spec import ADAPTIVE_METHODS, AttackSpec
 from robustdet_tf.losses.aid_triplet import js_type_distance
@@ -33,11 +34,6 @@ from robustdet_tf.losses.aid_triplet import js_type_distance
 PerImageObjective = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
 AscentAndScore = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tuple[tf.Tensor, tf.Tensor]]
 _EPS = 1e-12
-
-
-def has_aid(model: keras.Model) -> bool:
-    """Whether the model routes images through a discriminator's mixture (RobustDet, RobustDet*)."""
-    return callable(getattr(model, "mixture", None))
 
 
 def applies_to(method: str, model: keras.Model) -> bool:

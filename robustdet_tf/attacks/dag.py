@@ -29,7 +29,8 @@ equals the same image evaluated at position ``i`` of a batch when it is given ``
 calls the attack batch by batch with the same seed, so image ``i`` of every batch shares a random stream; that is
 harmless (the labels are still uniform per prior) and keeps the attack a pure function of its inputs.
 
-Everything runs in-graph (one ``tf.while_loop``), batched; call it inside a ``tf.function``.
+Everything runs in-graph (one ``tf.while_loop``), batched; call it inside a ``tf.function``.  The settings are one
+``DAGSpec`` (``attacks/spec.py``), as the PGD family's are one ``AttackSpec``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ import tensorflow as tf
 
 from robustdet_tf import boxes as box_ops
 from robustdet_tf.attacks.budget import in_graph
+from robustdet_tf.attacks.model_protocol import check_attackable
+from robustdet_tf.attacks.spec import DAGSpec
 from robustdet_tf.losses.multibox import per_prior_cross_entropy
+
+REFERENCE_DAG = DAGSpec()
+"""The reference's DAG: 150 steps of γ = 0.5, faithful (unbounded), labels from seed 0."""
 
 _SEED_WORD = 0xDA6  # second word of the base stateless seed; separates DAG's stream from other users of `seed`
 
@@ -98,38 +104,23 @@ def dag(
     model: keras.Model,
     images: tf.Tensor,
     targets: Mapping[str, tf.Tensor],
-    steps: int = 150,
-    gamma: float = 0.5,
-    seed: int | tf.Tensor = 0,
-    faithful: bool = True,
-    epsilon: float = 8.0,
+    spec: DAGSpec = REFERENCE_DAG,
     index_offset: int | tf.Tensor = 0,
-    match_threshold: float | None = None,
 ) -> tf.Tensor:
     """DAG adversarial images ``[B, H, W, 3]`` in pixel space (see the module docstring for the two variants).
 
     Args:
-      model: a detector whose call returns ``{"logits": [B, P, C], ...}`` and that has ``priors``.
+      model: an ``AttackableDetector`` (``attacks/model_protocol.py``).
       images: pixel-space RGB ``[B, H, W, 3]``.
       targets: ``{"boxes": [B, N, 4] rel_xyxy, "labels": [B, N]}`` (−1 = padding / ignored, e.g. difficult).
-      steps: iterations (the reference: 150).
-      gamma: the max-norm of each step's perturbation (the reference: 0.5).
-      seed, index_offset: the stateless seed of the adversarial labels and the position of the first image.
-      faithful: the reference's behaviour (True) or the corrected, ε-bounded, early-stopping variant (False).
-      epsilon: ``‖R‖∞`` bound of the corrected variant (ignored when ``faithful``).
-      match_threshold: IoU for the GT → prior match; defaults to ``model.match_threshold`` (0.5).
+      spec: steps, γ, the variant, its ε, the labels' seed, the match threshold (``DAGSpec``; default the
+        reference's DAG-150).
+      index_offset: the position of the first image (its adversarial labels follow ``(spec.seed, position)``).
     """
-    if steps < 0:
-        raise ValueError(f"dag: steps must be >= 0, got {steps}.")
-    if not faithful and epsilon < 0:
-        raise ValueError(f"dag: epsilon must be >= 0 for the bounded variant, got {epsilon}.")
-    for needed in ("priors", "num_classes"):
-        if not hasattr(model, needed):
-            raise AttributeError(f"dag: the model {type(model).__name__} has no '{needed}' attribute; DAG needs the "
-                                 "priors (to match the ground truth) and the number of classes (background included, "
-                                 "to draw the adversarial labels), as the package's SSD and RobustDet provide.")
+    check_attackable(model, "dag")  # the priors match the ground truth; num_classes draws the adversarial labels
     num_classes = model.num_classes
-    threshold = getattr(model, "match_threshold", 0.5) if match_threshold is None else match_threshold
+    threshold = model.match_threshold if spec.match_threshold is None else spec.match_threshold
+    steps, gamma, faithful, epsilon, seed = spec.steps, spec.gamma, spec.faithful, spec.epsilon, spec.seed
     clean = tf.convert_to_tensor(images, tf.float32)
     _, target_labels, _ = box_ops.match(targets["boxes"], targets["labels"], model.priors, threshold)
     seeds = image_seeds(seed, tf.shape(clean)[0], index_offset)

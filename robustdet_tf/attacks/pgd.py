@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.attacks.budget import in_graph, project, random_start, repeat
+from robustdet_tf.attacks.model_protocol import check_attackable
 from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective, per_image_terms
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.attacks.strong import strong_pgd
@@ -100,6 +101,7 @@ def pgd(
     With restarts, the ``apgd`` schedule or an adaptive method (``spec.per_image``) the attack is
     ``strong.strong_pgd``: the best iterate per image instead of the final one.
     """
+    check_attackable(model, f"pgd ({spec.method})")
     if spec.per_image:
         return strong_pgd(model, images, targets, spec, seed_generator)
     clean = tf.convert_to_tensor(images, tf.float32)

@@ -1,4 +1,4 @@
-"""``AttackSpec``: the settings of one PGD-family attack, as one value (spec §5.1, §5.2, §6.3).
+"""``AttackSpec`` and ``DAGSpec``: the settings of one attack, as one value (spec §5.1–§5.3, §6.3).
 
 Why one object: the same settings describe the attack of adversarial training (``models/adversarial.py``),
 every column of a robustness protocol (``evaluation/protocol.py``) and a call of ``attacks.pgd``.  Passing them as
@@ -118,3 +118,41 @@ class AttackSpec:
 
     def replace(self, **changes) -> AttackSpec:
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class DAGSpec:
+    """One DAG attack (``attacks/dag.py``; spec §5.3).
+
+    Attributes:
+      steps: iterations (reference 150).
+      gamma: the max-norm of each step's perturbation (reference 0.5).
+      faithful: the reference's behaviour (gradient at the clean image plus the last step, no bound, no early stop)
+        or the corrected, ε-bounded, early-stopping variant.
+      epsilon: ``‖R‖∞`` bound of the corrected variant (``None`` with ``faithful``).
+      seed: the stateless seed of the adversarial labels.
+      match_threshold: IoU of the ground truth → prior match (``None``: the model's).
+    """
+
+    steps: int = 150
+    gamma: float = 0.5
+    faithful: bool = True
+    epsilon: float | None = None
+    seed: int = 0
+    match_threshold: float | None = None
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
+        set_("steps", int(self.steps))
+        set_("gamma", float(self.gamma))
+        set_("faithful", bool(self.faithful))
+        set_("seed", int(self.seed))
+        if self.epsilon is not None:
+            set_("epsilon", float(self.epsilon))
+        if self.steps < 0:
+            raise ValueError(f"dag: steps must be >= 0, got {self.steps}.")
+        if not self.faithful and (self.epsilon is None or self.epsilon < 0):
+            raise ValueError(f"dag: the bounded variant (faithful=False) needs epsilon >= 0, got {self.epsilon}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -35,7 +35,6 @@ import numpy as np
 
 from robustdet_tf.checkpoints import vgg_files
 from robustdet_tf.checkpoints.key_maps import to_keras_layout
-from robustdet_tf.checkpoints.torch_import import read_state_dict
 from robustdet_tf.layers.aaconv import AAConv2D
 from robustdet_tf.layers.cfr import ProbConv
 from robustdet_tf.models.factory import build_model

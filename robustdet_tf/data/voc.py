@@ -33,15 +33,10 @@ import tensorflow as tf
 from robustdet_tf import boxes as boxes_lib
 from robustdet_tf.data import contract, tfds_helpers, validation
 from robustdet_tf.data.contract import DatasetNotFoundError, DetectionSource
+from robustdet_tf.labels import VOC_CLASSES
 
 _LOG = logging.getLogger(__name__)
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)
-"""VOC object classes; ``labels`` index this tuple (network class = index + 1)."""
 
 VOC_TAR_FILES = {
     "2007": {"trainval": "VOCtrainval_06-Nov-2007.tar", "test": "VOCtest_06-Nov-2007.tar"},

@@ -21,6 +21,7 @@ from robustdet_tf.evaluation import robustness
 from robustdet_tf.evaluation.adversarial_images import write_adversarial_set
 from robustdet_tf.evaluation.evaluate import make_metric
 from robustdet_tf.evaluation.protocol import make_protocol
+from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 
 DEFAULT_ATTACKS = ("clean", "A_cls", "A_loc", "CWA")
 """The columns ``--mode=evaluate`` runs unless ``config.eval.attacks`` names others: the PGD-20 attacks of Table 1
@@ -64,32 +65,14 @@ def evaluate_models(config, models: Mapping[str, keras.Model], output_dir: str, 
     source, batches = _checked_batches(config, models)
     settings = config.eval
     image_size = int(getattr(next(iter(models.values())), "image_size", config.model.image_size))
-    results = robustness.evaluate_robustness(
-        models, batches, source.class_names, output_dir,
-        attacks=list(settings.get("attacks", None) or DEFAULT_ATTACKS),
-        protocol=settings.get("protocol", "reference"),
-        overrides=protocol_overrides(settings),
-        sample_images=int(settings.get("sample_images", 0)),
-        sample_score_threshold=float(settings.get("sample_score_threshold", 0.3)),
-        sample_top_n=int(settings.get("sample_top_n", 10)),
-        shard_batches=_shard_batches(settings),
-        shard_timeout=float(settings.get("shard_timeout", 3600.0)),
-        strategy=strategy,
-        bootstrap=settings.bootstrap.to_dict() if "bootstrap" in settings else None,
-        transfer_source=settings.get("transfer_source", "") or None,
-        data={"name": source.name, "num_examples": source.num_examples, "batch_size": int(settings.batch_size),
-              "image_size": image_size, "max_boxes": int(config.data.max_boxes)},
-        printer=printer,
-    )
+    data = {"name": source.name, "num_examples": source.num_examples, "batch_size": int(settings.batch_size),
+            "image_size": image_size, "max_boxes": int(config.data.max_boxes)}
+    results = robustness.evaluate_robustness(models, batches, source.class_names, output_dir,
+                                             TableSpec.from_config(settings),
+                                             TableRun(strategy=strategy, printer=printer, data=data))
     if results is not None:
         printer(robustness.markdown_table(results))
     return results
-
-
-def _shard_batches(settings) -> int | None:
-    """``config.eval.shard_batches``; 0 or ``None`` makes the whole set one shard."""
-    value = settings.get("shard_batches", 8)
-    return int(value) if value else None
 
 
 EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")

@@ -6,8 +6,9 @@ described in one sentence for the table caption, and turned into attack function
 
 * ``"reference"`` — what ``eval_attack.py`` does: PGD-20 with ε = α = 8 and no random start for A_cls, A_loc,
   con, MTD and CWA, each image attacked as if alone (the reference runs batch size 1: MTD's loc/cls choice and CWA's
-  class averages are per image, so a table does not depend on ``eval.batch_size``); DAG with 150 steps of γ = 0.5, faithful (unbounded, gradient at the clean
-  image + last step); VOC07 11-point AP with the reference's coordinate offsets.
+  class averages are per image, so a table does not depend on ``eval.batch_size``); DAG with 150 steps of
+  γ = 0.5, faithful (unbounded, gradient at the clean image + last step); VOC07 11-point AP with the reference's
+  coordinate offsets.
 * ``"strong"`` — a stronger, corrected evaluation: PGD with a random start, α = 2 and 50 steps (ε = 8), MTD's choice
   per image, and the ε-bounded, early-stopping DAG.
 * ``"adaptive"`` — ``strong`` made stronger still: APGD's step schedule from 2ε with two restarts and the best
@@ -32,7 +33,7 @@ from typing import Any
 from robustdet_tf.attacks.adaptive import applies_to
 from robustdet_tf.attacks.dag import dag
 from robustdet_tf.attacks.pgd import pgd
-from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.attacks.spec import AttackSpec, DAGSpec
 from robustdet_tf.evaluation.evaluate import AttackFn
 
 PAPER_ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
@@ -171,6 +172,13 @@ def attack_spec(name: str, protocol: Mapping[str, Any]) -> AttackSpec:
     return AttackSpec(method=PGD_METHODS[name], seed=int(protocol["seed"]), **settings)
 
 
+def dag_spec(protocol: Mapping[str, Any]) -> DAGSpec:
+    """The ``DAGSpec`` of a protocol's DAG column."""
+    d = protocol["dag"]
+    return DAGSpec(steps=d["steps"], gamma=d["gamma"], faithful=d["faithful"],
+                   epsilon=None if d["faithful"] else d["epsilon"], seed=int(protocol["seed"]))
+
+
 def column_applies(name: str, model) -> bool:
     """Whether a column means something for ``model`` (the ``AID`` column needs a discriminator to attack)."""
     return name not in PGD_METHODS or applies_to(PGD_METHODS[name], model)
@@ -181,12 +189,7 @@ def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
     if name == "clean":
         return None
     if name == "DAG":
-        d = protocol["dag"]
-        kwargs = dict(steps=int(d["steps"]), gamma=float(d["gamma"]), faithful=bool(d["faithful"]),
-                      seed=int(protocol["seed"]))
-        if not d["faithful"]:
-            kwargs["epsilon"] = float(d["epsilon"])
-        return partial(dag, **kwargs)
+        return partial(dag, spec=dag_spec(protocol))
     if name in PGD_METHODS:
         return partial(pgd, spec=attack_spec(name, protocol))
     if name == "Transfer":

@@ -26,6 +26,7 @@ Outputs (``evaluation.report``, each written atomically):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.evaluation import shard_plan, sharded
-from robustdet_tf.evaluation.bootstrap import BootstrapSpec, table_intervals, with_intervals
+from robustdet_tf.evaluation.bootstrap import table_intervals, with_intervals
 from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, make_metric
 from robustdet_tf.evaluation.progress import TableProgress
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
@@ -60,6 +61,7 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     plot_pr_curves,
     write_sample_pngs,
 )
+from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.evaluation.transfer import TRANSFER_BASE, same_cell, transfer_attack
 from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
 from robustdet_tf.io import workdir_lock, write_text
@@ -118,184 +120,203 @@ def _headline(metric_result: Mapping[str, Any]) -> float:
     raise KeyError(f"the metric result has neither 'mAP' nor 'AP50' (keys {sorted(metric_result)}).")
 
 
+DEFAULT_TABLE = TableSpec()
+"""Table 1's columns under the reference protocol, one shard, intervals from 1000 resamples."""
+ONE_PROCESS = TableRun()
+"""One device, the workers of ``TF_CONFIG`` (one outside a cluster), silent."""
+
+
 def evaluate_robustness(
     models: Mapping[str, keras.Model],
     batches: tf.data.Dataset,
     class_names: Sequence[str],
     output_dir: str | os.PathLike,
-    attacks: Sequence[str] = PAPER_ATTACKS,
-    protocol: str | Mapping[str, Any] = "reference",
-    overrides: Mapping[str, Any] | None = None,
-    max_batches: int | None = None,
-    metric_factory: Callable[[], Any] | None = None,
-    plots: bool = True,
-    sample_images: int = 0,
-    sample_score_threshold: float = 0.3,
-    sample_top_n: int = 10,
-    shard_batches: int | None = None,
-    strategy: tf.distribute.Strategy | None = None,
-    shard_timeout: float = 3600.0,
-    data: Mapping[str, Any] | None = None,
-    workers: sharded.Workers | None = None,
-    printer: Callable[[str], None] | None = None,
-    bootstrap: BootstrapSpec | Mapping[str, Any] | None = None,
-    transfer_source: str | None = None,
+    spec: TableSpec = DEFAULT_TABLE,
+    run: TableRun = ONE_PROCESS,
 ) -> dict[str, Any] | None:
-    """Evaluate every model under every attack and write the table, JSON and figures to ``output_dir``.
+    """Evaluate every model under every attack of ``spec`` and write the table, JSON and figures to ``output_dir``.
 
-    Every cell goes through the shard engine (``evaluation.sharded``): its batches are cut into shards of
-    ``shard_batches`` consecutive batches whose metric states are saved under ``output_dir/shards`` and merged in
-    order, which gives the one-pass metric bit for bit.  A rerun into the same folder after an interruption reuses
-    the finished shards; under ``TF_CONFIG`` each worker computes its own shards and only the chief writes the
-    table (after waiting for the others' shards).  The shard files are removed once the table is written.
+    Plan (check the spec against the models, resolve the protocol, match a resumed folder's plan) → compute the cells
+    (``_compute_cells``) → collect and write them (``_collect``, ``_write``).  Every cell goes through the shard
+    engine (``evaluation.sharded``): its batches are cut into shards of ``spec.shard_batches`` consecutive batches
+    whose metric states are saved under ``output_dir/shards`` and merged in order, which gives the one-pass metric
+    bit for bit.  A rerun into the same folder after an interruption reuses the finished shards; under ``TF_CONFIG``
+    each worker computes its own shards and only the chief writes the table (after waiting for the others' shards).
+    The shard files are removed once the table is written.
 
     Args:
       models: name → detector (any model of the package: pixel input, ``detect``, ``detection_loss``); under a
-        ``strategy`` with several replicas, built or loaded under its scope.
+        strategy with several replicas, built or loaded under its scope.
       batches: evaluation batches ``(images, targets)`` as ``data.pipeline.eval_batches`` yields them (targets with
         ``difficult`` and ``original_size`` for the faithful VOC metric).  Iterated once per (model, attack).
       class_names: object class names (label ``k`` ↔ name ``k``).
-      attacks: columns, from ``ATTACKS`` (default: Table 1's); ``Worst`` = per image the worst of the other
-        attack columns.
-      protocol, overrides: see ``make_protocol``.
-      max_batches: evaluate only the first batches (quick looks).
-      metric_factory: builds a fresh metric per cell; default ``make_metric(protocol["metric"], class_names,
-        reference_offsets=protocol["reference_offsets"])`` (COCO needs a factory with its annotations).
-      plots: write the PR curves and the bar plot.
-      sample_images: if > 0, also draw clean vs attacked detections of that many first-batch images per cell.
-      sample_score_threshold, sample_top_n: the pictures show at most ``sample_top_n`` detections per image, those
-        scoring at least ``sample_score_threshold`` (the metric itself uses every detection).
-      shard_batches: batches per shard (``None``: the whole set is one shard).
-      strategy: split each batch over its replicas (``evaluation.replicas``); ``None``: one device.
-      shard_timeout: seconds the chief waits for shards other workers compute.
-      data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
-      workers: this process's place among the workers (default: from ``TF_CONFIG``).
-      printer: receives the progress lines (``evaluation.progress``: one per finished cell, and inside a long cell
-        one at most every 30 s with images done and time left) and one line on how many shards were computed and
-        reused (on a resume or a worker); ``None``: silent.
-      bootstrap: resamples, seed and level of the paired bootstrap intervals over images (``evaluation.bootstrap``;
-        default ``BootstrapSpec()``: 1000 resamples, seed 0, 95 %); ``resamples=0`` writes no intervals.  Computed
-        from the merged metric states after the shards, so they are the same however the table was computed.
-      transfer_source: the model whose A_cls images the ``Transfer`` column evaluates every model on (default: the
-        first model).
+      spec: the table (``TableSpec``: columns, protocol, samples, shards, intervals, transfer source), recorded in
+        ``robustness.json`` as ``table_spec``.
+      run: how this process computes it (``TableRun``: replicas, workers, printer, metric factory, data identity).
 
     Returns the dict written to ``robustness.json``, or ``None`` on a worker that is not the chief.
     """
+    table = _plan(models, batches, class_names, output_dir, spec, run)
+    # One evaluation per output folder (per worker of a TF_CONFIG cluster, which share it by design): a second run
+    # into the folder is refused, naming the holder, so a finishing run never removes shards another is reading.
+    with workdir_lock(table.output_dir, name=f".lock-worker{table.workers.index}", what="--output_dir"):
+        plan_data = {"class_names": list(class_names), "max_batches": spec.max_batches, **(run.data or {})}
+        if table.source_name is not None:
+            plan_data["transfer_source"] = table.source_name
+        shard_plan.check_plan(table.output_dir, shard_plan.make_plan(
+            models, spec.attacks, table.protocol, spec.shard_batches, table.metric_factory(), plan_data))
+        first_batch = _compute_cells(table)
+        if not table.workers.chief:
+            return None
+        results = _collect(table, first_batch)
+        _write(table, results)
+        return results
+
+
+@dataclasses.dataclass
+class _Table:
+    """One table being computed: what the plan resolved, read by every later stage."""
+
+    models: Mapping[str, keras.Model]
+    batches: tf.data.Dataset
+    class_names: Sequence[str]
+    output_dir: str
+    spec: TableSpec
+    run: TableRun
+    protocol: dict[str, Any]
+    metric_factory: Callable[[], Any]
+    workers: sharded.Workers
+    source_name: str | None  # the transfer source, when the table has a Transfer column
+    cells: list[tuple[str, str]]  # every (model, attack) that applies
+
+    @property
+    def source(self) -> keras.Model | None:
+        return None if self.source_name is None else self.models[self.source_name]
+
+    def stored(self, model_name: str, attack_name: str) -> str:
+        """The column whose cell files hold this cell (the source's Transfer cell is its A_cls cell)."""
+        return same_cell(model_name, attack_name, self.source_name, self.spec.attacks) or attack_name
+
+    def attack(self, attack_name: str, model: keras.Model):
+        return column_attack(attack_name, self.protocol, self.spec.attacks, model, self.source)
+
+
+def _plan(models, batches, class_names, output_dir, spec: TableSpec, run: TableRun) -> _Table:
+    """Check the spec against the models and resolve what the stages read; nothing is computed or written."""
     if not models:
         raise ValueError("evaluate_robustness: no models given; pass a dict name -> model.")
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown or not attacks:
-        raise ValueError(f"evaluate_robustness: unknown attack(s) {unknown} (or none given); choose from {ATTACKS}.")
-    if shard_batches is not None and int(shard_batches) < 1:
-        raise ValueError(f"evaluate_robustness: shard_batches must be >= 1 (or None: one shard), got {shard_batches}.")
     stems = {}
     for name in models:
         stems.setdefault(file_stem(name), []).append(name)
     clash = [names for names in stems.values() if len(names) > 1]
     if clash:
         raise ValueError(f"evaluate_robustness: the model names {clash[0]} give the same file name; rename one.")
-    proto = make_protocol(protocol, overrides)
-    bootstrap = bootstrap if isinstance(bootstrap, BootstrapSpec) else BootstrapSpec.from_mapping(bootstrap)
-    source_name = transfer_source or next(iter(models))
-    if "Transfer" in attacks and source_name not in models:
-        raise ValueError(f"evaluate_robustness: the transfer source {source_name!r} is not one of the models "
-                         f"{list(models)}; set eval.transfer_source to one of them.")
-    source = models[source_name] if "Transfer" in attacks else None
+    source_name = None
+    if "Transfer" in spec.attacks:
+        source_name = spec.transfer_source or next(iter(models))
+        if source_name not in models:
+            raise ValueError(f"evaluate_robustness: the transfer source {source_name!r} is not one of the models "
+                             f"{list(models)}; set eval.transfer_source to one of them.")
+    protocol = spec.resolved_protocol()
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    if metric_factory is None:
-        metric_factory = partial(make_metric, proto["metric"], class_names,
-                                 reference_offsets=proto["reference_offsets"])
-    if max_batches is not None:
-        batches = batches.take(max_batches)
-    workers = workers or sharded.Workers.from_environment()
-    # One evaluation per output folder (per worker of a TF_CONFIG cluster, which share it by design): a second run
-    # into the folder is refused, naming the holder, so a finishing run never removes shards another is reading.
-    with workdir_lock(output_dir, name=f".lock-worker{workers.index}", what="--output_dir"):
-        plan_data = {"class_names": list(class_names), "max_batches": max_batches, **(data or {})}
-        if source is not None:
-            plan_data["transfer_source"] = source_name
-        plan = shard_plan.make_plan(models, attacks, proto, shard_batches, metric_factory(), plan_data)
-        shard_plan.check_plan(output_dir, plan)
+    metric_factory = run.metric_factory or partial(make_metric, protocol["metric"], class_names,
+                                                   reference_offsets=protocol["reference_offsets"])
+    if spec.max_batches is not None:
+        batches = batches.take(spec.max_batches)
+    cells = [(m, a) for m in models for a in spec.attacks if column_applies(a, models[m])]
+    return _Table(models, batches, class_names, output_dir, spec, run, protocol, metric_factory,
+                  run.workers or sharded.Workers.from_environment(), source_name, cells)
 
-        first_batch: dict[str, dict[str, tuple]] = {name: {} for name in models}
-        cells = [(m, a) for m in models for a in attacks if column_applies(a, models[m])]
-        computed_cells = [(m, a) for m, a in cells if same_cell(m, a, source_name if source else None, attacks) is None]
-        known = (data or {}).get("num_examples") if max_batches is None and workers.count == 1 else None
-        progress = TableProgress(computed_cells, known, printer) if printer is not None else None
-        computed = reused = 0
-        for model_name, attack_name in computed_cells:
-            model = models[model_name]
-            step = batch_step(model, column_attack(attack_name, proto, attacks, model, source), strategy)
-            keep = sample_images > 0 and workers.chief
 
-            def on_batch(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name,
-                         keep=keep):
-                if keep and index == 0:
-                    kept[attack_name] = (clean, adv, detections)
-                if progress is not None:
-                    progress.batch_done(int(clean.shape[0]))
+def _compute_cells(table: _Table) -> dict[str, dict[str, tuple]]:
+    """Compute (or reuse) this worker's shards of every cell; returns each model's first batch per attack (the
+    sample pictures reuse them)."""
+    spec, run, workers = table.spec, table.run, table.workers
+    first_batch: dict[str, dict[str, tuple]] = {name: {} for name in table.models}
+    computed_cells = [(m, a) for m, a in table.cells if table.stored(m, a) == a]
+    known = (run.data or {}).get("num_examples") if spec.max_batches is None and workers.count == 1 else None
+    progress = TableProgress(computed_cells, known, run.printer) if run.printer is not None else None
+    computed = reused = 0
+    for model_name, attack_name in computed_cells:
+        model = table.models[model_name]
+        step = batch_step(model, table.attack(attack_name, model), run.strategy)
+        keep = spec.sample_images > 0 and workers.chief
 
+        def on_batch(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name,
+                     keep=keep):
+            if keep and index == 0:
+                kept[attack_name] = (clean, adv, detections)
             if progress is not None:
-                progress.start_cell(model_name, attack_name)
-            done = sharded.compute_shards(sharded.cell_dir(output_dir, model_name, attack_name), batches, step,
-                                          metric_factory, shard_batches, workers, on_batch=on_batch)
-            if progress is not None:
-                progress.end_cell(reused=done[0] == 0 and done[1] > 0)
-            computed, reused = computed + done[0], reused + done[1]
-        if printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
-            printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
-                    f"shards ({len(cells)} cells)")
-        if not workers.chief:
-            return None
+                progress.batch_done(int(clean.shape[0]))
 
-        table: dict[str, dict[str, float | None]] = {name: {} for name in models}
-        per_class: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name in models}
-        num_images = 0
-        matches = {}
-        for model_name, model in models.items():
-            for attack_name in attacks:
-                if (model_name, attack_name) not in cells:  # e.g. the AID column of a model without an AID
-                    table[model_name][attack_name], per_class[model_name][attack_name] = None, {}
-                    continue
-                stored = same_cell(model_name, attack_name, source_name if source else None, attacks) or attack_name
-                metric = sharded.merged_metric(sharded.cell_dir(output_dir, model_name, stored), metric_factory,
-                                               shard_batches, workers, shard_timeout,
-                                               what=f"the cell ({model_name}, {stored})")
-                metric_result = metric.result()
-                table[model_name][attack_name] = fraction(_headline(metric_result))
-                if bootstrap.resamples:
-                    matches[(model_name, attack_name)] = metric.ranked_matches()
-                ap_key = "AP" if "AP" in metric_result else "per_class_AP50"
-                per_class[model_name][attack_name] = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
-                num_images = int(metric_result.get("num_images", num_images))
-                if plots and "recall" in metric_result:
-                    plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
-                                   os.path.join(output_dir, f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
-            if sample_images > 0:
-                applicable = [a for a in attacks if (model_name, a) in cells]
-                for attack_name in applicable:
-                    stored = same_cell(model_name, attack_name, source_name if source else None, attacks)
-                    if stored in first_batch[model_name]:
-                        first_batch[model_name].setdefault(attack_name, first_batch[model_name][stored])
-                _samples_for_model(model, model_name, first_batch[model_name], batches, output_dir, class_names,
-                                   sample_images, (sample_score_threshold, sample_top_n),
-                                   {a: column_attack(a, proto, attacks, model, source) for a in applicable})
+        if progress is not None:
+            progress.start_cell(model_name, attack_name)
+        done = sharded.compute_shards(sharded.cell_dir(table.output_dir, model_name, attack_name), table.batches,
+                                      step, table.metric_factory, spec.shard_batches, workers, on_batch=on_batch)
+        if progress is not None:
+            progress.end_cell(reused=done[0] == 0 and done[1] > 0)
+        computed, reused = computed + done[0], reused + done[1]
+    if run.printer is not None and (reused or workers.count > 1):  # a fresh one-process run says nothing extra
+        run.printer(f"worker {workers.index} of {workers.count}: computed {computed} shards, reused {reused} finished "
+                    f"shards ({len(table.cells)} cells)")
+    return first_batch
 
-        worst = {name: worst_column(table[name]) for name in models}
-        results = {"protocol": proto, "models": table, "num_images": num_images, "per_class_AP": per_class,
-                   "worst_case": worst}
-        if source is not None:
-            results["transfer_source"] = source_name
-        if bootstrap.resamples:
-            results.update(with_intervals(table, worst, table_intervals(matches, list(models), list(attacks),
-                                                                        bootstrap), bootstrap, num_images))
-        write_text(os.path.join(output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
-        write_text(os.path.join(output_dir, "robustness.md"), markdown_table(results))
-        if plots:
-            plot_bars(results, os.path.join(output_dir, "robustness_bars.png"))
-        shutil.rmtree(sharded.shards_root(output_dir), ignore_errors=True)  # the table is final; see the docstring
-        return results
+
+def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[str, Any]:
+    """Merge every cell's shards into the table (mAP, per-class AP, intervals); draws the PR curves and samples."""
+    spec, models = table.spec, table.models
+    values: dict[str, dict[str, float | None]] = {name: {} for name in models}
+    per_class: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name in models}
+    num_images = 0
+    matches = {}
+    for model_name, model in models.items():
+        for attack_name in spec.attacks:
+            if (model_name, attack_name) not in table.cells:  # e.g. the AID column of a model without an AID
+                values[model_name][attack_name], per_class[model_name][attack_name] = None, {}
+                continue
+            stored = table.stored(model_name, attack_name)
+            metric = sharded.merged_metric(sharded.cell_dir(table.output_dir, model_name, stored),
+                                           table.metric_factory, spec.shard_batches, table.workers,
+                                           spec.shard_timeout, what=f"the cell ({model_name}, {stored})")
+            metric_result = metric.result()
+            values[model_name][attack_name] = fraction(_headline(metric_result))
+            if spec.bootstrap.resamples:
+                matches[(model_name, attack_name)] = metric.ranked_matches()
+            ap_key = "AP" if "AP" in metric_result else "per_class_AP50"
+            per_class[model_name][attack_name] = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
+            num_images = int(metric_result.get("num_images", num_images))
+            if spec.plots and "recall" in metric_result:
+                plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
+                               os.path.join(table.output_dir,
+                                            f"pr_{file_stem(model_name)}_{file_stem(attack_name)}.png"))
+        if spec.sample_images > 0:
+            applicable = [a for a in spec.attacks if (model_name, a) in table.cells]
+            kept = first_batch[model_name]
+            for attack_name in applicable:
+                if table.stored(model_name, attack_name) in kept:
+                    kept.setdefault(attack_name, kept[table.stored(model_name, attack_name)])
+            _samples_for_model(model, model_name, kept, table.batches, table.output_dir, table.class_names,
+                               spec.sample_images, (spec.sample_score_threshold, spec.sample_top_n),
+                               {a: table.attack(a, model) for a in applicable})
+    worst = {name: worst_column(values[name]) for name in models}
+    results = {"protocol": table.protocol, "models": values, "num_images": num_images, "per_class_AP": per_class,
+               "worst_case": worst, "table_spec": spec.to_dict()}
+    if table.source_name is not None:
+        results["transfer_source"] = table.source_name
+    if spec.bootstrap.resamples:
+        results.update(with_intervals(values, worst, table_intervals(matches, list(models), list(spec.attacks),
+                                                                     spec.bootstrap), spec.bootstrap, num_images))
+    return results
+
+
+def _write(table: _Table, results: dict[str, Any]) -> None:
+    """``robustness.json``, ``robustness.md``, the bar plot; then the shards go (the table is final)."""
+    write_text(os.path.join(table.output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
+    write_text(os.path.join(table.output_dir, "robustness.md"), markdown_table(results))
+    if table.spec.plots:
+        plot_bars(results, os.path.join(table.output_dir, "robustness_bars.png"))
+    shutil.rmtree(sharded.shards_root(table.output_dir), ignore_errors=True)
 
 
 def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, shown,

@@ -55,11 +55,7 @@ from robustdet_tf.detections import DETECTION_BOX_FORMAT
 from robustdet_tf.evaluation.bootstrap import RankedMatches
 from robustdet_tf.evaluation.metric_state import MetricStateError, checked, concatenated, envelope, split_by_counts
 from robustdet_tf.evaluation.per_image import unbatch_pair
-
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # spec §8.1: index = 0-based label, network class = index + 1
+from robustdet_tf.labels import VOC_CLASSES
 
 # Thresholds of the VOC07 11-point AP exactly as the reference builds them: np.arange accumulates 0.1, so the
 # 4th, 7th and 8th values are 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001, and a recall of

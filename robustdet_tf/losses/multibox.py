@@ -50,6 +50,7 @@ def multibox_loss(
     weights: tf.Tensor | None = None,
     num_positives: tf.Tensor | None = None,
     per_image: bool = False,
+    matched: tuple[tf.Tensor, tf.Tensor] | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns ``(loss_l, loss_c)`` for a batch (or, with ``per_image``, ``[B]`` each).
 
@@ -63,13 +64,18 @@ def multibox_loss(
 
       per_image: each image's terms divided by its own positives, ``[B]`` each: what the loss of that image alone
         would be (attacks that keep the best iterate per image or choose per image need it).
+      matched: ``(loc_t, conf_t)`` of ``boxes.match(targets, priors, threshold, variances)`` when the caller has
+        matched the boxes already (a training step counts the positives from the same match: one match a step).
 
     A batch without any positive gives ``(0, 0)``: no negatives are mined either, and the normaliser is floored
     at one instead of dividing by zero as the reference would.
     """
     loc_pred = tf.convert_to_tensor(predictions["loc"], tf.float32)
     logits = tf.convert_to_tensor(predictions["logits"], tf.float32)
-    loc_t, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], priors, threshold, variances)
+    if matched is None:
+        loc_t, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], priors, threshold, variances)
+    else:
+        loc_t, conf_t = matched
     loc_t = tf.stop_gradient(loc_t)
     positives = conf_t > 0
 

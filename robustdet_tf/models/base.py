@@ -139,10 +139,12 @@ class DetectionModelBase(keras.Model):
         per_image=False,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """MultiBox ``(loss_l, loss_c)``; ``global_norm`` normalises by positives summed over replicas;
-        ``per_image`` gives ``[B]`` terms, each image normalised by its own positives."""
-        num_pos = None
+        ``per_image`` gives ``[B]`` terms, each image normalised by its own positives.  The boxes are matched to the
+        priors once: the positive count and the loss share the match."""
+        num_pos = matched = None
         if global_norm:
-            _, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], self.priors, self.match_threshold)
+            loc_t, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], self.priors, self.match_threshold)
+            matched = (loc_t, conf_t)
             num_pos = training.global_sum(tf.reduce_sum(tf.cast(conf_t > 0, tf.float32)))
         return multibox_loss(
             outputs,
@@ -153,6 +155,7 @@ class DetectionModelBase(keras.Model):
             weights=weights,
             num_positives=num_pos,
             per_image=per_image,
+            matched=matched,
         )
 
     def postprocess_settings(self) -> dict:

@@ -6,18 +6,23 @@ import tensorflow as tf
 
 from robustdet_tf import boxes as box_ops
 from robustdet_tf.attacks import dag as dag_lib
+from robustdet_tf.attacks.spec import DAGSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 
-run_dag = tf.function(dag_lib.dag)  # one traced graph per (shape, python arguments), like evaluation uses it
+run_dag = tf.function(dag_lib.dag)  # one traced graph per (shape, spec), like evaluation uses it
 
-# Shared settings, seeds passed as tensors: the tests reuse a handful of traced graphs (keeps the file fast).
+# Shared settings; index offsets passed as tensors: the tests reuse a handful of traced graphs (keeps the file fast).
 FAITHFUL = dict(steps=4, gamma=3.0, faithful=True)
 BOUNDED = dict(steps=4, gamma=3.0, faithful=False, epsilon=6.0)
 
 
 def seed(value):
     return tf.constant(value)
+
+
+def spec(seed=0, **settings):
+    return DAGSpec(seed=seed, **settings)
 
 TARGETS = {
     "boxes": tf.constant(
@@ -69,7 +74,7 @@ def reference_dag(model, x0, targets, steps, gamma, seed):
 
 def test_faithful_matches_the_reference_loop_and_is_unbounded(model, images):
     x0, t = images[:1], take(TARGETS, 1)
-    ours = run_dag(model, x0, t, seed=seed(5), index_offset=seed(0), **FAITHFUL)
+    ours = run_dag(model, x0, t, spec(5, **FAITHFUL), index_offset=seed(0))
     ref = reference_dag(model, x0, t, steps=4, gamma=3.0, seed=5)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-3)
     linf = float(tf.reduce_max(tf.abs(ours - x0)))
@@ -78,10 +83,10 @@ def test_faithful_matches_the_reference_loop_and_is_unbounded(model, images):
 
 
 def test_bounded_variant_respects_epsilon_and_raises_the_dag_objective(model, images):
-    bounded = run_dag(model, images, TARGETS, seed=seed(5), **BOUNDED)
+    bounded = run_dag(model, images, TARGETS, spec(5, **BOUNDED))
     linf = tf.reduce_max(tf.abs(bounded - images), axis=[1, 2, 3]).numpy()
     assert np.all(linf <= 6.0 + 1e-3) and np.all(linf > 5.0)
-    faithful = run_dag(model, images, TARGETS, seed=seed(5), **FAITHFUL)
+    faithful = run_dag(model, images, TARGETS, spec(5, **FAITHFUL))
     assert float(tf.reduce_max(tf.abs(faithful - bounded))) > 1.0
 
     # The attack ascends Σ CE(target) − CE(adversarial) over the priors.
@@ -100,9 +105,9 @@ def test_bounded_variant_respects_epsilon_and_raises_the_dag_objective(model, im
 
 
 def test_seed_repeats_and_different_seeds_differ(model, images):
-    a = run_dag(model, images, TARGETS, seed=seed(11), **FAITHFUL)
-    b = run_dag(model, images, TARGETS, seed=seed(11), **FAITHFUL)
-    c = run_dag(model, images, TARGETS, seed=seed(12), **FAITHFUL)
+    a = run_dag(model, images, TARGETS, spec(11, **FAITHFUL))
+    b = run_dag(model, images, TARGETS, spec(11, **FAITHFUL))
+    c = run_dag(model, images, TARGETS, spec(12, **FAITHFUL))
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert float(tf.reduce_max(tf.abs(a - c))) > 0.1
 
@@ -123,9 +128,9 @@ def test_adversarial_labels_are_uniform_over_the_wrong_classes():
 
 @pytest.mark.parametrize("settings", [FAITHFUL, BOUNDED], ids=["faithful", "bounded"])
 def test_batched_equals_one_image_at_a_time(model, images, settings):
-    batched = run_dag(model, images, TARGETS, seed=seed(7), **settings)
+    batched = run_dag(model, images, TARGETS, spec(7, **settings))
     for i in range(3):
-        alone = run_dag(model, images[i : i + 1], take(TARGETS, i), seed=seed(7), index_offset=seed(i), **settings)
+        alone = run_dag(model, images[i : i + 1], take(TARGETS, i), spec(7, **settings), index_offset=seed(i))
         np.testing.assert_allclose(alone[0].numpy(), batched[i].numpy(), atol=1e-2)
 
 
@@ -160,22 +165,25 @@ def test_no_active_prior_gives_no_nan_and_stops_early():
 
     for faithful in (True, False):
         fake = LogitsFromLabels(priors, favoured)
-        adv = run_dag(fake, x0, targets, steps=5, gamma=1.0, seed=0, faithful=faithful, epsilon=8.0)
+        adv = run_dag(fake, x0, targets, spec(0, steps=5, gamma=1.0, faithful=faithful, epsilon=8.0))
         assert np.all(np.isfinite(adv.numpy()))
         np.testing.assert_array_equal(adv[0].numpy(), x0[0].numpy())  # g = 0 → r = 0 (the reference: 0/0 = NaN)
         assert float(tf.reduce_max(tf.abs(adv[1] - x0[1]))) >= 1.0 - 1e-4  # the active image moved
         assert int(fake.calls.numpy()) == 5  # image 1 stays active: all 5 steps run
 
     alone = LogitsFromLabels(priors, favoured[:1])
-    adv = run_dag(alone, x0[:1], take(targets, 0), steps=5, gamma=1.0, seed=0, faithful=False, epsilon=8.0)
+    adv = run_dag(alone, x0[:1], take(targets, 0), spec(0, steps=5, gamma=1.0, faithful=False, epsilon=8.0))
     np.testing.assert_array_equal(adv.numpy(), x0[:1].numpy())
     assert int(alone.calls.numpy()) == 1  # bounded variant: stops after the first forward pass finds nothing active
 
 
 def test_bad_arguments_are_refused(model, images):
     with pytest.raises(ValueError, match="steps must be >= 0"):
-        dag_lib.dag(model, images, TARGETS, steps=-1)
-    with pytest.raises(ValueError, match="epsilon must be >= 0"):
-        dag_lib.dag(model, images, TARGETS, faithful=False, epsilon=-1.0)
-    with pytest.raises(AttributeError, match="has no 'priors' attribute"):
+        DAGSpec(steps=-1)
+    with pytest.raises(ValueError, match="needs epsilon >= 0, got -1.0"):
+        DAGSpec(faithful=False, epsilon=-1.0)
+    with pytest.raises(ValueError, match="needs epsilon >= 0, got None"):
+        DAGSpec(faithful=False)
+    with pytest.raises(AttributeError, match="dag: the model function has no 'priors', 'num_classes', "
+                                             "'match_threshold', 'detection_loss' attributes"):
         dag_lib.dag(lambda x, training=None: {"logits": x}, images, TARGETS)

@@ -150,7 +150,7 @@ def test_offline_imagenet_error_says_where_to_put_the_file(monkeypatch, tmp_path
     assert backbone.KERAS_VGG16_URL in message and "--config.model.backbone_init=" in message
     with pytest.raises(backbone.BackboneWeightsError, match="no such file"):
         backbone.initialise_backbone(SSD(num_classes=3), str(tmp_path / "missing.h5"))
-    with pytest.raises(backbone.BackboneWeightsError, match="use 'none', 'imagenet'"):
+    with pytest.raises(backbone.BackboneWeightsError, match="no such file, and not 'none' or 'imagenet'. Accepted"):
         backbone.initialise_backbone(SSD(num_classes=3), "imagenett")
 
 

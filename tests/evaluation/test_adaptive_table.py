@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.pgd import per_image_detection_loss
 from robustdet_tf.evaluation import robustness
+from robustdet_tf.evaluation.table_spec import TableSpec
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
@@ -35,7 +36,8 @@ def table(tmp_path_factory):
     train_on_detection_loss(model, images, targets, steps=60)
     folder = tmp_path_factory.mktemp("adaptive")
     results = robustness.evaluate_robustness({"robustdet": model}, eval_batches(images, targets), CLASS_NAMES,
-                                             folder, attacks=COLUMNS, overrides={"pgd": {"steps": 5}}, plots=False)
+                                             folder, TableSpec(attacks=COLUMNS, overrides={"pgd": {"steps": 5}},
+                                                               plots=False))
     return results, folder
 
 
@@ -68,8 +70,8 @@ def test_the_aid_column_does_not_apply_to_a_model_without_one(tmp_path):
     ssd = SSD(**TINY_SSD)
     ssd.build()
     results = robustness.evaluate_robustness({"ssd": ssd}, eval_batches(images, targets), CLASS_NAMES, tmp_path,
-                                             attacks=("clean", "AID"), max_batches=1, plots=False,
-                                             overrides={"pgd": {"steps": 1}})
+                                             TableSpec(attacks=("clean", "AID"), max_batches=1, plots=False,
+                                                       overrides={"pgd": {"steps": 1}}))
     assert results["models"]["ssd"]["AID"] is None and results["per_class_AP"]["ssd"]["AID"] == {}
     assert {k: results["worst_case"]["ssd"][k] for k in ("attack", "mAP")} == {"attack": None, "mAP": None}
     assert "| ssd |" in (tmp_path / "robustness.md").read_text() and "– |" in (tmp_path / "robustness.md").read_text()

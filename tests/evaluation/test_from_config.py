@@ -75,8 +75,10 @@ def test_evaluate_models_writes_and_prints_the_table_of_the_config(tmp_path):
     assert protocol["pgd"]["steps"] == 1 and protocol["pgd"]["epsilon"] == 4.0 and protocol["metric"] == "voc"
     assert protocol["reference_offsets"] is False and protocol["name"] == "reference"
     assert json.loads((tmp_path / "robustness.json").read_text()) == results
-    assert printed == [robustness.markdown_table(results)]
-    assert (tmp_path / "robustness.md").read_text() == printed[0]
+    assert printed[-1] == robustness.markdown_table(results)  # after a progress line per cell
+    assert [line.split(":")[0] for line in printed[:-1]] == ["cell 1/2 (tiny, clean)", "cell 2/2 (tiny, A_cls)"]
+    assert (tmp_path / "robustness.md").read_text() == printed[-1]
+    assert results["table_spec"]["attacks"] == ["clean", "A_cls"]  # the spec the table was made with
     assert not (tmp_path / "samples").exists()  # sample_images = 0
 
 

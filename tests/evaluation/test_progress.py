@@ -45,4 +45,5 @@ def test_unknown_image_count_gives_counts_without_an_eta():
     progress.batch_done(8)
     clock.now += 200.0
     progress.end_cell()
-    assert lines == ["cell 1/3 (m, clean): 8 images, 6 s", "cell 1/3 (m, clean): 8 images in 3.4 min; table ETA 6.9 min"]
+    assert lines == ["cell 1/3 (m, clean): 8 images, 6 s",
+                     "cell 1/3 (m, clean): 8 images in 3.4 min; table ETA 6.9 min"]

@@ -5,7 +5,7 @@ import pytest
 
 from robustdet_tf.attacks.dag import dag
 from robustdet_tf.attacks.pgd import pgd
-from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.attacks.spec import AttackSpec, DAGSpec
 from robustdet_tf.evaluation import protocol as P
 
 
@@ -80,9 +80,9 @@ def test_pgd_columns_differ_only_in_their_objective():
 def test_dag_column_is_faithful_or_bounded_as_the_protocol_says():
     faithful = P.make_attack("DAG", P.make_protocol("reference", {"dag": {"steps": 7}, "seed": 2}))
     assert faithful.func is dag
-    assert faithful.keywords == {"steps": 7, "gamma": 0.5, "faithful": True, "seed": 2}
+    assert faithful.keywords == {"spec": DAGSpec(steps=7, gamma=0.5, faithful=True, epsilon=None, seed=2)}
     bounded = P.make_attack("DAG", P.make_protocol("strong", {"dag": {"epsilon": 4, "gamma": 0.25}}))
-    assert bounded.keywords == {"steps": 150, "gamma": 0.25, "faithful": False, "seed": 0, "epsilon": 4.0}
+    assert bounded.keywords == {"spec": DAGSpec(steps=150, gamma=0.25, faithful=False, epsilon=4.0, seed=0)}
 
 
 def test_clean_is_no_attack_and_unknown_columns_are_refused():
@@ -102,8 +102,8 @@ def test_description_names_every_setting():
     coupled = P.make_protocol("reference", {"pgd": {"cwa_per_image": False}})
     assert "MTD choice per image, CWA classes per batch;" in P.describe_protocol(coupled)
     strong = P.describe_protocol(P.make_protocol("strong", {"pgd": {"steps": 9, "epsilon": 4}, "metric": "coco"}))
-    assert strong == ("PGD-9, ε = 4, α = 2, random start; MTD choice and CWA classes per image; DAG 150 steps, γ = 0.5, bounded "
-                      "ε = 8, early stop; adaptive attacks on cls − 1·KL(π); metric coco.")
+    assert strong == ("PGD-9, ε = 4, α = 2, random start; MTD choice and CWA classes per image; DAG 150 steps, "
+                      "γ = 0.5, bounded ε = 8, early stop; adaptive attacks on cls − 1·KL(π); metric coco.")
     adaptive = P.describe_protocol(P.make_protocol("adaptive", {"adaptive": {"aid_weight": 4, "divergence": "js"}}))
     assert adaptive.startswith("PGD-50, ε = 8, random start, 2 run(s), best iterate per image; APGD step schedule "
                                "from 2ε; MTD choice and CWA classes per image;")

@@ -1,5 +1,6 @@
 """The robustness table: a tiny trained SSD whose mAP the attacks lower, protocols reaching the attacks, files."""
 
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from robustdet_tf.evaluation import robustness
+from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 from tests.helpers import train_on_detection_loss
@@ -57,7 +59,7 @@ def trained():
 def test_table_json_markdown_and_figures(trained, tmp_path):
     model, batches = trained
     results = robustness.evaluate_robustness(
-        {"SSD (tiny)": model}, batches, CLASS_NAMES, tmp_path, overrides=QUICK, sample_images=1
+        {"SSD (tiny)": model}, batches, CLASS_NAMES, tmp_path, TableSpec(overrides=QUICK, sample_images=1)
     )
 
     # JSON: the returned dict, the reference protocol with the overrides, mAP fractions for every attack.
@@ -126,11 +128,11 @@ def test_transfer_column_and_paired_differences(trained, tmp_path):
     train_on_detection_loss(other, images, targets, steps=25)
     models = {"a": model, "a_again": model, "b": other}
     lines = []
-    results = robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path,
-                                             attacks=("clean", "A_cls", "Transfer"), overrides=QUICK, plots=True,
-                                             bootstrap={"resamples": 200, "seed": 3}, printer=lines.append)
+    spec = TableSpec(attacks=("clean", "A_cls", "Transfer"), overrides=QUICK, bootstrap={"resamples": 200, "seed": 3})
+    results = robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path, spec,
+                                             TableRun(printer=lines.append))
     cells = results["models"]
-    assert results["transfer_source"] == "a"
+    assert results["transfer_source"] == "a" and results["table_spec"] == spec.to_dict()
     # a_again's Transfer cell is computed (a's images, detected by the same weights) and equals a's A_cls cell
     # exactly, which is why the source's own Transfer cell is not computed again but read from its A_cls cell.
     assert cells["a"]["Transfer"] == cells["a"]["A_cls"] and cells["a_again"]["Transfer"] == cells["a"]["A_cls"]
@@ -158,20 +160,19 @@ def test_transfer_column_and_paired_differences(trained, tmp_path):
 
     # A given seed gives the same intervals; the source must be a model of the table.
     again = robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path / "again",
-                                           attacks=("clean", "A_cls", "Transfer"), overrides=QUICK, plots=False,
-                                           bootstrap={"resamples": 200, "seed": 3})
+                                           dataclasses.replace(spec, plots=False))
     assert again["cells"] == results["cells"] and again["differences"] == results["differences"]
     with pytest.raises(ValueError, match="transfer source 'c' is not one of the models"):
-        robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path / "bad", attacks=("Transfer",),
-                                       transfer_source="c")
+        robustness.evaluate_robustness(models, batches, CLASS_NAMES, tmp_path / "bad",
+                                       TableSpec(attacks=("Transfer",), transfer_source="c"))
 
 
 def test_protocol_reaches_the_attacks(trained, tmp_path):
     """ε = 0 makes A_cls a no-op (its column equals clean); the strong protocol's random start stays in the ε-ball."""
     model, batches = trained
     results = robustness.evaluate_robustness(
-        {"m": model}, batches, CLASS_NAMES, tmp_path, attacks=("clean", "A_cls"),
-        overrides={"pgd": {"steps": 1, "epsilon": 0.0}}, plots=False,
+        {"m": model}, batches, CLASS_NAMES, tmp_path,
+        TableSpec(attacks=("clean", "A_cls"), overrides={"pgd": {"steps": 1, "epsilon": 0.0}}, plots=False),
     )
     assert results["models"]["m"]["A_cls"] == results["models"]["m"]["clean"]
     assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["robustness.json", "robustness.md"]
@@ -191,7 +192,8 @@ def test_protocol_reaches_the_attacks(trained, tmp_path):
 
 def test_unknown_attack_column_is_refused_before_any_work():
     with pytest.raises(ValueError, match=r"unknown attack\(s\) \['PGD'\]"):
-        robustness.evaluate_robustness({"m": None}, None, CLASS_NAMES, "/nonexistent", attacks=("clean", "PGD"))
+        robustness.evaluate_robustness({"m": None}, None, CLASS_NAMES, "/nonexistent",
+                                       TableSpec(attacks=("clean", "PGD")))
 
 
 def test_save_sample_detections(trained, tmp_path):

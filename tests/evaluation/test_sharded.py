@@ -13,6 +13,7 @@ from robustdet_tf.evaluation import robustness, sharded
 from robustdet_tf.evaluation.bootstrap import BootstrapSpec, table_intervals
 from robustdet_tf.evaluation.evaluate import evaluate_detections, make_metric
 from robustdet_tf.evaluation.shard_plan import PlanMismatchError
+from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 from tests.evaluation.test_robustness import CLASS_NAMES, SIZE, rectangles
@@ -52,8 +53,10 @@ def setup(tmp_path_factory):
 
 
 def table(model, batches, output_dir, **kwargs):
-    return robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir, attacks=ATTACKS,
-                                          overrides=QUICK, plots=False, **kwargs)
+    run = TableRun(**{k: kwargs.pop(k) for k in ("strategy", "workers", "printer", "metric_factory", "data")
+                      if k in kwargs})
+    return robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir,
+                                          TableSpec(attacks=ATTACKS, overrides=QUICK, plots=False, **kwargs), run)
 
 
 def assert_table_is_reference(results, reference):
@@ -118,7 +121,9 @@ def test_an_interrupted_table_resumes_by_shard(setup, tmp_path, monkeypatch):
     printed = []
     results = table(model, batches, tmp_path, shard_batches=1, printer=printed.append)
     assert calls == {"attack": 2}  # only A_cls shards 2 and 3; the clean cell is not even read
-    assert printed == ["worker 0 of 1: computed 3 shards, reused 7 finished shards (2 cells)"]  # + A_cls's end
+    assert printed[-1] == "worker 0 of 1: computed 3 shards, reused 7 finished shards (2 cells)"  # + A_cls's end
+    assert printed[0] == "cell 1/2 (m, clean): finished shards reused; table ETA 0 s"  # the progress lines
+    assert printed[1].startswith("cell 2/2 (m, A_cls): ") and printed[1].endswith("; all cells done")
     assert_table_is_reference(results, reference)
     assert not sharded.is_unfinished(tmp_path)
 
@@ -135,8 +140,9 @@ def test_a_resume_with_another_plan_is_refused_and_nothing_deleted(setup, tmp_pa
 
     before = listing()
     with pytest.raises(PlanMismatchError, match=r"protocol\.pgd\.steps: saved 2, now 3.*another output folder"):
-        robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, tmp_path, attacks=ATTACKS,
-                                       overrides={"pgd": {"steps": 3}}, plots=False, shard_batches=1)
+        robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, tmp_path,
+                                       TableSpec(attacks=ATTACKS, overrides={"pgd": {"steps": 3}}, plots=False,
+                                                 shard_batches=1))
     with pytest.raises(PlanMismatchError, match="shard_batches: saved 1, now 2"):
         table(model, batches, tmp_path, shard_batches=2)
     retrained = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)

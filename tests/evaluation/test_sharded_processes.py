@@ -17,6 +17,7 @@ PRELUDE = """
 import json, sys
 import keras
 from robustdet_tf.evaluation import robustness
+from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from tests.evaluation.test_robustness import CLASS_NAMES, SIZE, rectangles
 from tests.evaluation.test_sharded import ATTACKS, NUM_IMAGES, QUICK, eval_batches
 images, targets = rectangles(NUM_IMAGES, SIZE, seed=3)
@@ -26,8 +27,9 @@ batches = eval_batches(images, targets)
 WORKER = PRELUDE + """
 model_path, output_dir, out = sys.argv[1:4]
 model = keras.saving.load_model(model_path)
-results = robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir, attacks=ATTACKS,
-                                         overrides=QUICK, plots=False, shard_batches=1, shard_timeout=300)
+results = robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir,
+                                         TableSpec(attacks=ATTACKS, overrides=QUICK, plots=False, shard_batches=1,
+                                                   shard_timeout=300))
 json.dump(results, open(out, "w"))
 print("DONE", results is not None, flush=True)
 """
@@ -43,8 +45,9 @@ with strategy.scope():
     model = keras.saving.load_model(model_path)
 traced, run = [], strategy.run
 strategy.run = lambda fn, args=(), kwargs=None, options=None: traced.append(1) or run(fn, args, kwargs, options)
-results = robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir, attacks=ATTACKS,
-                                         overrides=QUICK, plots=False, shard_batches=2, strategy=strategy)
+results = robustness.evaluate_robustness({"m": model}, batches, CLASS_NAMES, output_dir,
+                                         TableSpec(attacks=ATTACKS, overrides=QUICK, plots=False, shard_batches=2),
+                                         TableRun(strategy=strategy))
 json.dump({"replicas": strategy.num_replicas_in_sync, "traced": len(traced), "results": results}, open(out, "w"))
 """
 

@@ -56,3 +56,25 @@ def test_keras_round_trip(tiny_ssd_config, tmp_path):
     assert got["detection_boxes"].shape == (2, 10, 4)
     for key in want:
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_a_training_step_matches_the_boxes_once_for_the_positive_count_and_the_loss(tiny_ssd_config, monkeypatch):
+    """The global positive count and the MultiBox loss share one match (two matches a step before), and the loss
+    equals the one that matches on its own."""
+    from robustdet_tf import boxes
+
+    images, targets = rectangles(2, 64)
+    model = SSD(**tiny_ssd_config)
+    model.build()
+    outputs = model(images, training=True)
+    own_match = model.detection_loss(outputs, targets)  # multibox_loss matching by itself
+    calls = []
+    original = boxes.match
+    monkeypatch.setattr(boxes, "match", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    shared = model.detection_loss(outputs, targets, global_norm=True)
+    assert len(calls) == 1
+    np.testing.assert_allclose([float(v) for v in shared], [float(v) for v in own_match], rtol=1e-6)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01))
+    calls.clear()
+    model.train_on_batch(images, targets)  # traces the step: one match in it
+    assert len(calls) == 1

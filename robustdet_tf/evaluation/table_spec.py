@@ -1,0 +1,121 @@
+"""``TableSpec``: everything that defines one robustness table besides its models and data, as one value; and
+``TableRun``: how this process computes it.
+
+Why one value: a table's columns, protocol, metric settings, intervals, shards and transfer source are read in
+several places (the plan a resume must match, the cells, the intervals, the report).  As one frozen spec, built once
+from ``config.eval`` (``from_config``) the way ``AttackSpec`` is, each setting has one name and one default (here),
+and the spec is recorded in ``robustness.json`` beside the results.  ``TableRun`` holds what does not change the
+table, only how it is computed: the replicas, the workers, where progress lines go, the metric factory and the data's
+identity a resume must match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from robustdet_tf.evaluation.bootstrap import BootstrapSpec
+from robustdet_tf.evaluation.protocol import ATTACKS, PAPER_ATTACKS, make_protocol
+
+CONFIG_KEYS = ("attacks", "protocol", "overrides", "sample_images", "sample_score_threshold", "sample_top_n",
+               "shard_batches", "shard_timeout", "bootstrap", "transfer_source")
+"""The ``config.eval`` keys a table spec reads (the others, such as ``batch_size`` or ``metric``, shape the data and
+the protocol's metric settings)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """One robustness table (spec §5, §7).
+
+    Attributes:
+      attacks: the columns, from ``protocol.ATTACKS``.
+      protocol: a predefined protocol's name or a full protocol dict (``evaluation.protocol``).
+      overrides: deep-merged into the protocol (``make_protocol``), e.g. ``{"pgd": {"steps": 5}}``.
+      max_batches: evaluate only the first batches (quick looks); ``None``: all.
+      plots: write the PR curves and the bar plot.
+      sample_images: draw clean vs attacked detections of that many first-batch images per cell (0: none).
+      sample_score_threshold, sample_top_n: which detections the pictures show.
+      shard_batches: batches per shard (``None``: the whole set is one shard).
+      shard_timeout: seconds the chief waits for shards other workers compute.
+      bootstrap: resamples, seed and level of the paired intervals (``resamples = 0``: none).
+      transfer_source: the model whose A_cls images the ``Transfer`` column uses (``None``: the first model).
+    """
+
+    attacks: tuple[str, ...] = PAPER_ATTACKS
+    protocol: str | Mapping[str, Any] = "reference"
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    max_batches: int | None = None
+    plots: bool = True
+    sample_images: int = 0
+    sample_score_threshold: float = 0.3
+    sample_top_n: int = 10
+    shard_batches: int | None = None
+    shard_timeout: float = 3600.0
+    bootstrap: BootstrapSpec = BootstrapSpec()
+    transfer_source: str | None = None
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
+        set_("attacks", tuple(self.attacks))
+        set_("overrides", dict(self.overrides.to_dict() if hasattr(self.overrides, "to_dict") else self.overrides))
+        if not isinstance(self.bootstrap, BootstrapSpec):
+            set_("bootstrap", BootstrapSpec.from_mapping(self.bootstrap))
+        set_("transfer_source", self.transfer_source or None)
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown or not self.attacks:
+            raise ValueError(f"evaluate_robustness: unknown attack(s) {unknown} (or none given); choose from "
+                             f"{ATTACKS}.")
+        if self.shard_batches is not None and int(self.shard_batches) < 1:
+            raise ValueError(f"evaluate_robustness: shard_batches must be >= 1 (or None: one shard), got "
+                             f"{self.shard_batches}.")
+
+    @classmethod
+    def from_config(cls, settings: Mapping[str, Any], **changes) -> TableSpec:
+        """From ``config.eval``: the keys of ``CONFIG_KEYS`` it has (a missing key keeps the default written here),
+        its ``metric`` and ``reference_offsets`` merged into the protocol overrides; ``changes`` replace fields."""
+        values = {key: settings[key] for key in CONFIG_KEYS if key in settings}
+        overrides = values.get("overrides") or {}
+        overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+        overrides.update({key: settings[key] for key in ("metric", "reference_offsets") if key in settings})
+        values["overrides"] = overrides
+        if "attacks" in values and not values["attacks"]:
+            del values["attacks"]
+        if "shard_batches" in values:
+            values["shard_batches"] = int(values["shard_batches"]) or None  # 0: the whole set is one shard
+        if "bootstrap" in values and hasattr(values["bootstrap"], "to_dict"):
+            values["bootstrap"] = values["bootstrap"].to_dict()
+        return cls(**{**values, **changes})
+
+    def resolved_protocol(self) -> dict[str, Any]:
+        """The full protocol dict (``make_protocol`` of ``protocol`` with ``overrides``)."""
+        return make_protocol(self.protocol, self.overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for ``robustness.json``."""
+        out = dataclasses.asdict(self)
+        out["attacks"] = list(self.attacks)
+        out["bootstrap"] = self.bootstrap.to_dict()
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRun:
+    """How this process computes a table (nothing here changes a number).
+
+    Attributes:
+      strategy: split each batch over its replicas (``evaluation.replicas``); ``None``: one device.
+      workers: this process's place among the workers (``None``: from ``TF_CONFIG``).
+      printer: receives the progress lines and the shard summary; ``None``: silent.
+      metric_factory: builds a fresh metric per cell (``None``: the protocol's metric over the class names).
+      data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
+    """
+
+    strategy: tf.distribute.Strategy | None = None
+    workers: Any = None
+    printer: Callable[[str], None] | None = None
+    metric_factory: Callable[[], Any] | None = None
+    data: Mapping[str, Any] | None = None
+
