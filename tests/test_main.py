@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DEMO = (
@@ -36,6 +37,7 @@ def run_main(*args, timeout=900):
     )
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     proc = run_main(f"--workdir={tmp_path}", *TINY_DEMO)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -173,6 +175,7 @@ def _demo_like_workdir(workdir):
     return len(ssd.detector.all_convs())
 
 
+@pytest.mark.slow
 def test_analyze_writes_every_figure_for_the_models_of_a_workdir(tmp_path):
     num_layers = _demo_like_workdir(tmp_path)
     proc = run_main(f"--workdir={tmp_path}", *TINY_ANALYZE)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from robustdet_tf.distribution import local_cluster
 
@@ -59,6 +60,7 @@ def _weights(path):
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+@pytest.mark.slow
 def test_two_workers_train_the_single_process_weights(tmp_path):
     # The single process splits the same global batch over two local replicas, so every kernel runs at the workers'
     # batch size: RobustDet's sign-gradient attack would turn last-bit differences of kernels run at another batch

@@ -44,6 +44,7 @@ def _tree_folder(tmp_path):
     return folder, classes
 
 
+@pytest.mark.slow
 def test_one_class_voc_folder_from_training_to_attacked_pixels(tmp_path):
     folder, classes = _tree_folder(tmp_path)
     config = _tiny(ssd300_voc.get_config())

@@ -58,6 +58,7 @@ def trained_weights(config, workdir, interrupt_at=None):
     return [w.numpy() for w in trainer.model.weights], trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adversarial", [None, {"method": "cls", "steps": 4}])
 def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(tmp_path, adversarial):
     config = tiny_config(adversarial)
@@ -185,6 +186,7 @@ def test_a_second_run_into_a_busy_workdir_is_refused_and_a_killed_run_leaves_no_
     assert trainer.start_step == 1
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_and_attacks_robustdet_with_cfr_without_nan(tmp_path):
     import tensorflow as tf
 

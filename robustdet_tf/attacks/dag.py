@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from robustdet_tf import boxes as box_ops
 from robustdet_tf.attacks.budget import in_graph
-from robustdet_tf.attacks.model_protocol import check_attackable
+from robustdet_tf.attacks.model_protocol import MatchingDetector, check_attackable
 from robustdet_tf.attacks.spec import DAGSpec
 from robustdet_tf.losses.multibox import per_prior_cross_entropy
 
@@ -117,7 +117,7 @@ def dag(
         reference's DAG-150).
       index_offset: the position of the first image (its adversarial labels follow ``(spec.seed, position)``).
     """
-    check_attackable(model, "dag")  # the priors match the ground truth; num_classes draws the adversarial labels
+    check_attackable(model, "dag", MatchingDetector)  # priors match the ground truth; num_classes draws the labels
     num_classes = model.num_classes
     threshold = model.match_threshold if spec.match_threshold is None else spec.match_threshold
     steps, gamma, faithful, epsilon, seed = spec.steps, spec.gamma, spec.faithful, spec.epsilon, spec.seed

@@ -15,13 +15,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import tensorflow as tf
 
-ATTACK_MEMBERS = ("priors", "num_classes", "match_threshold", "detection_loss")
-"""The members ``AttackableDetector`` declares besides ``__call__``, in the order the error lists them."""
+MATCH_MEMBERS = ("priors", "num_classes", "match_threshold")
+"""What ``MatchingDetector`` declares besides ``__call__`` (DAG's needs)."""
+ATTACK_MEMBERS = (*MATCH_MEMBERS, "detection_loss")
+"""What ``AttackableDetector`` declares besides ``__call__`` (the PGD family's needs), in the order errors list them."""
 
 
 @runtime_checkable
-class AttackableDetector(Protocol):
-    """A detector the attacks can run: the package's SSD and RobustDet, or any model with these members."""
+class MatchingDetector(Protocol):
+    """A detector whose priors the ground truth can be matched to: what DAG needs."""
 
     priors: tf.Tensor  # [P, 4] prior boxes the ground truth is matched to
     num_classes: int  # network classes, background included
@@ -29,6 +31,11 @@ class AttackableDetector(Protocol):
 
     def __call__(self, images: tf.Tensor, training: bool = False) -> Mapping[str, tf.Tensor]:
         """Raw head outputs ``{"loc": [B, P, 4], "logits": [B, P, C], ...}`` of pixel-space images."""
+
+
+@runtime_checkable
+class AttackableDetector(MatchingDetector, Protocol):
+    """A detector the PGD family can run: the package's SSD and RobustDet, or any model with these members."""
 
     def detection_loss(self, outputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor],
                        per_image: bool = False) -> Any:
@@ -43,18 +50,19 @@ class RoutedDetector(AttackableDetector, Protocol):
         """π ``[B, K]``: the discriminator's softmax over the K kernels of every AAconv."""
 
 
-def check_attackable(model: Any, attack: str) -> None:
-    """Refuse a model that lacks a member of ``AttackableDetector``, naming the attack and every missing member."""
-    if isinstance(model, AttackableDetector):
+def check_attackable(model: Any, attack: str, needs: type = AttackableDetector) -> None:
+    """Refuse a model that lacks a member of ``needs`` (``AttackableDetector``, or ``MatchingDetector`` for DAG),
+    naming the attack and every missing member."""
+    if isinstance(model, needs):
         return
-    missing = [name for name in ATTACK_MEMBERS if name not in dir(model)]
+    members = MATCH_MEMBERS if needs is MatchingDetector else ATTACK_MEMBERS
+    missing = [name for name in members if name not in dir(model)]
     if not callable(model):
         missing.insert(0, "__call__")
     raise AttributeError(
         f"{attack}: the model {type(model).__name__} has no {', '.join(repr(m) for m in missing)} "
-        f"attribute{'s' if len(missing) > 1 else ''}; an attack needs a detector with {', '.join(ATTACK_MEMBERS)} "
-        "and a call returning the raw head outputs, as the package's SSD and RobustDet provide "
-        "(attacks/model_protocol.py)."
+        f"attribute{'s' if len(missing) > 1 else ''}; {attack} needs a detector with {', '.join(members)} and a "
+        "call returning the raw head outputs, as the package's SSD and RobustDet provide (attacks/model_protocol.py)."
     )
 
 

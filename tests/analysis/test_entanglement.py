@@ -88,6 +88,7 @@ def test_identical_images_give_R_one_in_every_layer_and_kernel(models_and_data):
     np.testing.assert_allclose(per_kernel[finite], 1.0, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_each_pair_gets_the_ratio_of_its_own_gradients(models_and_data):
     """R of pair i in a batch equals the ratio of the two single-image gradients computed separately.  (Both in
     tf.function: an eager grouped-convolution filter gradient crashes the oneDNN CPU kernels of TF 2.21.)"""

@@ -46,6 +46,7 @@ def test_mixture_divergence_known_values():
         adaptive.mixture_divergence(p, q, "l2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["adaptive", "fixed_pi", "aid"])
 @pytest.mark.parametrize("schedule", ["constant", "apgd"])
 def test_adaptive_attacks_respect_epsilon_and_raise_their_objective(robustdet, batch, method, schedule):

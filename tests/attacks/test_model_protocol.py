@@ -29,5 +29,5 @@ def test_a_model_missing_members_is_refused_once_naming_the_attack_and_every_mem
 
     targets = {"boxes": tf.zeros([1, 1, 4]), "labels": tf.zeros([1, 1], tf.int32)}
     with pytest.raises(AttributeError, match=r"pgd \(cls\): the model HeadsOnly has no 'num_classes', "
-                                             r"'match_threshold', 'detection_loss' attributes"):
+                                             r"'match_threshold', 'detection_loss' attributes; pgd \(cls\) needs"):
         pgd_lib.pgd(HeadsOnly(), tf.zeros([1, 8, 8, 3]), targets, AttackSpec("cls", steps=1))

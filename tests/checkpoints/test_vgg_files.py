@@ -14,6 +14,8 @@ import pytest  # noqa: E402
 from robustdet_tf.checkpoints import backbone, vgg_files  # noqa: E402
 from robustdet_tf.models.ssd import SSD  # noqa: E402
 
+pytestmark = pytest.mark.slow  # among the slowest files of the suite; the quick loop (-m "not slow") leaves it out
+
 SIZE = 288  # the SSD300 layout's extras need a large enough input
 TORCHVISION_MEAN = np.array((0.485, 0.456, 0.406))
 TORCHVISION_STD = np.array((0.229, 0.224, 0.225))

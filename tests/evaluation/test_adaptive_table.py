@@ -16,6 +16,8 @@ from tests.conftest import TINY_SSD
 from tests.evaluation.test_robustness import CLASS_NAMES, NUM_IMAGES, SIZE, rectangles
 from tests.helpers import train_on_detection_loss
 
+pytestmark = pytest.mark.slow  # among the slowest files of the suite; the quick loop (-m "not slow") leaves it out
+
 COLUMNS = ("clean", "A_cls", "Adaptive", "FixedPi", "AID", "Worst")
 
 

@@ -117,6 +117,7 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_transfer_column_and_paired_differences(trained, tmp_path):
     """Transfer from model A evaluated on A is A's own A_cls cell; on another model it is A's images, not the other
     model's own attack; a model under two names differs from itself by exactly 0 with a zero-width interval."""

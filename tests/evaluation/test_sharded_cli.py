@@ -13,6 +13,7 @@ from tests.evaluation.test_from_config import tiny_config
 from tests.evaluation.test_sharded import Interrupt, counting_steps
 
 
+@pytest.mark.slow
 def test_cli_resumes_an_unfinished_table(tmp_path, monkeypatch):
     config = tiny_config()  # 5 images in batches of 2: 3 batches, clean + A_cls (PGD-1)
     config.eval.shard_batches = 1

@@ -8,10 +8,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from robustdet_tf.distribution import local_cluster
 from tests.evaluation.test_sharded import assert_table_is_reference, setup  # noqa: F401 (the fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+pytestmark = pytest.mark.slow  # subprocesses that are themselves under test; the quick loop leaves them out
 
 PRELUDE = """
 import json, sys

@@ -79,6 +79,7 @@ def op_names(blob: bytes) -> set[str]:
     [("ssd", None), ("robust", "stacked"), ("robust", "map_fn")],
     ids=["ssd", "robustdet_stacked", "robustdet_map_fn"],
 )
+@pytest.mark.slow
 def test_float_tflite_equals_keras(models, images, name, implementation):
     model = models[name]
     blob = converted(models, name, "float32", implementation)

@@ -16,6 +16,8 @@ from robustdet_tf.models.ssd import SSD  # noqa: E402
 from tests.conftest import TINY_SSD  # noqa: E402
 from tests.helpers import rectangles  # noqa: E402
 
+pytestmark = pytest.mark.slow  # among the slowest files of the suite; the quick loop (-m "not slow") leaves it out
+
 SIZE = TINY_SSD["image_size"]
 
 

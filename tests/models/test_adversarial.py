@@ -90,6 +90,7 @@ def test_concat_targets_pads_the_object_axis():
     np.testing.assert_array_equal(got["boxes"].numpy()[1:], b["boxes"])
 
 
+@pytest.mark.slow
 def test_adversarial_training_lowers_the_loss_under_attack_where_clean_training_does_not():
     """A tiny SSD trained clean for 60 Adam steps on 8 images is fine-tuned 30 more steps either clean or with the
     interleaved A_cls schedule (SSD-AT).  Under a PGD-5 A_cls attack on the same images the classification loss of
@@ -139,6 +140,7 @@ def run_cycle(model):
     return history
 
 
+@pytest.mark.slow
 def test_robustdet_trains_a_full_cycle_and_lowers_its_loss():
     keras.utils.set_random_seed(0)
     model = RobustDet(**SHAPES_SSD, aid_width=4, decoder_width=16, cfr=True, adversarial={"method": "mtd"}, seed=0)
