@@ -1,5 +1,6 @@
 """Attacks that adapt to the AID (``attacks/adaptive.py``): their objectives, their budget and what they do to π."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,6 +24,7 @@ def batch():
 
 @pytest.fixture(scope="module")
 def robustdet():
+    keras.utils.set_random_seed(0)  # the initial weights, whichever tests ran before (the quick loop skips some)
     model = RobustDet(**TINY_SSD, num_kernels=4, aid_width=8, seed=0)
     model.build()
     return model
