@@ -132,7 +132,12 @@ def test_batched_equals_one_image_at_a_time(model, images, settings):
     batched = run_dag(model, images, TARGETS, spec(7, **settings))
     for i in range(3):
         alone = run_dag(model, images[i : i + 1], take(TARGETS, i), spec(7, **settings), index_offset=seed(i))
-        np.testing.assert_allclose(alone[0].numpy(), batched[i].numpy(), atol=1e-2)
+        gap = np.abs(alone[0].numpy() - batched[i].numpy())
+        # Batch 3 and batch 1 take different oneDNN kernels, so float sums differ (seen: one pixel of 12288 off by
+        # 0.0102 after 4 steps). A coupling of the images (a batch-wide norm, shared labels or masks) moves pixels by
+        # whole steps of size ~gamma and moves the mean: bound the mean tightly and the worst pixel by gamma / 30.
+        assert gap.mean() < 1e-3, gap.mean()
+        assert gap.max() < settings["gamma"] / 30, gap.max()
 
 
 class LogitsFromLabels:
