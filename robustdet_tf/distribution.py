@@ -106,6 +106,54 @@ def local_cluster(workers: int) -> dict[str, list[str]]:
             s.close()
 
 
+# -- replica arithmetic of a training step ----------------------------------------------------------------------
+# A model's ``compute_losses`` returns whole-batch terms: each replica's term is its estimate of the loss of the
+# *global* batch (normalised by global counts, or computed on the gathered batch), so the mean of a term over the
+# replicas is the one-device value and the logs need no rescaling.  Keras sums the replicas' gradients, so the step
+# (``DetectionModelBase.apply_gradients``) divides every gradient by the replica count with ``replica_share``.
+
+
+def num_replicas() -> int:
+    """Replicas in sync of the current strategy (1 outside ``tf.distribute``)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def replica_sum(value: tf.Tensor) -> tf.Tensor:
+    """Sum of ``value`` over replicas when called inside a replica context; the value itself otherwise."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def replica_mean(value: tf.Tensor) -> tf.Tensor:
+    """Mean of ``value`` over replicas (a count per replica: the normaliser that makes a replica's partial sum its
+    estimate of the whole batch's mean); the value itself outside ``tf.distribute``."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return replica_sum(value) / ctx.num_replicas_in_sync
+
+
+def gather_replicas(value: tf.Tensor) -> tf.Tensor:
+    """``value`` of every replica in sync concatenated along axis 0 in replica order (the rows of the global
+    batch, as one device would hold them); the value itself outside ``tf.distribute``.  Differentiable: each
+    replica's rows get the gradient summed over the replicas that used them."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_gather(value, axis=0)
+
+
+def replica_share(grads: list[tf.Tensor | None]) -> list[tf.Tensor | None]:
+    """Each gradient divided by the replicas in sync: Keras sums the replicas' gradients of their whole-batch
+    estimates, and the sum of the shares is the mean, the one-device gradient.  Unchanged outside a strategy."""
+    replicas = num_replicas()
+    if replicas == 1:
+        return list(grads)
+    return [None if g is None else g / tf.cast(replicas, g.dtype) for g in grads]
+
+
 def replica_seed(seed: keras.random.SeedGenerator | int) -> tf.Tensor:
     """A stateless ``[2]`` int32 seed: the generator's next seed (or the fixed ``seed``) as Keras' random functions
     would use it, with this replica's id added to its second word inside a ``tf.distribute`` replica context.

@@ -14,7 +14,6 @@ Around it this module adds what a long run needs:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -28,38 +27,39 @@ import tensorflow as tf
 
 from robustdet_tf import run_report
 from robustdet_tf.checkpoints import integrity
-from robustdet_tf.checkpoints.backbone import start_backbone
-from robustdet_tf.checkpoints.held_batch import HeldBatches
 from robustdet_tf.checkpoints.saving import CheckpointEvery, NonFiniteWeightsError, save_checkpoint
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.distribution import is_chief, make_strategy, write_dir
-from robustdet_tf.io import atomic_output, workdir_lock, write_text
-from robustdet_tf.models import training
-from robustdet_tf.models.factory import INIT_KEYS, build_model, resolved_model_config
-from robustdet_tf.models.robustdet import RobustDet
-
-# Model-config keys that decide the weights' shapes: a workdir trained with other values cannot be resumed.
-ARCHITECTURE_KEYS = (
-    "kind", "num_classes", "image_size", "width", "extras", "aspect_ratios", "num_kernels", "cfr", "aid_width",
-    "decoder_width", "class_names",
+from robustdet_tf.initial_model import (  # noqa: F401  (part of this module's API)
+    IMPORTED_MODEL,
+    imported_model,
+    initial_model,
+    initial_model_and_origin,
+    model_from_ssd,
+    seed_run,
 )
-MODEL_RECORD = "model_config.json"
-TRAIN_RECORD = "train_config.json"
-"""``config.train`` of the run's last start, compared with the new settings on a resume."""
-REFUSED_ON_RESUME = ("optimizer", "seed", "init_from")
-"""``config.train`` keys a resume cannot change: the restored optimiser state, the data order and the starting
-weights belong to the recorded values.  Every other change is printed; the learning rate and momentum are applied
-to the restored optimiser."""
+from robustdet_tf.io import workdir_lock
+from robustdet_tf.models import training
+from robustdet_tf.models.adversarial import AdversarialSchedule
+from robustdet_tf.models.factory import build_model
+from robustdet_tf.models.held_batches import HeldBatches
+from robustdet_tf.workdir import (  # noqa: F401  (part of this module's API)
+    MODEL_RECORD,
+    TRAIN_RECORD,
+    IncompatibleWorkdirError,
+    check_workdir,
+    model_config_dict,
+    recorded_settings,
+    save_model_atomically,
+    train_record,
+    write_json_atomically,
+)
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged: a loss term or the weights became NaN or inf (nothing non-finite was checkpointed)."""
-
-
-class IncompatibleWorkdirError(ValueError):
-    """The workdir holds a model that the config cannot continue."""
 
 
 def learning_rate(train: Mapping[str, Any]):
@@ -95,10 +95,12 @@ def compile_model(model: keras.Model, train: Mapping[str, Any]) -> keras.Model:
     return model
 
 
-def training_batches(source: DetectionSource, config, start_step: int = 0, adversarial: bool = False):
-    """The batches ``fit`` consumes: ``(images, targets)``, or the two streams of adversarial training.
+def training_batches(source: DetectionSource, config, start_step: int = 0,
+                     schedule: AdversarialSchedule | None = None):
+    """The batches ``fit`` consumes: ``(images, targets)``, or, with an adversarial ``schedule``, the two streams
+    of adversarial training.
 
-    Adversarial training takes a fresh batch to attack only every ``steps`` optimiser steps (interleaved schedule);
+    The schedule takes a fresh batch to attack only every ``schedule.renewal_period`` optimiser steps;
     ``pipeline.two_streams`` repeats each batch of the second stream that many times so no augmentation work is
     wasted.
     """
@@ -113,13 +115,10 @@ def training_batches(source: DetectionSource, config, start_step: int = 0, adver
         seed=train.seed,
         start_step=start_step,
     )
-    if not adversarial:
+    if schedule is None:
         return _shard_by_data(pipeline.train_batches(source.dataset, batch_size=train.batch_size, **kwargs))
-    settings = config.model.adversarial
-    interleaved = settings.get("schedule", "interleaved") == "interleaved"
-    renew = int(settings.get("steps", 20)) if interleaved else 1
-    streams = pipeline.two_streams(source.dataset, batch_size=max(1, train.batch_size // 2), renew_every=renew,
-                                   **kwargs)
+    streams = pipeline.two_streams(source.dataset, batch_size=max(1, train.batch_size // 2),
+                                   renew_every=schedule.renewal_period, **kwargs)
     return _shard_by_data(streams.prefetch(tf.data.AUTOTUNE))
 
 
@@ -129,52 +128,6 @@ def _shard_by_data(batches: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return batches.with_options(options)
-
-
-def save_model_atomically(model: keras.Model, path: str) -> str:
-    """Write ``path`` (a ``.keras`` archive) via a temporary file and a rename, so a crash never leaves half a file."""
-    with atomic_output(path, overwrite=True) as tmp:  # tmp keeps the base name, so Keras sees the .keras suffix
-        model.save(tmp)
-    return path
-
-
-def write_json_atomically(obj: Any, path: str) -> None:
-    """The run record as indented JSON, written atomically."""
-    write_text(path, json.dumps(obj, indent=1, default=str))
-
-
-def train_record(config) -> dict:
-    """``config.train`` as JSON data (tuples as lists), as ``train_config.json`` records it."""
-    return json.loads(json.dumps(config.train.to_dict(), default=list))
-
-
-def model_config_dict(config) -> dict:
-    """``config.model`` as JSON data, label map settled (class names read, ``num_classes`` derived)."""
-    return json.loads(json.dumps(resolved_model_config(config.model), default=list))
-
-
-def check_workdir(workdir: str, config) -> None:
-    """Refuse a workdir whose recorded model has other architecture settings; touch nothing."""
-    path = os.path.join(workdir, MODEL_RECORD)
-    if not os.path.exists(path):
-        if os.path.isdir(os.path.join(workdir, "checkpoints")):
-            raise IncompatibleWorkdirError(
-                f"{workdir} holds checkpoints but no {MODEL_RECORD}; it was not written by this trainer. "
-                "Use another --workdir."
-            )
-        return
-    with open(path) as f:
-        recorded = json.load(f)
-    wanted = model_config_dict(config)
-    # A key the record lacks (a workdir of an earlier version) is not compared.
-    diff = {k: (recorded[k], wanted.get(k)) for k in ARCHITECTURE_KEYS
-            if k in recorded and recorded[k] != wanted.get(k)}
-    if diff:
-        details = ", ".join(f"{k}: workdir {a!r} vs config {b!r}" for k, (a, b) in diff.items())
-        raise IncompatibleWorkdirError(
-            f"the workdir {workdir} holds a different model ({details}). Nothing was changed; use another "
-            "--workdir, or the config it was trained with."
-        )
 
 
 class Progress(keras.callbacks.Callback):
@@ -212,9 +165,7 @@ def adopt_class_names(model: keras.Model, source: DetectionSource) -> None:
 def held_batches_of(model: keras.Model, strategy: tf.distribute.Strategy) -> HeldBatches | None:
     """The checkpointed global held batch of an interleaved adversarial schedule (``None`` for other models)."""
     schedule = getattr(model, "adversary", None)
-    if schedule is None or schedule.schedule != "interleaved":
-        return None
-    return HeldBatches(schedule, strategy)
+    return None if schedule is None else schedule.checkpoint_state(strategy)
 
 
 class Trainer:
@@ -245,7 +196,7 @@ class Trainer:
             self.checkpoint, write_dir(self.checkpoint_dir, self.strategy), max_to_keep=int(config.train.get("keep", 2))
         )
         self.source = source
-        recorded = self._recorded_settings()  # refused changes stop the run before the checkpoint is read
+        recorded = recorded_settings(workdir, self.checkpoint_dir, config)  # refused changes stop the run first
         self.start_step = self.restore()
         if self.start_step and recorded is not None:
             self.notes += self._apply_changed_settings(recorded)
@@ -261,24 +212,6 @@ class Trainer:
         copy.build()
         copy.set_weights(model.get_weights())
         return copy
-
-    def _recorded_settings(self) -> dict | None:
-        """``config.train`` as the run recorded it, when there is a checkpoint to resume (``None`` otherwise, or for
-        a workdir of an earlier version); a change of ``REFUSED_ON_RESUME`` is refused here, key named."""
-        path = os.path.join(self.workdir, TRAIN_RECORD)
-        if not os.path.exists(path) or tf.train.latest_checkpoint(self.checkpoint_dir) is None:
-            return None
-        with open(path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-        current = train_record(self.config)
-        refused = [k for k in REFUSED_ON_RESUME if recorded.get(k) != current.get(k)]
-        if refused:
-            raise IncompatibleWorkdirError(
-                f"{self.workdir} was trained with " + ", ".join(f"train.{k}={recorded.get(k)!r}" for k in refused)
-                + "; a resume cannot change " + ", ".join(f"train.{k}" for k in refused) + " (the restored optimiser "
-                "state, data order or starting weights belong to the recorded value). Resume with the recorded "
-                "value, or start a new run in another --workdir. Nothing was changed.")
-        return recorded
 
     def _apply_changed_settings(self, recorded: dict) -> list[str]:
         """Apply a new learning rate or momentum to the restored optimiser (which would otherwise keep the old ones)
@@ -357,8 +290,7 @@ class Trainer:
             printer(f"{self.workdir}: already trained for {self.start_step} steps (target {total})")
             return {}
         adopt_class_names(self.model, self.source)
-        adversarial = getattr(self.model, "adversary", None) is not None
-        batches = training_batches(self.source, self.config, self.start_step, adversarial)
+        batches = training_batches(self.source, self.config, self.start_step, getattr(self.model, "adversary", None))
         capture = self.held_batches.capture if self.held_batches is not None else None
         saver = CheckpointEvery(self.manager, self.step, self.start_step, self.config.train.checkpoint_every,
                                 before_save=capture)
@@ -414,58 +346,6 @@ class Trainer:
             f"--config.train.learning_rate={float(rate) / 10:g}), or check the data for empty or broken boxes.")
 
 
-def seed_run(config) -> None:
-    """Seed Keras, TensorFlow, NumPy and Python from ``config.train.seed`` before a fresh run builds its model.
-
-    Why: the initial weights (and every draw not seeded on its own) then follow the run's seed, so one seed names one
-    run and a study over seeds (``bench/phenomenon.py``) varies exactly what it says.  The data order and the
-    attacks' draws take ``config.train.seed`` already.
-    """
-    keras.utils.set_random_seed(int(config.train.get("seed", 0)))
-
-
-def initial_model(config) -> keras.Model:
-    """The model a run starts from: fresh (trunk from ``model.backbone_init``), or ``train.init_from`` (an SSD
-    ``.keras`` file) expanded into RobustDet.
-
-    RobustDet is trained from a clean SSD (spec §3.5): every convolution's K kernels start as copies of the SSD's.
-    For an SSD config ``init_from`` simply loads the weights of a compatible model.
-    """
-    return initial_model_and_origin(config)[0]
-
-
-def initial_model_and_origin(config) -> tuple[keras.Model, str]:
-    """``initial_model`` and where its weights come from, in words (the start-of-run report's line)."""
-    init_from = config.train.get("init_from", None)
-    backbone_init = str(config.model.get("backbone_init", None) or "none")
-    if not init_from:
-        model = build_model(config.model)
-        loaded = start_backbone(model, backbone_init)
-        if loaded == "none":
-            return model, f"random: the layers' initialisers, seed {config.train.get('seed', 0)}"
-        return model, loaded
-    if backbone_init != "none":
-        raise ValueError(f"config.train.init_from={init_from!r} and config.model.backbone_init={backbone_init!r} "
-                         "both say where the weights start: keep one of them.")
-    if not os.path.exists(init_from):
-        raise FileNotFoundError(
-            f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
-            "runs/ssd300_voc/model.keras), or import the official checkpoint with --mode=import first"
-        )
-    how = "K copies of every kernel" if config.model.get("kind", "ssd") == "robustdet" else "its weights copied"
-    return model_from_ssd(integrity.load_model_file(init_from), config), f"the trained SSD {init_from} ({how})"
-
-
-def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
-    """The configured model started from a trained SSD: K-fold expansion for RobustDet, a weight copy otherwise."""
-    if config.model.get("kind", "ssd") == "robustdet":
-        settings = {k: v for k, v in model_config_dict(config).items() if k != "kind" and k not in INIT_KEYS}
-        return RobustDet.from_ssd(ssd, **settings)
-    model = build_model(config.model)
-    model.set_weights(ssd.get_weights())
-    return model
-
-
 def load_trained_model(workdir: str, config) -> keras.Model:
     """The model of a workdir: ``model.keras`` if training finished, else the latest checkpoint."""
     path = os.path.join(workdir, "model.keras")
@@ -478,22 +358,6 @@ def load_trained_model(workdir: str, config) -> keras.Model:
             "first, or --mode=import an official checkpoint"
         )
     return trainer.model
-
-
-IMPORTED_MODEL = "imported_model.keras"
-
-
-def imported_model(workdir: str, printer=print) -> keras.Model | None:
-    """The model ``--mode=import`` left in an untrained workdir (``model.keras`` without checkpoints), kept as
-    ``imported_model.keras`` so the trained ``model.keras`` never replaces it; ``None`` if there is none."""
-    kept = os.path.join(workdir, IMPORTED_MODEL)
-    final = os.path.join(workdir, "model.keras")
-    if os.path.exists(final) and not os.path.exists(kept):
-        os.replace(final, kept)
-    if not os.path.exists(kept):
-        return None
-    printer(f"starting from the imported model {kept}")
-    return integrity.load_model_file(kept)
 
 
 def train_in_workdir(config, workdir: str, model: keras.Model | None = None, source: DetectionSource | None = None,

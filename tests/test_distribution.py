@@ -30,6 +30,19 @@ def test_the_chief_writes_and_the_others_write_into_scratch(monkeypatch, tmp_pat
     assert distribution.is_chief()
 
 
+def test_outside_a_strategy_the_replica_arithmetic_is_the_identity():
+    assert distribution.num_replicas() == 1
+    value = tf.constant([1.5, -2.0])
+    for helper in (distribution.replica_sum, distribution.replica_mean, distribution.gather_replicas):
+        assert helper(value) is value
+    grads = [tf.constant([2.0]), None]
+    assert distribution.replica_share(grads) == grads
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        assert distribution.num_replicas() == 1
+    assert float(strategy.run(lambda: distribution.replica_mean(tf.constant(3.0)))) == 3.0  # a replica context of one
+
+
 def test_strategy_names(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert distribution.make_strategy("auto") is tf.distribute.get_strategy()  # no GPU here

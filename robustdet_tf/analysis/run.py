@@ -31,8 +31,8 @@ from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import check_labels_fit
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation.evaluate import attack_targets, make_metric
-from robustdet_tf.evaluation.from_config import protocol_overrides
-from robustdet_tf.evaluation.protocol import attack_spec, make_attack, make_protocol
+from robustdet_tf.evaluation.protocol import attack_spec, make_attack
+from robustdet_tf.evaluation.table_spec import TableSpec
 
 FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep")
 CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics")
@@ -103,7 +103,7 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
     settings = settings_of(config)
     figures = list(figures if figures is not None else settings["figures"])
     image_size = check_models(models)
-    protocol = make_protocol(config.eval.get("protocol", "reference"), protocol_overrides(config.eval))
+    protocol = TableSpec.from_config(config.eval).resolved_protocol()
     size, count = int(settings["batch_size"]), int(settings["images"])
     source, batches = _batches(config, "eval", size, count, image_size)
     for name, model in models.items():

@@ -33,8 +33,8 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int,
     """``manager.save`` that, when the write fails (disk full, quota, I/O error), removes the half-written files of
     this step and raises one clear ``CheckpointWriteError``; the previous checkpoint and the index are untouched
     (the manager updates its index only after a complete write).  ``before_save`` gathers state the checkpoint
-    cannot read by itself (every replica's held adversarial batch, ``held_batch.py``).  ``weights`` (the model's)
-    are checked first: weights holding NaN or inf are never written (``NonFiniteWeightsError``), so the newest
+    cannot read by itself (every replica's held adversarial batch, ``models/held_batches.py``).  ``weights`` (the
+    model's) are checked first: weights holding NaN or inf are never written (``NonFiniteWeightsError``), so the newest
     checkpoint is always one a run can continue from."""
     if before_save is not None:
         before_save()

@@ -13,10 +13,10 @@ from an optional ``is_crowd`` entry, image ids assigned in update order), so syn
 
 Category ids: network class ``c`` (1-based, 0 = background) maps to a category id through ``category_ids``
 (a sequence whose entry ``c - 1`` is the id — the order of the reference's ``coco_labels.txt``, see
-``contiguous_category_ids`` — or a mapping ``{c: id}``), or through the identity by default.  The reference's
-COCO model has 201 classes of which only 1..80 have ids; detections of classes without an id (or whose id is not
-a category of the annotation file) are dropped and counted in ``num_dropped_detections`` instead of crashing the
-evaluation as in the reference.  GT labels without an id are an input error and raise.
+``coco_annotations.contiguous_category_ids`` — or a mapping ``{c: id}``), or through the identity by default.  The
+reference's COCO model has 201 classes of which only 1..80 have ids; detections of classes without an id (or whose
+id is not a category of the annotation file) are dropped and counted in ``num_dropped_detections`` instead of
+crashing the evaluation as in the reference.  GT labels without an id are an input error and raise.
 
 Only images passed to ``update`` are evaluated (``evaluate_all_images=False``), so a subset run is not charged
 with the GT of images it never saw; on the full val2017 run this equals the reference, whose extra images carry
@@ -38,51 +38,13 @@ from pycocotools.cocoeval import COCOeval
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
 from robustdet_tf.evaluation.bootstrap import RankedMatches
+from robustdet_tf.evaluation.coco_annotations import load_coco, quiet
 from robustdet_tf.evaluation.metric_state import MetricStateError, checked, envelope
 from robustdet_tf.evaluation.per_image import unbatch_pair
 
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
 )  # order of COCOeval.stats for iouType "bbox"
-
-
-def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-
-
-def load_coco(annotations: str | os.PathLike | COCO | Mapping[str, Any], verbose: bool = False) -> COCO:
-    """Returns a ``COCO`` object from a json path, an existing ``COCO`` or a dataset dict."""
-    if isinstance(annotations, COCO):
-        return annotations
-    if isinstance(annotations, (str, os.PathLike)):
-        path = os.fspath(annotations)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"COCO annotation file {path!r} does not exist; pass the path of e.g. "
-                                    "annotations/instances_val2017.json, a pycocotools COCO object, or None to "
-                                    "build the ground truth from the target batches.")
-        with _quiet(verbose):
-            return COCO(path)
-    if isinstance(annotations, Mapping):
-        missing = {"images", "annotations", "categories"} - set(annotations)
-        if missing:
-            raise ValueError(f"COCO annotation dict lacks {sorted(missing)}; it needs 'images', 'annotations' "
-                             "and 'categories' like an instances_*.json file.")
-        coco = COCO()
-        coco.dataset = dict(annotations)
-        with _quiet(verbose):
-            coco.createIndex()
-        return coco
-    raise TypeError(f"annotations must be a path, a pycocotools COCO, a dataset dict or None; got "
-                    f"{type(annotations).__name__}.")
-
-
-def contiguous_category_ids(annotations: str | os.PathLike | COCO | Mapping[str, Any]) -> list[int]:
-    """Category ids in ascending order: entry ``c - 1`` is the id of network class ``c``.
-
-    This is the contiguous order of the reference's ``coco_labels.txt`` for COCO 2017 (1..80 ↔ 1..90 with gaps),
-    ready to pass as ``category_ids``.
-    """
-    return sorted(load_coco(annotations).getCatIds())
 
 
 class COCOMetric:
@@ -312,7 +274,7 @@ class COCOMetric:
             "annotations": list(self._gt_anns),
             "categories": [{"id": c, "name": self._category_name(c)} for c in sorted(cats)],
         }
-        with _quiet(self.verbose):
+        with quiet(self.verbose):
             coco.createIndex()
         return coco
 
@@ -325,7 +287,7 @@ class COCOMetric:
         ``num_dropped_detections``, ``num_images`` and the captured ``summary`` text.
         """
         evaluator = self._evaluated("result()")
-        with _quiet(self.verbose):
+        with quiet(self.verbose):
             evaluator.accumulate()
             summary = io.StringIO()
             with contextlib.redirect_stdout(summary):
@@ -360,7 +322,7 @@ class COCOMetric:
         rows = np.concatenate(self._det_rows) if self._det_rows else np.zeros((0, 7))
         det_cats = {int(c) for c in np.unique(rows[:, 6])}
         coco_gt = self._coco_gt if self._coco_gt is not None else self._in_memory_gt(det_cats)
-        with _quiet(self.verbose):
+        with quiet(self.verbose):
             coco_dt = self._load_results(coco_gt, rows)
             evaluator = COCOeval(coco_gt, coco_dt, "bbox")
             if not self.evaluate_all_images:

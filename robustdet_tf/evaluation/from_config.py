@@ -20,7 +20,6 @@ from robustdet_tf.distribution import make_strategy
 from robustdet_tf.evaluation import robustness
 from robustdet_tf.evaluation.adversarial_images import write_adversarial_set
 from robustdet_tf.evaluation.evaluate import make_metric
-from robustdet_tf.evaluation.protocol import make_protocol
 from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 
 DEFAULT_ATTACKS = ("clean", "A_cls", "A_loc", "CWA")
@@ -37,14 +36,6 @@ def eval_batches(config, source: DetectionSource | None = None,
         max_boxes=config.data.max_boxes,
     )
     return source, batches
-
-
-def protocol_overrides(settings) -> dict:
-    """``config.eval.overrides`` plus the metric settings of ``config.eval``, as ``make_protocol`` overrides."""
-    overrides = settings.get("overrides", None) or {}
-    overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
-    overrides.update(metric=settings.metric, reference_offsets=settings.reference_offsets)
-    return overrides
 
 
 def _checked_batches(config, models: Mapping[str, keras.Model]) -> tuple[DetectionSource, tf.data.Dataset]:
@@ -84,7 +75,7 @@ def eval_strategy(settings) -> tf.distribute.Strategy | None:
     Workers are not a strategy here: under ``TF_CONFIG`` each worker evaluates its own shards (``evaluation.sharded``)
     without collectives, so ``multi_worker`` only insists on ``TF_CONFIG`` and uses the local devices as ``auto``.
     """
-    name = str(settings.get("strategy", "auto"))
+    name = str(settings.strategy)
     if name not in EVAL_STRATEGIES:
         raise ValueError(f"config.eval.strategy={name!r}: use one of {EVAL_STRATEGIES} (workers come from TF_CONFIG).")
     if name == "multi_worker":
@@ -101,11 +92,11 @@ def attack_dataset(config, model: keras.Model, output_dir: str, printer=print) -
     mAP drop measured on those pixels (see ``adversarial_images.py``)."""
     source, batches = _checked_batches(config, {"model": model})
     settings = config.eval
-    protocol = make_protocol(settings.get("protocol", "reference"), protocol_overrides(settings))
-    limit = int(settings.get("attack_images", 0)) or None
+    protocol = TableSpec.from_config(settings).resolved_protocol()
+    limit = int(settings.attack_images) or None
     metric_factory = partial(make_metric, protocol["metric"], source.class_names,
                              reference_offsets=protocol["reference_offsets"])
-    attack_name = settings.get("attack", "A_cls")
+    attack_name = settings.attack
     summary = write_adversarial_set(model, batches, attack_name, protocol, metric_factory, output_dir, limit)
     bound = "unbounded" if summary["epsilon"] is None else f"ε = {summary['epsilon']:g}"
     printer(f"{attack_name} ({bound}) on {summary['num_images']} images of {source.name}: {summary['metric']} "

@@ -26,6 +26,11 @@ CONFIG_KEYS = ("attacks", "protocol", "overrides", "sample_images", "sample_scor
 the protocol's metric settings)."""
 
 
+def _plain(value: Any) -> Any:
+    """A ``ConfigDict`` as the plain dict it holds; any other value unchanged."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
     """One robustness table (spec §5, §7).
@@ -60,7 +65,7 @@ class TableSpec:
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
         set_("attacks", tuple(self.attacks))
-        set_("overrides", dict(self.overrides.to_dict() if hasattr(self.overrides, "to_dict") else self.overrides))
+        set_("overrides", dict(_plain(self.overrides)))
         if not isinstance(self.bootstrap, BootstrapSpec):
             set_("bootstrap", BootstrapSpec.from_mapping(self.bootstrap))
         set_("transfer_source", self.transfer_source or None)
@@ -76,17 +81,13 @@ class TableSpec:
     def from_config(cls, settings: Mapping[str, Any], **changes) -> TableSpec:
         """From ``config.eval``: the keys of ``CONFIG_KEYS`` it has (a missing key keeps the default written here),
         its ``metric`` and ``reference_offsets`` merged into the protocol overrides; ``changes`` replace fields."""
-        values = {key: settings[key] for key in CONFIG_KEYS if key in settings}
-        overrides = values.get("overrides") or {}
-        overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
-        overrides.update({key: settings[key] for key in ("metric", "reference_offsets") if key in settings})
-        values["overrides"] = overrides
+        values = {key: _plain(settings[key]) for key in CONFIG_KEYS if key in settings}
+        metric = {key: settings[key] for key in ("metric", "reference_offsets") if key in settings}
+        values["overrides"] = {**(values.get("overrides") or {}), **metric}
         if "attacks" in values and not values["attacks"]:
             del values["attacks"]
         if "shard_batches" in values:
             values["shard_batches"] = int(values["shard_batches"]) or None  # 0: the whole set is one shard
-        if "bootstrap" in values and hasattr(values["bootstrap"], "to_dict"):
-            values["bootstrap"] = values["bootstrap"].to_dict()
         return cls(**{**values, **changes})
 
     def resolved_protocol(self) -> dict[str, Any]:

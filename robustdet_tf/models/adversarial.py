@@ -2,9 +2,11 @@
 
 The reference *interleaves* the attack with the optimiser: it loads a batch to attack, then for 20 optimiser steps
 advances that batch by one PGD (or MTD) step against the current model and trains on the result, so training sees
-1-, 2-, …, 20-step iterates against a moving model.  We keep the batch being attacked, its clean source, its targets
-and a step counter in variables owned by the model, so ``model.fit`` reproduces the schedule and a checkpoint of
-the model holds it.  The "plain" schedule instead runs a full PGD-k on a fresh batch at every step.
+1-, 2-, …, 20-step iterates against a moving model.  We keep the held batch (the images being attacked, their
+clean source, their targets) and a step counter in variables owned by the model, so ``model.fit`` reproduces the
+schedule and a checkpoint of the model holds it.  The "plain" schedule instead runs a full PGD-k on a fresh batch at
+every step.  The schedule owns its renewal period (the data stream asks it how often to bring a new batch to attack,
+``renewal_period``) and its checkpoint state (``checkpoint_state``: the global held batch, ``held_batches.py``).
 
 Under ``tf.distribute`` the variables are ``ON_READ``-synchronised: each replica keeps and advances its own batch.
 """
@@ -19,7 +21,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.pgd import attack_step, pgd
 from robustdet_tf.attacks.spec import AttackSpec
-from robustdet_tf.models.training import as_targets
+from robustdet_tf.models.held_batches import HeldBatches
 
 SCHEDULES = ("interleaved", "plain")
 TRAINING_METHODS = ("cls", "loc", "con", "cwa", "mtd")
@@ -83,26 +85,45 @@ class AdversarialSchedule(tf.Module):
         settings.setdefault("seed", seed)
         return cls(AttackSpec.from_dict(settings, where="config.model.adversarial"), schedule)
 
+    @property
+    def renewal_period(self) -> int:
+        """Optimiser steps between two fresh batches to attack: the attack's ``steps`` (interleaved), 1 (plain).
+        The data stream repeats each batch of its attacked stream this many times (``pipeline.two_streams``)."""
+        return self.attack.steps if self.schedule == "interleaved" else 1
+
+    @property
+    def held(self) -> dict[str, tf.Variable]:
+        """The held batch: ``clean`` sources, ``current`` adversarial images, target ``boxes`` and ``labels``."""
+        return {"clean": self.clean, "current": self.current, "boxes": self.boxes, "labels": self.labels}
+
+    def next_renewal(self, counter: int) -> int:
+        """The counter value at which the next fresh batch is taken, seen from ``counter``."""
+        return (counter // self.renewal_period + 1) * self.renewal_period
+
+    def checkpoint_state(self, strategy: tf.distribute.Strategy) -> HeldBatches | None:
+        """What a checkpoint must hold besides the model's variables: the global held batch of an interleaved
+        schedule (``held_batches.HeldBatches``), ``None`` for the plain schedule, which holds nothing."""
+        return HeldBatches(self, strategy) if self.schedule == "interleaved" else None
+
     def next_batch(
-        self, model: keras.Model, fresh_images: tf.Tensor, fresh_targets: Mapping[str, tf.Tensor]
+        self, model: keras.Model, to_attack: tf.Tensor, to_attack_targets: Mapping[str, tf.Tensor]
     ) -> AdversarialBatch:
-        """The attacked half for this optimiser step.
+        """The attacked half for this optimiser step, from the step's ``to_attack`` stream (float32 images, targets
+        as ``TrainingData`` holds them).
 
-        Interleaved: every ``steps`` calls the fresh batch replaces the held one; each call advances the held batch
-        by one attack step (training-mode off) and stores it.  Plain: a full attack on the fresh batch.
+        Interleaved: every ``renewal_period`` calls the fresh batch replaces the held one; each call advances the
+        held batch by one attack step (training-mode off) and stores it.  Plain: a full attack on the fresh batch.
         """
-        fresh_targets = as_targets(fresh_targets)
-        fresh_images = tf.cast(fresh_images, tf.float32)
         if self.schedule == "plain":
-            adv = pgd(model, fresh_images, fresh_targets, self.attack, self.seed_generator)
-            return AdversarialBatch(tf.stop_gradient(adv), fresh_images, fresh_targets)
+            adv = pgd(model, to_attack, to_attack_targets, self.attack, self.seed_generator)
+            return AdversarialBatch(tf.stop_gradient(adv), to_attack, dict(to_attack_targets))
 
-        renew = tf.equal(self.counter % self.attack.steps, 0)
+        renew = tf.equal(self.counter % self.renewal_period, 0)
         pick = lambda fresh, held: tf.cond(renew, lambda: fresh, lambda: tf.identity(held))  # noqa: E731
-        clean = pick(fresh_images, self.clean)
-        current = pick(fresh_images, self.current)
-        targets = {"boxes": pick(fresh_targets["boxes"], self.boxes),
-                   "labels": pick(fresh_targets["labels"], self.labels)}
+        clean = pick(to_attack, self.clean)
+        current = pick(to_attack, self.current)
+        targets = {"boxes": pick(to_attack_targets["boxes"], self.boxes),
+                   "labels": pick(to_attack_targets["labels"], self.labels)}
         adv = tf.stop_gradient(attack_step(model, current, clean, targets, self.attack))
         updates = [
             self.clean.assign(clean),
@@ -116,11 +137,12 @@ class AdversarialSchedule(tf.Module):
 
 
 def concat_targets(*targets: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Stack padded target dicts along the batch, padding the object axis to the longest."""
+    """Stack padded target dicts (as ``TrainingData`` holds them) along the batch, padding the object axis to the
+    longest."""
     n = tf.reduce_max(tf.stack([tf.shape(t["labels"])[1] for t in targets]))
     boxes, labels = [], []
     for t in targets:
         pad = n - tf.shape(t["labels"])[1]
-        boxes.append(tf.pad(tf.cast(t["boxes"], tf.float32), [[0, 0], [0, pad], [0, 0]]))
-        labels.append(tf.pad(tf.cast(t["labels"], tf.int32), [[0, 0], [0, pad]], constant_values=-1))
+        boxes.append(tf.pad(t["boxes"], [[0, 0], [0, pad], [0, 0]]))
+        labels.append(tf.pad(t["labels"], [[0, 0], [0, pad]], constant_values=-1))
     return {"boxes": tf.concat(boxes, 0), "labels": tf.concat(labels, 0)}

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf import boxes as box_ops
+from robustdet_tf import distribution
 from robustdet_tf import priors as prior_lib
 from robustdet_tf.detections import postprocess
 from robustdet_tf.losses.multibox import multibox_loss
@@ -24,18 +25,21 @@ from robustdet_tf.models.detector import SSD300_EXTRAS, feature_map_sizes, prepr
 
 REFERENCE_MEAN = (104.0, 117.0, 123.0)  # subtracted from (R, G, B), spec §1
 COUNT_TERMS = ("triplets",)
-"""Logged terms that are counts, not losses: neither checked for finiteness nor scaled by the replicas."""
+"""Logged terms that are counts, not losses: not checked for finiteness."""
 TOTAL = "loss"
 """The term the optimiser minimises: a weighted sum of the other terms, each of which is checked for finiteness."""
 
 
 class TrainingData(NamedTuple):
-    """One step's input: the clean half, and (adversarial training) the half the adversary attacks."""
+    """One step's input: the clean half, and (adversarial training) the half the adversary attacks, ``to_attack``.
+
+    The only place a step casts: images float32, targets float32 boxes and int32 labels (``training.as_targets``).
+    """
 
     clean: tf.Tensor
     clean_targets: dict[str, tf.Tensor]
     to_attack: tf.Tensor | None = None
-    attack_targets: dict[str, tf.Tensor] | None = None
+    to_attack_targets: dict[str, tf.Tensor] | None = None
 
 
 def unpack_training_data(data, adversarial: bool) -> TrainingData:
@@ -47,9 +51,9 @@ def unpack_training_data(data, adversarial: bool) -> TrainingData:
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(pair(half) for half in data)):
         raise ValueError("adversarial training takes ((clean_images, clean_targets), (images_to_attack, targets)) "
                          "batches, e.g. from robustdet_tf.data.pipeline.two_streams; got a plain batch.")
-    (clean, clean_targets), (to_attack, attack_targets) = data
+    (clean, clean_targets), (to_attack, to_attack_targets) = data
     return TrainingData(tf.cast(clean, tf.float32), training.as_targets(clean_targets), tf.cast(to_attack, tf.float32),
-                        training.as_targets(attack_targets))
+                        training.as_targets(to_attack_targets))
 
 
 class DetectionModelBase(keras.Model):
@@ -138,14 +142,15 @@ class DetectionModelBase(keras.Model):
         self, outputs: Mapping[str, tf.Tensor], targets: Mapping[str, tf.Tensor], weights=None, global_norm=False,
         per_image=False,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """MultiBox ``(loss_l, loss_c)``; ``global_norm`` normalises by positives summed over replicas;
-        ``per_image`` gives ``[B]`` terms, each image normalised by its own positives.  The boxes are matched to the
-        priors once: the positive count and the loss share the match."""
+        """MultiBox ``(loss_l, loss_c)``; ``global_norm`` normalises by the positives of the global batch per replica
+        (``distribution.replica_mean``), so each replica's loss is its estimate of the whole batch's and their mean
+        the one-device loss; ``per_image`` gives ``[B]`` terms, each image normalised by its own positives.  The
+        boxes are matched to the priors once: the positive count and the loss share the match."""
         num_pos = matched = None
         if global_norm:
             loc_t, conf_t, _ = box_ops.match(targets["boxes"], targets["labels"], self.priors, self.match_threshold)
             matched = (loc_t, conf_t)
-            num_pos = training.global_sum(tf.reduce_sum(tf.cast(conf_t > 0, tf.float32)))
+            num_pos = distribution.replica_mean(tf.reduce_sum(tf.cast(conf_t > 0, tf.float32)))
         return multibox_loss(
             outputs,
             targets,
@@ -195,7 +200,9 @@ class DetectionModelBase(keras.Model):
     def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
         """All loss terms of one step, inside the caller's tape; ``"loss"`` is the one optimised.
 
-        Terms are per replica (normalised by global counts), so their sum over replicas is the single-device value.
+        Whole-batch terms: under ``tf.distribute`` each replica returns its estimate of the global batch's term
+        (normalised by global counts, or computed on the gathered batch), so the replicas' mean is the one-device
+        value.  Only ``apply_gradients`` divides by the replicas.
         """
         raise NotImplementedError
 
@@ -203,7 +210,7 @@ class DetectionModelBase(keras.Model):
         data = unpack_training_data(data, adversarial=self.adversary is not None)
         adversarial = None
         if self.adversary is not None:
-            adversarial = self.adversary.next_batch(self, data.to_attack, data.attack_targets)
+            adversarial = self.adversary.next_batch(self, data.to_attack, data.to_attack_targets)
         with tf.GradientTape() as tape:
             terms = self.compute_losses(data, adversarial)
         parts = {k: v for k, v in terms.items() if k not in COUNT_TERMS and k != TOTAL}
@@ -217,10 +224,9 @@ class DetectionModelBase(keras.Model):
         return self._track({"loss": loss_l + loss_c, "loss_l": loss_l, "loss_c": loss_c})
 
     def _track(self, terms: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Running means of the step's terms (what ``fit`` prints); losses shown as the global-batch value."""
-        replicas = float(training.num_replicas())
+        """Running means of the step's terms (what ``fit`` prints): whole-batch terms, averaged over the replicas."""
         for name, value in terms.items():
-            self.loss_trackers[name].update_state(value if name in COUNT_TERMS else value * replicas)
+            self.loss_trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self.loss_trackers.items()}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras averages multi-worker logs with reduce(MEAN, axis=0), which needs a batch axis (Keras 3.15).
@@ -232,10 +238,14 @@ class DetectionModelBase(keras.Model):
         return list(self.loss_trackers.values())
 
     def apply_gradients(self, loss: tf.Tensor, tape: tf.GradientTape, checks=()) -> None:
-        """Coupled weight decay + the optimiser update, after the given assertions."""
+        """Coupled weight decay + the optimiser update, after the given assertions.
+
+        The one place that knows about replicas: ``loss`` is this replica's whole-batch estimate and Keras sums the
+        replicas' gradients, so every gradient (decay included) is divided by the replica count.
+        """
         variables = self.trainable_variables
-        grads = training.scaled_gradients(self.optimizer, loss, tape, variables)
-        grads = training.add_weight_decay(grads, variables, self.weight_decay)
+        grads = training.gradients(self.optimizer, loss, tape, variables, self.weight_decay)
+        grads = distribution.replica_share(grads)
         with tf.control_dependencies(list(checks)):
             self.optimizer.apply_gradients(zip(grads, variables))
 

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+from robustdet_tf import distribution
 from robustdet_tf.layers.cfr import CFRDecoder
 from robustdet_tf.losses.aid_triplet import aid_triplet_loss
 from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
-from robustdet_tf.models import training
 from robustdet_tf.models.adversarial import AdversarialBatch, AdversarialSchedule, concat_targets
 from robustdet_tf.models.base import DetectionModelBase, TrainingData
 from robustdet_tf.models.detector import CONV4_3_INDEX, Detector
@@ -173,10 +173,10 @@ class RobustDet(DetectionModelBase):
     def _global_triplet_loss(self, pi: tf.Tensor, n_clean: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The AID triplet loss over the *global* batch: under ``tf.distribute`` every replica gathers all
         replicas' mixtures in one device's order (every clean image, then every adversarial one) and computes the
-        loss one device would (the same random negatives: the seed state is the same on every replica).  The
-        caller divides by the replicas, as Keras sums their gradients."""
-        clean = training.gather_replicas(pi[:n_clean])
-        adv = training.gather_replicas(pi[n_clean:])
+        loss one device would (the same random negatives: the seed state is the same on every replica): a
+        whole-batch term."""
+        clean = distribution.gather_replicas(pi[:n_clean])
+        adv = distribution.gather_replicas(pi[n_clean:])
         labels = tf.concat([tf.zeros([tf.shape(clean)[0]], tf.int32), tf.ones([tf.shape(adv)[0]], tf.int32)], 0)
         return aid_triplet_loss(tf.concat([clean, adv], 0), labels, self.triplet_margin, self.triplet_hinge,
                                 seed=self.seed_generator)
@@ -184,8 +184,7 @@ class RobustDet(DetectionModelBase):
     def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
         """All loss terms of one step (spec §4.5, §6.3), inside the caller's tape."""
         clean, clean_targets = data.clean, data.clean_targets
-        adv, adv_clean, adv_targets = adversarial
-        replicas = float(training.num_replicas())
+        adv, adv_clean, adv_targets = adversarial.images, adversarial.clean, adversarial.targets
         n_clean, n_adv = tf.shape(clean)[0], tf.shape(adv)[0]
         out1 = self(tf.concat([clean, adv], 0), training=True)
         loss_aid, triplets = self._global_triplet_loss(out1["pi"], n_clean)
@@ -207,14 +206,14 @@ class RobustDet(DetectionModelBase):
         loss_l, loss_c = self.detection_loss(
             merged, concat_targets(*targets), weights=tf.concat(weights, 0), global_norm=True
         )
-        terms = {"loss_l": loss_l, "loss_c": loss_c, "loss_aid": loss_aid / replicas, "triplets": triplets}
+        terms = {"loss_l": loss_l, "loss_c": loss_c, "loss_aid": loss_aid, "triplets": triplets}
         if self.cfr:
             recon = tf.concat([o["reconstruction"] for o in outputs], 0)
             target = self.reconstruction_target(tf.concat(recon_targets, 0), recon)
-            terms["loss_re"] = reconstruction_loss(recon, target) / replicas
+            terms["loss_re"] = reconstruction_loss(recon, target)
             mu = tf.concat([o["mu"] for o in outputs], 0)
             logvar = tf.concat([o["logvar"] for o in outputs], 0)
-            terms["loss_kld"] = kl_divergence(mu, logvar) / replicas
+            terms["loss_kld"] = kl_divergence(mu, logvar)
         terms["loss"] = total_loss(
             loss_l, loss_c, terms["loss_aid"], terms.get("loss_re"), terms.get("loss_kld"), self.loss_weighting,
             aid_weight=self.aid_weight,

@@ -1,9 +1,8 @@
-"""Pieces of a training step shared by every model: coupled weight decay and distribution-aware normalisers.
+"""Pieces of a training step shared by every model: coupled weight decay under loss scaling, the reference SGD.
 
 The reference optimises with PyTorch SGD (momentum 0.9, weight decay 5e-4 *added to the gradient*).  Keras'
 ``weight_decay`` argument is decoupled (AdamW-style) and would train differently, so the decay is added here.
-Under ``tf.distribute`` Keras sums the replicas' gradients; losses normalised by the *global* number of positive
-priors therefore sum to exactly the single-device loss.
+The replica arithmetic (global normalisers, the division of the gradients) is in ``robustdet_tf.distribution``.
 """
 
 from __future__ import annotations
@@ -35,49 +34,31 @@ def precision(name: str = "float32") -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def scaled_gradients(optimizer, loss: tf.Tensor, tape: tf.GradientTape, variables) -> list[tf.Tensor | None]:
-    """``d loss / d variables``, multiplied by the loss scale of a ``LossScaleOptimizer`` (``mixed_float16``; its
-    ``apply`` divides it out and skips steps whose gradients overflowed)."""
+def loss_scale(optimizer, dtype) -> tf.Tensor | None:
+    """The current loss scale of a ``LossScaleOptimizer`` (``mixed_float16``) in ``dtype``; ``None`` otherwise."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        scale = tf.cast(optimizer.scale_loss(tf.ones_like(loss)), loss.dtype)
-        return tape.gradient(loss, variables, output_gradients=scale)
-    return tape.gradient(loss, variables)
+        return tf.cast(optimizer.scale_loss(tf.ones([], dtype)), dtype)
+    return None
 
 
-def num_replicas() -> int:
-    """Replicas in sync of the current strategy (1 outside ``tf.distribute``)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def global_sum(value: tf.Tensor) -> tf.Tensor:
-    """Sum of ``value`` over replicas when called inside a replica context; the value itself otherwise."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
-def gather_replicas(value: tf.Tensor) -> tf.Tensor:
-    """``value`` of every replica in sync concatenated along axis 0 in replica order (the rows of the global
-    batch, as one device would hold them); the value itself outside ``tf.distribute``.  Differentiable: each
-    replica's rows get the gradient summed over the replicas that used them."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_gather(value, axis=0)
+def gradients(optimizer, loss: tf.Tensor, tape: tf.GradientTape, variables, weight_decay: float) -> list:
+    """``d loss / d variables + wd·w`` (PyTorch-style coupled decay), both multiplied by the loss scale of a
+    ``LossScaleOptimizer``: its ``apply`` divides the scale out of every gradient it is given, the decay's too."""
+    scale = loss_scale(optimizer, loss.dtype)
+    grads = tape.gradient(loss, variables, output_gradients=scale)
+    return add_weight_decay(grads, variables, weight_decay, scale)
 
 
 def add_weight_decay(
-    grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable], weight_decay: float
+    grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable], weight_decay: float,
+    scale: tf.Tensor | None = None,
 ) -> list[tf.Tensor | None]:
-    """PyTorch-style L2: ``g + wd·w`` for every variable that has a gradient.
-
-    Under ``tf.distribute`` the replicas' gradients are summed, so each replica adds ``wd·w / replicas``.
-    """
+    """PyTorch-style L2: ``g + wd·w`` (``g + scale·wd·w`` for loss-scaled gradients) for every variable that has a
+    gradient."""
     if not weight_decay:
         return list(grads)
-    scale = weight_decay / num_replicas()
-    return [None if g is None else g + scale * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+    decay = tf.constant(weight_decay, tf.float32) if scale is None else weight_decay * tf.cast(scale, tf.float32)
+    return [None if g is None else g + tf.cast(decay, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
 
 
 def sgd(learning_rate: float = 1e-3, momentum: float = 0.9) -> keras.optimizers.Optimizer:

@@ -10,7 +10,8 @@ from configs import demo
 from robustdet_tf.data.shapes import SHAPES_CLASSES
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation import robustness
-from robustdet_tf.evaluation.from_config import eval_batches, evaluate_models, protocol_overrides
+from robustdet_tf.evaluation.from_config import eval_batches, evaluate_models
+from robustdet_tf.evaluation.table_spec import TableSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 
@@ -52,14 +53,15 @@ def test_eval_batches_follow_the_data_eval_and_model_sections():
     assert source is given and [int(images.shape[0]) for images, _ in batches] == [2, 1]
 
 
-def test_protocol_overrides_add_the_metric_settings_and_leave_the_config_alone():
+def test_the_config_protocol_merges_the_metric_settings_and_leaves_the_config_alone():
+    """``--mode=evaluate``, ``--mode=attack`` and ``--mode=analyze`` read one protocol: the table spec's."""
     settings = tiny_config().eval
-    overrides = protocol_overrides(settings)
-    assert overrides == {"pgd": {"steps": 1, "epsilon": 4.0}, "metric": "voc", "reference_offsets": False}
+    spec = TableSpec.from_config(settings)
+    assert spec.overrides == {"pgd": {"steps": 1, "epsilon": 4.0}, "metric": "voc", "reference_offsets": False}
     assert settings.overrides.to_dict() == {"pgd": {"steps": 1, "epsilon": 4.0}}
-    plain = protocol_overrides(ConfigDict({"metric": "coco", "reference_offsets": True}))  # no overrides key
-    assert plain == {"metric": "coco", "reference_offsets": True}
-    merged = robustness.make_protocol("reference", overrides)
+    plain = TableSpec.from_config(ConfigDict({"metric": "coco", "reference_offsets": True}))  # no overrides key
+    assert plain.overrides == {"metric": "coco", "reference_offsets": True}
+    merged = spec.resolved_protocol()
     assert merged["pgd"]["epsilon"] == 4.0 and merged["metric"] == "voc" and merged["reference_offsets"] is False
 
 

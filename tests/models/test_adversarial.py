@@ -12,9 +12,10 @@ from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.shapes import shapes_dataset
 from robustdet_tf.models.adversarial import REFERENCE_TRAINING_ATTACK, AdversarialSchedule, concat_targets
+from robustdet_tf.models.held_batches import HeldBatches
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
-from robustdet_tf.models.training import sgd
+from robustdet_tf.models.training import as_targets, sgd
 from tests.conftest import TINY_SSD
 from tests.helpers import compile_for_fit, rectangles
 
@@ -35,7 +36,7 @@ def test_interleaved_schedule_holds_and_renews_the_batch():
     batches = [(np.clip(x, 20, 235), t) for x, t in batches]
     cleans, advs = [], []
     for images, targets in batches:
-        adv, clean, _ = schedule.next_batch(model, tf.constant(images), targets)
+        adv, clean, _ = schedule.next_batch(model, tf.constant(images), as_targets(targets))
         cleans.append(clean.numpy())
         advs.append(adv.numpy())
     # steps 0-2 attack batch 0, steps 3-4 batch 3
@@ -73,21 +74,32 @@ def test_plain_schedule_attacks_each_fresh_batch_fully():
     schedule = AdversarialSchedule(spec, schedule="plain")
     for seed in (0, 1):
         images, targets = rectangles(2, 64, seed=seed)
-        adv, clean, held_targets = schedule.next_batch(model, tf.constant(images), targets)
+        adv, clean, held_targets = schedule.next_batch(model, tf.constant(images), as_targets(targets))
         np.testing.assert_array_equal(clean.numpy(), images)
         np.testing.assert_allclose(adv.numpy(), pgd(model, tf.constant(images), targets, spec).numpy(), atol=1e-4)
         np.testing.assert_array_equal(held_targets["labels"].numpy(), targets["labels"])
     assert int(schedule.counter.numpy()) == 0  # nothing is held
+    assert schedule.renewal_period == 1 and schedule.checkpoint_state(tf.distribute.get_strategy()) is None
+
+
+def test_the_schedule_owns_its_renewal_period_and_checkpoint_state():
+    schedule = AdversarialSchedule(AttackSpec("mtd", steps=5))
+    assert schedule.renewal_period == 5
+    assert [schedule.next_renewal(c) for c in (0, 4, 5, 12)] == [5, 5, 10, 15]
+    assert list(schedule.held) == ["clean", "current", "boxes", "labels"]
+    assert schedule.held["current"] is schedule.current
+    state = schedule.checkpoint_state(tf.distribute.get_strategy())
+    assert isinstance(state, HeldBatches) and list(state.values) == list(schedule.held)
 
 
 def test_concat_targets_pads_the_object_axis():
-    a = {"boxes": np.ones((1, 2, 4), np.float32), "labels": np.array([[1, 2]], np.int64)}
-    b = {"boxes": np.full((2, 3, 4), 0.5, np.float32), "labels": np.array([[0, -1, -1], [4, 5, 6]], np.int32)}
+    a = as_targets({"boxes": np.ones((1, 2, 4), np.float32), "labels": np.array([[1, 2]], np.int64)})
+    b = as_targets({"boxes": np.full((2, 3, 4), 0.5, np.float32), "labels": np.array([[0, -1, -1], [4, 5, 6]])})
     got = concat_targets(a, b)
     np.testing.assert_array_equal(got["labels"].numpy(), [[1, 2, -1], [0, -1, -1], [4, 5, 6]])
     assert got["labels"].dtype == tf.int32 and got["boxes"].shape == (3, 3, 4)
     np.testing.assert_array_equal(got["boxes"].numpy()[0], [[1] * 4, [1] * 4, [0] * 4])
-    np.testing.assert_array_equal(got["boxes"].numpy()[1:], b["boxes"])
+    np.testing.assert_array_equal(got["boxes"].numpy()[1:], b["boxes"].numpy())
 
 
 @pytest.mark.slow

@@ -73,7 +73,7 @@ def test_unpack_plain_forms_and_dtypes():
                "difficult": np.zeros((2, 3), bool)}
     for data in ((images.astype(np.uint8), targets), (images, targets, np.ones(2, np.float32))):
         got = unpack_training_data(data, adversarial=False)
-        assert got.clean.dtype == tf.float32 and got.to_attack is None and got.attack_targets is None
+        assert got.clean.dtype == tf.float32 and got.to_attack is None and got.to_attack_targets is None
         np.testing.assert_array_equal(got.clean.numpy(), images)
         assert set(got.clean_targets) == {"boxes", "labels"}  # other keys dropped
         assert got.clean_targets["boxes"].dtype == tf.float32 and got.clean_targets["labels"].dtype == tf.int32
@@ -85,8 +85,8 @@ def test_unpack_adversarial_form():
     got = unpack_training_data(((clean, clean_t), (other.astype(np.uint8), other_t)), adversarial=True)
     np.testing.assert_array_equal(got.clean.numpy(), clean)
     np.testing.assert_array_equal(got.to_attack.numpy(), other)
-    assert got.to_attack.dtype == tf.float32 and got.attack_targets["labels"].dtype == tf.int32
-    np.testing.assert_array_equal(got.attack_targets["labels"].numpy(), other_t["labels"])
+    assert got.to_attack.dtype == tf.float32 and got.to_attack_targets["labels"].dtype == tf.int32
+    np.testing.assert_array_equal(got.to_attack_targets["labels"].numpy(), other_t["labels"])
 
 
 def test_unpack_adversarial_refuses_a_plain_batch_clearly():

@@ -1,21 +1,11 @@
 """Pieces of every training step: coupled (PyTorch-style) weight decay, the reference SGD, finite checks, targets."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from robustdet_tf.models import training
-
-
-def test_outside_a_strategy_there_is_one_replica_and_global_sum_is_the_identity():
-    assert training.num_replicas() == 1
-    value = tf.constant([1.5, -2.0])
-    np.testing.assert_array_equal(training.global_sum(value).numpy(), value.numpy())
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    with strategy.scope():
-        assert training.num_replicas() == 1
-    summed = strategy.run(lambda: training.global_sum(tf.constant(3.0)))  # in a replica context of one replica
-    assert float(summed) == 3.0
 
 
 def test_weight_decay_is_added_to_the_gradient():
@@ -26,6 +16,22 @@ def test_weight_decay_is_added_to_the_gradient():
     np.testing.assert_allclose(got[1].numpy(), [[-1.0 + 0.3]], rtol=1e-6)
     assert got[2] is None
     assert training.add_weight_decay(grads, variables, 0.0) == grads
+
+
+def test_weight_decay_survives_the_loss_scale_of_mixed_float16():
+    """``LossScaleOptimizer.apply`` divides every gradient by the loss scale; the decay is scaled with the loss's
+    gradient, so a step moves ``w`` by ``lr·(g + wd·w)`` as in float32 (unscaled, it moved by ``lr·wd·w / 32768``)."""
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.5))
+    w = tf.Variable([2.0, -4.0])
+    optimizer.build([w])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(3.0 * w)  # gradient 3 everywhere
+    grads = training.gradients(optimizer, loss, tape, [w], weight_decay=0.1)
+    assert float(training.loss_scale(optimizer, tf.float32)) > 1  # the gradients really were scaled
+    optimizer.apply(grads, [w])
+    np.testing.assert_allclose(w.numpy(), [2.0 - 0.5 * (3 + 0.2), -4.0 - 0.5 * (3 - 0.4)], rtol=1e-6)
+    plain = keras.optimizers.SGD(0.5)
+    assert training.loss_scale(plain, tf.float32) is None
 
 
 def test_weight_decay_follows_the_gradient_dtype():

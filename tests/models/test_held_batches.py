@@ -1,4 +1,4 @@
-"""A resume under several replicas continues every replica's held adversarial batch (``checkpoints/held_batch.py``).
+"""A resume under several replicas continues every replica's held adversarial batch (``models/held_batches.py``).
 
 Runs in a subprocess: the CPU is split into two logical devices, which must happen before TensorFlow initialises.
 SSD-AT's interleaved schedule renews its held batch every 3 steps; the runs stop after step 2 (mid-period), so the

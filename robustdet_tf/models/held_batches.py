@@ -1,6 +1,7 @@
 """Every replica's held adversarial batch in a checkpoint, so a resume under N replicas continues all N of them.
 
-Why: the interleaved schedule (``models/adversarial.py``) keeps the batch being attacked in ``ON_READ`` variables,
+The checkpoint state of the interleaved schedule (``AdversarialSchedule.checkpoint_state``).  Why: the schedule
+(``models/adversarial.py``) keeps the batch being attacked in ``ON_READ`` variables,
 one copy per replica, each holding that replica's share of the global batch.  A ``tf.train.Checkpoint`` saves an
 ``ON_READ`` variable by its first replica's value only, so after a resume every replica would continue replica 0's
 images and the run would no longer be the uninterrupted one.  ``HeldBatches`` keeps, next to the model in the
@@ -17,10 +18,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from robustdet_tf.models.adversarial import AdversarialSchedule
-
-_FIELDS = ("clean", "current", "boxes", "labels")
-
 
 class HeldBatches(tf.Module):
     """The global held batch of ``schedule`` (an interleaved ``AdversarialSchedule``) under ``strategy``.
@@ -29,25 +26,24 @@ class HeldBatches(tf.Module):
     every save and ``restore()`` right after a checkpoint restore.
     """
 
-    def __init__(self, schedule: AdversarialSchedule, strategy: tf.distribute.Strategy):
+    def __init__(self, schedule: tf.Module, strategy: tf.distribute.Strategy):
         super().__init__(name="held_batches")
         self._schedule, self._strategy = schedule, strategy
         self.replicas = tf.Variable(0, dtype=tf.int64, trainable=False, name="replicas")
         with tf.init_scope():  # plain host variables: every worker holds the same global batch
             self.values = {
-                name: tf.Variable(tf.zeros([0] * getattr(schedule, name).shape.rank, getattr(schedule, name).dtype),
-                                  shape=tf.TensorShape([None] * getattr(schedule, name).shape.rank),
+                name: tf.Variable(tf.zeros([0] * held.shape.rank, held.dtype), shape=[None] * held.shape.rank,
                                   trainable=False, name=name)
-                for name in _FIELDS
+                for name, held in schedule.held.items()
             }
 
     def _held(self) -> list[tf.Variable]:
-        return [getattr(self._schedule, name) for name in _FIELDS]
+        return list(self._schedule.held.values())
 
     def capture(self) -> None:
         """Store the replicas' held batches, concatenated in replica order (a collective: every worker calls it)."""
         gathered = self._gather()
-        for name, value in zip(_FIELDS, gathered):
+        for name, value in zip(self._schedule.held, gathered):
             self.values[name].assign(value)
         self.replicas.assign(self._strategy.num_replicas_in_sync)
 
@@ -69,9 +65,8 @@ class HeldBatches(tf.Module):
         size = int(tf.shape(self.values["clean"])[0])
         replicas = self._strategy.num_replicas_in_sync
         if size % replicas:
-            steps = self._schedule.attack.steps
             counter = self._schedule.counter
-            restart = (int(self._strategy.experimental_local_results(counter)[0].numpy()) // steps + 1) * steps
+            restart = self._schedule.next_renewal(int(self._strategy.experimental_local_results(counter)[0].numpy()))
             self._assign_all(counter, tf.constant(restart, tf.int64))
             return (f"the held adversarial batch ({size} images) does not split over {replicas} replicas; the "
                     "interleaved schedule attacks a fresh batch at the next step")
@@ -87,7 +82,7 @@ class HeldBatches(tf.Module):
 
         def replica_fn():
             index = tf.distribute.get_replica_context().replica_id_in_sync_group
-            for held, name in zip(self._held(), _FIELDS):
+            for name, held in self._schedule.held.items():
                 value = self.values[name]
                 part = tf.shape(value)[0] // replicas
                 held.assign(value[index * part:(index + 1) * part])
