@@ -138,8 +138,24 @@ def mix_per_image(pi: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     faster on CPU).
     """
     flat = tf.reshape(weights, [tf.shape(weights)[0], -1])
-    mixed = tf.matmul(pi[:, None, :], flat)[:, 0, :]
+    mixed = tf.matmul(pi[:, None, :], flat)  # [B, 1, P]; a reshape, not a slice, drops the 1 (no slice gradient)
     return tf.reshape(mixed, tf.concat([tf.shape(pi)[:1], tf.shape(weights)[1:]], 0))
+
+
+def fold(x: tf.Tensor) -> tf.Tensor:
+    """``[B, H, W, C]`` → ``[1, H, W, B·C]``, image-major along channels: the layout of the grouped convolution.
+
+    A network of grouped AAconvs, ReLUs and poolings can stay folded from its first layer to its heads (every op
+    but the convolution is per channel), so the batch is transposed once on the way in instead of twice per layer.
+    """
+    shape = tf.shape(x)
+    return tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], shape[0] * shape[3]])
+
+
+def unfold(y: tf.Tensor, batch: tf.Tensor | int, channels: int) -> tf.Tensor:
+    """``[1, H, W, B·C]`` → ``[B, H, W, C]`` with ``C = channels`` (static), the inverse of ``fold``."""
+    shape = tf.shape(y)
+    return tf.transpose(tf.reshape(y, [shape[1], shape[2], batch, channels]), [2, 0, 1, 3])
 
 
 @keras.saving.register_keras_serializable(package="robustdet_tf")
@@ -250,17 +266,16 @@ class AAConv2D(keras.layers.Layer):
     def _grouped_conv(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         return tf.nn.conv2d(x, kernel, strides=self.strides, padding="VALID", dilations=self.dilation_rate)
 
-    def _grouped(self, x: tf.Tensor, pi: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        """Batch folded into channels: [B,H,W,C] -> [1,H,W,B*C], one conv with groups = B."""
-        shape = tf.shape(x)
-        batch, in_channels = shape[0], x.shape[-1]
-        folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], batch * in_channels])
+    def _folded(self, x: tf.Tensor, pi: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """One conv with groups = B on a folded input ``[1, H, W, B·Cin]`` → ``[1, H', W', B·Cout]`` (no bias)."""
+        in_channels = self.kernel.shape[-2]
         kernels = tf.transpose(mix_per_image(pi, kernel), [1, 2, 3, 0, 4])  # image-major along outputs
         kernels = tf.reshape(kernels, [self.kernel_size[0], self.kernel_size[1], in_channels, -1])
-        y = self._grouped_conv(folded, kernels)
-        out = tf.shape(y)
-        y = tf.reshape(y, [out[1], out[2], batch, self.filters])
-        return tf.transpose(y, [2, 0, 1, 3])
+        return self._grouped_conv(x, kernels)
+
+    def _grouped(self, x: tf.Tensor, pi: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """Batch folded into channels: [B,H,W,C] -> [1,H,W,B*C], one conv with groups = B."""
+        return unfold(self._folded(fold(x), pi, kernel), tf.shape(x)[0], self.filters)
 
     def _map_fn(self, x: tf.Tensor, pi: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         """One ordinary convolution per image with its own mixed kernel."""
@@ -283,13 +298,23 @@ class AAConv2D(keras.layers.Layer):
         y = tf.reshape(y, [out[0], out[1], out[2], self.num_kernels, self.filters])
         return tf.einsum("nhwko,nk->nhwo", y, pi)
 
-    def call(self, inputs):
+    def call(self, inputs, folded: bool = False):
+        """``layer([x, pi])``; ``folded=True`` takes and returns the ``fold`` layout (grouped implementation, built
+        layer), as a network that stays folded between its layers calls it."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError(f"AAConv2D {self.name} is called as layer([x, pi]); got {type(inputs).__name__}.")
         x, pi = inputs
         x = tf.convert_to_tensor(x)
         pi = tf.cast(pi, x.dtype)
         kernel = tf.cast(self.kernel, x.dtype)
+        if folded:
+            if self.resolved_implementation != "grouped":
+                raise ValueError(f"AAConv2D {self.name}: the folded layout needs the grouped implementation, this "
+                                 f"layer runs {self.resolved_implementation!r}.")
+            y = self._folded(x, pi, kernel)
+            if self.use_bias:  # the images' biases side by side, as the channels are
+                y = tf.nn.bias_add(y, tf.reshape(mix_per_image(pi, tf.cast(self.bias, x.dtype)), [-1]))
+            return y
         implementation = {"grouped": self._grouped, "map_fn": self._map_fn, "stacked": self._stacked}
         y = implementation[self.resolved_implementation](x, pi, kernel)
         if self.use_bias:

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from robustdet_tf.layers.aaconv import AAConv2D
+from robustdet_tf.layers.aaconv import AAConv2D, fold, unfold
 from robustdet_tf.layers.cfr import ProbConv
 from robustdet_tf.layers.l2norm import L2Norm
 
@@ -222,7 +222,63 @@ class Detector(keras.layers.Layer):
             convs.update({layer.name: layer for layer in group})
         return convs
 
+    def _runs_folded(self, pi, return_features: bool) -> bool:
+        """Whether this call keeps the batch folded into the channels from input to heads (``aaconv.fold``): every
+        AAconv built and grouped.  Same arithmetic as the layer-by-layer path without its two transposes of every
+        activation per layer (and their gradients); the first call (which builds the layers) and feature requests
+        take the layer-by-layer path."""
+        if pi is None or return_features or self.conv != "aaconv":
+            return False
+        convs = [c for c in self.all_convs().values() if isinstance(c, AAConv2D)]
+        return all(c.built and c.resolved_implementation == "grouped" for c in convs)
+
+    def _call_folded(self, x, pi, training):
+        """``call`` with the batch folded into the channels (see ``_runs_folded``); CFR's layer runs unfolded (its
+        noise is drawn per image)."""
+        batch = tf.shape(x)[0]
+        aux, sources = {}, []
+        h = fold(x)
+        for index, kind, arg in self.vgg_layout:
+            if kind == "conv":
+                layer = self.vgg_convs[f"vgg_{index}"]
+                if self.cfr and index == CONV4_3_INDEX:
+                    per_image = unfold(_pad(h, arg[3]), batch, layer.conv_mean.kernel.shape[-2])
+                    out, aux["mu"], aux["logvar"] = layer([per_image, pi], training=training)
+                    aux["cfr_features"] = _nan_to_zero(out) if self.nan_guard else out
+                    h = fold(out)
+                else:
+                    h = layer([_pad(h, arg[3]), pi], folded=True)
+            elif kind == "relu":
+                guard_relu = self.nan_guard and index <= _NAN_GUARD_LAST_INDEX
+                h = ops.where(h > 0, h, ops.zeros_like(h)) if guard_relu else ops.relu(h)
+            elif arg == "floor":
+                h = self.pool_floor(h)
+            elif arg == "ceil":
+                h = self.pool_ceil(h)
+            else:
+                h = self.pool5(h)
+            if index == _SOURCE1_INDEX:  # L2Norm over each image's channels: [1, H, W, B·C] viewed as [H, W, B, C]
+                shape = tf.shape(h)
+                per_image = tf.reshape(h, [shape[1], shape[2], batch, -1])
+                sources.append(tf.reshape(self.l2norm(per_image), shape))
+        sources.append(h)
+        for k, layer in enumerate(self.extra_convs):
+            h = ops.relu(layer([_pad(h, self.extras_config[k][3]), pi], folded=True))
+            if k % 2 == 1:
+                sources.append(h)
+
+        def head(layer, source, width):
+            out = unfold(layer([_pad(source, 1), pi], folded=True), batch, layer.filters)
+            return ops.reshape(out, (batch, -1, width))
+
+        loc = [head(layer, s, 4) for layer, s in zip(self.loc_heads, sources)]
+        logits = [head(layer, s, self.num_classes) for layer, s in zip(self.conf_heads, sources)]
+        return loc, logits, aux
+
     def call(self, x, pi=None, training=None, return_features: bool = False):
+        if self._runs_folded(pi, return_features):
+            return self._outputs(*self._call_folded(x, pi, training))
+
         def conv(layer, h, pad):
             h = _pad(h, pad)
             return layer(h) if pi is None else layer([h, pi])
@@ -271,14 +327,18 @@ class Detector(keras.layers.Layer):
         logits = [
             ops.reshape(conv(head, s, 1), (batch, -1, self.num_classes)) for head, s in zip(self.conf_heads, sources)
         ]
-        # Heads and CFR statistics leave in float32 whatever the compute dtype (mixed precision): losses, decoding
-        # and attack gradients are computed in float32.
-        out = {"loc": ops.concatenate(loc, axis=1), "logits": ops.concatenate(logits, axis=1), **aux}
-        out = {k: ops.cast(v, "float32") if k != "cfr_features" else v for k, v in out.items()}
+        out = self._outputs(loc, logits, aux)
         if return_features:
             out["features"] = features
             out["sources"] = sources
         return out
+
+    @staticmethod
+    def _outputs(loc, logits, aux) -> dict:
+        """The heads concatenated over the sources. Heads and CFR statistics leave in float32 whatever the compute
+        dtype (mixed precision): losses, decoding and attack gradients are computed in float32."""
+        out = {"loc": ops.concatenate(loc, axis=1), "logits": ops.concatenate(logits, axis=1), **aux}
+        return {k: ops.cast(v, "float32") if k != "cfr_features" else v for k, v in out.items()}
 
     def get_config(self):
         return {

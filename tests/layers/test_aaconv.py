@@ -15,8 +15,10 @@ from robustdet_tf.layers.aaconv import (
     AAConv2D,
     DynamicXavierUniform,
     dynamic_xavier_uniform_bound,
+    fold,
     grouped_conv_supported,
     mix_per_image,
+    unfold,
 )
 from tests.helpers import assert_keras_round_trip
 
@@ -273,3 +275,29 @@ def test_each_image_gets_the_same_bits_whatever_the_batch(implementation):
     whole = layer([x, pi]).numpy()
     np.testing.assert_array_equal(whole, np.concatenate([layer([x[:4], pi[:4]]).numpy(),
                                                          layer([x[4:], pi[4:]]).numpy()]))
+
+
+def test_fold_and_unfold_are_inverse_and_image_major():
+    x = tf.reshape(tf.range(2 * 3 * 3 * 4, dtype=tf.float32), [2, 3, 3, 4])
+    folded = fold(x)
+    assert tuple(folded.shape) == (1, 3, 3, 8)
+    np.testing.assert_array_equal(folded[0, 1, 2, 4:].numpy(), x[1, 1, 2].numpy())  # image 1's channels second
+    np.testing.assert_array_equal(unfold(folded, 2, 4).numpy(), x.numpy())
+
+
+@pytest.mark.skipif("grouped" not in CONCRETE, reason="grouped convolutions need oneDNN here")
+@pytest.mark.parametrize("kernel, stride, dilation, size", GEOMETRIES)
+def test_the_folded_layout_gives_the_grouped_bits(kernel, stride, dilation, size):
+    """A network that stays folded between its layers (``models/detector.py``) gets exactly what the layer computes
+    image by image: the folded call is the grouped path without its two transposes."""
+    layer = _layers(kernel, stride, dilation)["grouped"]
+    x, pi = _inputs(size=size)
+    folded = layer([fold(tf.constant(x)), pi], folded=True)
+    np.testing.assert_array_equal(unfold(folded, 3, layer.filters).numpy(), layer([x, pi]).numpy())
+
+
+def test_the_folded_layout_needs_the_grouped_implementation():
+    layer = _layers(3, 1, 1)["map_fn"]
+    x, pi = _inputs()
+    with pytest.raises(ValueError, match="folded layout needs the grouped implementation, this layer runs 'map_fn'"):
+        layer([fold(tf.constant(x)), pi], folded=True)

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from robustdet_tf.layers.aaconv import grouped_conv_supported
 from robustdet_tf.models.detector import Detector, feature_map_sizes
+from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
+from tests.conftest import TINY_SSD
 
 
 def numpy_conv(x, kernel, bias, stride, pad):
@@ -79,3 +82,36 @@ def test_too_small_image_is_refused():
     with pytest.raises(ValueError, match="boxes_per_location"):
         Detector(num_classes=3, extras=((256, 1, 1, 0), (512, 3, 2, 1)))
 
+
+
+@pytest.mark.skipif(not grouped_conv_supported((3, 3), (1, 1), (1, 1)), reason="grouped convolutions need oneDNN")
+@pytest.mark.parametrize("cfr", [False, True], ids=["plain", "cfr"])
+def test_grouped_aaconv_detector_stays_folded_and_computes_the_layer_by_layer_numbers(cfr):
+    """With every AAconv grouped the batch stays folded into the channels from input to heads: the traced graph
+    holds one transpose per convolution (its mixed kernels) plus the input's, the heads' and CFR's, not two more per
+    layer for the activations; outputs are bitwise the layer-by-layer ones (features requested), gradients equal
+    up to float summation order."""
+    tf.random.set_seed(0)
+    model = RobustDet(**TINY_SSD, aid_width=4, cfr=cfr, aaconv_implementation="grouped")
+    detector = model.detector
+    x = model.preprocess(tf.random.uniform([3, 64, 64, 3], 0, 255, seed=1))
+    pi = tf.nn.softmax(tf.random.normal([3, 4], seed=2))
+    assert detector._runs_folded(pi, return_features=False) and not detector._runs_folded(pi, return_features=True)
+    graph = tf.function(lambda x, pi: detector(x, pi=pi)["logits"]).get_concrete_function(x, pi).graph
+    transposes = sum(op.type == "Transpose" for op in graph.get_operations())
+    convs = len(detector.all_convs()) + cfr  # CFR's layer holds two convolutions
+    heads = len(detector.loc_heads) + len(detector.conf_heads)
+    cfr_layer = 6 if cfr else 0  # unfolded around CFR's layer, whose two convolutions fold and unfold each
+    assert transposes <= convs + 1 + heads + cfr_layer, transposes  # layer by layer: 2 more per convolution
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        folded = detector(x, pi=pi)
+        by_layer = detector(x, pi=pi, return_features=True)
+        losses = [tf.reduce_sum(out["logits"] ** 2) + tf.reduce_sum(out["loc"] ** 2) for out in (folded, by_layer)]
+    for key in ("loc", "logits"):
+        np.testing.assert_array_equal(folded[key].numpy(), by_layer[key].numpy())
+    sources = [x, *detector.trainable_variables]
+    for got, want in zip(tape.gradient(losses[0], sources), tape.gradient(losses[1], sources)):
+        if want is not None:
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5 * np.abs(want.numpy()).max())
