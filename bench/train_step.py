@@ -13,15 +13,19 @@ step (the reference's interleaved schedule, A_cls): for each batch B
 * the breakdown of RobustDet's step, each part timed alone: the AID forward of 2B images, the AAconv detector's
   forward on 3B images with a given mixture, and the losses' forward + backward without the optimiser.
 
-Every timed function is a ``tf.function``, warmed up once, then the repeats are interleaved and the median kept.
-Prints ONE JSON line (seconds, ratios, peak RSS in MB).  ``--cfr`` adds the same step with CFR as extra keys.
+Every timed function is a ``tf.function``, warmed up twice (the second call of a fresh step still pays for first
+allocations: 19.5 s against 11 s at batch 2), then the repeats are interleaved and the median kept.  Prints ONE
+JSON line (seconds, ratios, peak RSS in MB).  ``--cfr`` adds the same step with CFR as extra keys; ``--fold-ab``
+adds RobustDet's forward, PGD step and whole step with the detector run layer by layer (``*_layer_by_layer``, the
+batch transposed in and out of every grouped AAconv) beside the folded default (``models/detector.py``).
 
-    python bench/train_step.py [--batches 2 8] [--repeats 3] [--cfr]
+    python bench/train_step.py [--batches 2 8] [--repeats 3] [--cfr] [--fold-ab]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -63,7 +67,13 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def functions_for(batch: int, cfr: bool) -> dict[str, Callable[[], object]]:
+def layer_by_layer(model: RobustDet) -> RobustDet:
+    """``model`` with its detector's folded path switched off (every grouped AAconv transposes its batch)."""
+    model.detector._runs_folded = lambda pi, return_features: False
+    return model
+
+
+def functions_for(batch: int, cfr: bool, fold_ab: bool = False) -> dict[str, Callable[[], object]]:
     """name → a warmed-up-able call without arguments."""
     images, targets = batch_of(batch, 0)
     triple, triple_targets = batch_of(3 * batch, 1)
@@ -85,7 +95,19 @@ def functions_for(batch: int, cfr: bool) -> dict[str, Callable[[], object]]:
             loss = loss_l + loss_c + tf.reduce_sum(out["pi"])
         return tape.gradient(loss, robustdet.trainable_variables)
 
+    extra = {}
+    if fold_ab:
+        plain = layer_by_layer(RobustDet.from_ssd(ssd, num_kernels=KERNELS, adc=batch, cfr=cfr,
+                                                  adversarial=ADVERSARIAL))
+        plain.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9))
+        extra = {
+            "robustdet_forward_layer_by_layer": tf.function(lambda: plain(images, training=False)["logits"]),
+            "robustdet_pgd_step_layer_by_layer": tf.function(lambda: pgd_step(plain, images, images, targets, ATTACK)),
+            "robustdet_step_layer_by_layer": tf.function(
+                lambda: plain.train_step(((images, targets), (images, targets)))),
+        }
     return {
+        **extra,
         "ssd_forward": tf.function(lambda: ssd(images, training=False)["logits"]),
         "robustdet_forward": tf.function(lambda: robustdet(images, training=False)["logits"]),
         "ssd_pgd_step": tf.function(lambda: pgd_step(ssd, images, images, targets, ATTACK)),
@@ -99,14 +121,18 @@ def functions_for(batch: int, cfr: bool) -> dict[str, Callable[[], object]]:
     }
 
 
-def measure(batch: int, repeats: int, cfr: bool) -> dict[str, float]:
-    functions = functions_for(batch, cfr)
+def measure(batch: int, repeats: int, cfr: bool, fold_ab: bool = False) -> dict[str, float]:
+    functions = functions_for(batch, cfr, fold_ab)
     for fn in functions.values():
-        seconds(fn)  # trace and warm up
+        seconds(fn)  # trace
+        seconds(fn)  # and warm up
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
         for name, fn in functions.items():
             times[name].append(seconds(fn))
+    del functions
+    keras.backend.clear_session()  # the next batch's models start from a free heap (batch 8 peaks near 22 GB)
+    gc.collect()
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -119,6 +145,10 @@ def report(batch: int, median: dict[str, float], suffix: str = "") -> dict[str, 
     for part in ("part_aid_forward_2b", "part_detector_forward_3b_given_pi", "part_losses_forward_backward_3b",
                  "robustdet_pgd_step"):
         out[f"{part}_share_of_step_b{batch}{suffix}"] = round(median[part] / median["robustdet_step"], 3)
+    for name in ("robustdet_forward", "robustdet_pgd_step", "robustdet_step"):
+        if f"{name}_layer_by_layer" in median:
+            out[f"{name}_folded_over_layer_by_layer_b{batch}{suffix}"] = round(
+                median[name] / median[f"{name}_layer_by_layer"], 3)
     return out
 
 
@@ -127,12 +157,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cfr", action="store_true", help="also measure the step with CFR (extra keys)")
+    parser.add_argument("--fold-ab", action="store_true",
+                        help="also measure RobustDet with its detector run layer by layer (extra keys)")
     args = parser.parse_args(argv)
     record: dict[str, object] = {"bench": "train_step", "image_size": SIZE, "num_classes": CLASSES,
                                  "num_kernels": KERNELS, "repeats": args.repeats,
                                  "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     for batch in args.batches:
-        record.update(report(batch, measure(batch, args.repeats, cfr=False)))
+        record.update(report(batch, measure(batch, args.repeats, cfr=False, fold_ab=args.fold_ab)))
         if args.cfr:
             record.update(report(batch, measure(batch, args.repeats, cfr=True), suffix="_cfr"))
     record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

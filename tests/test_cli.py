@@ -19,6 +19,7 @@ def tiny_config():
     return ConfigDict({"model": model, "train": {"steps": 1}})
 
 
+@pytest.mark.slow
 def test_import_then_export(tmp_path):
     source = SSD(**TINY_SSD)
     path = tmp_path / "official.npz"

@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from robustdet_tf.models.robustdet import RobustDet
 from tests.conftest import TINY_SSD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_a_fresh_interpreter_loads_a_keras_file_after_import_robustdet_tf(tmp_path):
     model = RobustDet(**TINY_SSD, num_kernels=2, aid_width=4, cfr=True, decoder_width=16,
                       class_names=("a", "b", "c"))

@@ -51,6 +51,7 @@ def test_weights_holding_nan_are_never_checkpointed(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
 
+@pytest.mark.slow
 def test_settings_changed_on_resume_are_said_applied_to_the_optimiser_or_refused_by_name(tmp_path):
     config = tiny_config()
     config.train.steps = 2

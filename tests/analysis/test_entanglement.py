@@ -69,6 +69,7 @@ def models_and_data():
     return ssd, robustdet, tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
 
 
+@pytest.mark.slow
 def test_identical_images_give_R_one_in_every_layer_and_kernel(models_and_data):
     ssd, robustdet, images, targets = models_and_data
     for model in (ssd, robustdet):

@@ -85,6 +85,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
     assert sorted(os.listdir(workdir / "checkpoints" / "damaged")) == damaged
 
 
+@pytest.mark.slow
 def test_the_resume_after_a_damaged_checkpoint_equals_a_run_resumed_from_the_intact_one(trained, tmp_path):
     config, original = trained
     damaged_run = copy_of(original, tmp_path / "a")

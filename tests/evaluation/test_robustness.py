@@ -56,6 +56,7 @@ def trained():
     return model, batches
 
 
+@pytest.mark.slow
 def test_table_json_markdown_and_figures(trained, tmp_path):
     model, batches = trained
     results = robustness.evaluate_robustness(

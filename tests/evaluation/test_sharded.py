@@ -192,6 +192,7 @@ def test_a_damaged_shard_is_named_kept_aside_and_computed_again(setup, tmp_path,
     assert kept.read_bytes() == (data[: len(data) // 2] if how == "truncated" else b"")
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_into_a_busy_output_folder_is_refused_naming_the_holder(setup, tmp_path):
     """One evaluation per output folder: while one holds it (here a process holding its lock, as a running table
     does), another is refused at once with the holder named and nothing touched; a killed holder leaves no lock."""

@@ -66,6 +66,7 @@ def test_ssd_saved_model_matches_keras(ssd, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ssd"]  # no temporary directory left behind
 
 
+@pytest.mark.slow
 def test_robustdet_star_saved_model_matches_keras(ssd, tmp_path):
     """RobustDet* (CFR) exercises everything RobustDet has plus the probabilistic conv4_3 (μ at inference); the
     non-CFR RobustDet goes through the same export code and is compared in test_tflite.py."""

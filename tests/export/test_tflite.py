@@ -102,7 +102,9 @@ def test_float_tflite_equals_keras(models, images, name, implementation):
 
 @pytest.mark.parametrize(
     "name,quantization,implementation,loop",
-    [("ssd", "float32", None, False), ("robust", "float32", "map_fn", True), ("robust", "dynamic_range", None, False)],
+    [("ssd", "float32", None, False),
+     pytest.param("robust", "float32", "map_fn", True, marks=pytest.mark.slow),
+     ("robust", "dynamic_range", None, False)],
 )
 def test_only_builtin_ops(models, name, quantization, implementation, loop):
     """The map_fn AAconv lowers to a builtin WHILE; the stacked one (the default) to plain convolutions."""

@@ -50,6 +50,7 @@ def test_full_width_shapes_on_300px():
 
 
 def test_output_is_a_softmax_and_train_mode_uses_batch_statistics():
+    keras.utils.set_random_seed(0)  # its weights must not depend on which tests ran before (a saturated draw: pi = 0)
     model = build_discriminator(num_kernels=3, base_width=4)
     x = np.random.default_rng(0).uniform(-123, 151, (4, 40, 40, 3)).astype(np.float32)
     pi_eval = model(x, training=False).numpy()
