@@ -222,6 +222,15 @@ class Detector(keras.layers.Layer):
             convs.update({layer.name: layer for layer in group})
         return convs
 
+    def _relu_or_pool(self, h, index: int, kind: str, arg, guard: bool):
+        """A VGG module other than a convolution (per channel, so either layout): a ReLU, with the NaN guard in the
+        same pass where the reference guards (NaN > 0 is False, so NaN becomes 0), or a pooling."""
+        if kind == "relu":
+            if guard and index <= _NAN_GUARD_LAST_INDEX:
+                return ops.where(h > 0, h, ops.zeros_like(h))
+            return ops.relu(h)
+        return {"floor": self.pool_floor, "ceil": self.pool_ceil}.get(arg, self.pool5)(h)
+
     def _runs_folded(self, pi, return_features: bool) -> bool:
         """Whether this call keeps the batch folded into the channels from input to heads (``aaconv.fold``): every
         AAconv built and grouped.  Same arithmetic as the layer-by-layer path without its two transposes of every
@@ -248,15 +257,8 @@ class Detector(keras.layers.Layer):
                     h = fold(out)
                 else:
                     h = layer([_pad(h, arg[3]), pi], folded=True)
-            elif kind == "relu":
-                guard_relu = self.nan_guard and index <= _NAN_GUARD_LAST_INDEX
-                h = ops.where(h > 0, h, ops.zeros_like(h)) if guard_relu else ops.relu(h)
-            elif arg == "floor":
-                h = self.pool_floor(h)
-            elif arg == "ceil":
-                h = self.pool_ceil(h)
             else:
-                h = self.pool5(h)
+                h = self._relu_or_pool(h, index, kind, arg, guard=self.nan_guard)
             if index == _SOURCE1_INDEX:  # L2Norm over each image's channels: [1, H, W, B·C] viewed as [H, W, B, C]
                 shape = tf.shape(h)
                 per_image = tf.reshape(h, [shape[1], shape[2], batch, -1])
@@ -300,16 +302,8 @@ class Detector(keras.layers.Layer):
                     aux["cfr_features"] = _nan_to_zero(h) if self.nan_guard else h
                 else:
                     h = conv(layer, h, arg[3])
-            elif kind == "relu":
-                # relu and the NaN guard in one pass: NaN > 0 is False, so NaN becomes 0 (see guard_every).
-                guard_relu = self.nan_guard and not guard_every and index <= _NAN_GUARD_LAST_INDEX
-                h = ops.where(h > 0, h, ops.zeros_like(h)) if guard_relu else ops.relu(h)
-            elif arg == "floor":
-                h = self.pool_floor(h)
-            elif arg == "ceil":
-                h = self.pool_ceil(h)
             else:
-                h = self.pool5(h)
+                h = self._relu_or_pool(h, index, kind, arg, guard=self.nan_guard and not guard_every)
             if guard_every and index <= _NAN_GUARD_LAST_INDEX:
                 h = _nan_to_zero(h)
             features[f"vgg_{index}"] = h
