@@ -41,15 +41,29 @@ def data():
 def test_predict_gives_absolute_corner_boxes_and_one_based_labels(model, data):
     images, _, _ = data
     predictions = ARTObjectDetector(model).predict(images, batch_size=2)
-    detections = model.detect(tf.constant(images))
     assert len(predictions) == 3
-    for i, p in enumerate(predictions):
+    # The reference runs the adapter's batches (2 + 1 images; a grouped AAconv folds the batch into its channels, so
+    # another batch size sums in another order). An untrained detector scores many boxes near 1.0, and the order among
+    # such near-ties follows the last bit of the logits, which oneDNN's threads may change from call to call: the
+    # detections are compared as sets, each prediction paired with the closest unused reference of its class.
+    batches = [model.detect(tf.constant(images[start : start + 2])) for start in (0, 2)]
+    reference = [(d, i) for d in batches for i in range(int(d["num_detections"].shape[0]))]
+    for p, (detections, i) in zip(predictions, reference):
         n = int(detections["num_detections"][i])
         assert p["boxes"].shape == (n, 4) and p["labels"].shape == p["scores"].shape == (n,)
+        assert np.all(np.diff(p["scores"]) <= 0) and np.all(p["labels"] >= 1)
         ymin, xmin, ymax, xmax = detections["detection_boxes"][i, :n].numpy().T
-        np.testing.assert_allclose(p["boxes"], np.stack([xmin, ymin, xmax, ymax], -1) * SIZE, rtol=1e-4, atol=1e-3)
-        np.testing.assert_array_equal(p["labels"], detections["detection_classes"][i, :n].numpy().astype(int))
-        assert np.all(p["labels"] >= 1)
+        expected = np.concatenate([np.stack([xmin, ymin, xmax, ymax], -1) * SIZE,
+                                   detections["detection_scores"][i, :n].numpy()[:, None]], -1)
+        labels = detections["detection_classes"][i, :n].numpy().astype(int)
+        got = np.concatenate([p["boxes"], p["scores"][:, None]], -1)
+        used = np.zeros(n, bool)
+        for row, label in zip(got, p["labels"]):
+            gap = np.abs(expected - row).max(-1) / np.maximum(np.abs(expected).max(-1), 1.0)
+            gap[used | (labels != label)] = np.inf
+            j = int(np.argmin(gap))
+            assert gap[j] < 1e-4, (row, label, expected[j], labels[j])
+            used[j] = True
 
 
 def test_targets_round_trip_and_the_gradient_is_ours(model, data):
