@@ -11,7 +11,7 @@ SSD is trained from an ImageNet VGG16 (the reference's baselines load ``weights/
 * ``"none"``: the initialiser's weights.
 
 Every file goes through one conversion (``trunk_arrays``).  A file without fc6/fc7 (Keras' "notop" file,
-torchvision's ``features`` alone) leaves conv6/conv7 to the model's own initialiser (``CONV6_DEFAULT``).
+torchvision's ``features`` alone) starts conv6/conv7 from ``CONV6_DEFAULT`` (``default_conv67``).
 
 Mapping Keras' VGG16.  The 13 convolutions go to ``vgg_0`` … ``vgg_28`` in order.  Keras' weights expect BGR input
 with the ImageNet mean ``(103.939, 116.779, 123.68)`` subtracted from (B, G, R); our models take RGB and subtract
@@ -54,8 +54,12 @@ KERAS_CONVS = {
     "block5_conv1": "vgg_24", "block5_conv2": "vgg_26", "block5_conv3": "vgg_28",
 }
 CONV6, CONV7 = "vgg_31", "vgg_33"
-CONV6_DEFAULT = "the layers' own initialiser"
-"""conv6/conv7 of a file without fc6/fc7 (a notop file): left to the model's initialiser (see the README)."""
+CONV6_DEFAULT = "PyTorch's start for a new convolution, U(±1/√fan_in) for kernel and bias"
+"""conv6/conv7 of a file without fc6/fc7 (a notop file), drawn by ``default_conv67``.  Chosen by
+``bench/conv67_start.py`` (README, "Your own dataset"): with a surrogate trunk whose features were made 10× larger
+(as an ImageNet VGG16's are, next to the surrogate's), the layers' own Glorot initialiser (2× this variance in conv6,
+3× in conv7) left one run of five stuck at a high loss (0.3 % mAP); this start and subsampled random fc layers, none
+of ten.  At the surrogate's own scale every start did alike."""
 TRUNK = (*KERAS_CONVS.values(), CONV6, CONV7)
 _BACKBONE_KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
@@ -98,7 +102,7 @@ def reduced_fc(fc6_kernel: np.ndarray, fc6_bias: np.ndarray, fc7_kernel: np.ndar
                fc7_bias: np.ndarray) -> TrunkArrays:
     """conv6 ``[3, 3, 512, 1024]`` and conv7 ``[1, 1, 1024, 1024]`` from Keras' fc1 ``[25088, 4096]`` and fc2
     ``[4096, 4096]`` (the flattened 7×7×512 input is row-major in (y, x, channel), channels last)."""
-    fc6 = np.asarray(fc6_kernel).reshape(7, 7, 512, -1)
+    fc6 = np.asarray(fc6_kernel).reshape(7, 7, -1, np.shape(fc6_kernel)[-1])
     fc7 = np.asarray(fc7_kernel)
     return {
         CONV6: (fc6[::3, ::3, :, ::4], np.asarray(fc6_bias)[::4]),
@@ -109,7 +113,8 @@ def reduced_fc(fc6_kernel: np.ndarray, fc6_bias: np.ndarray, fc7_kernel: np.ndar
 def trunk_arrays(weights: vgg_files.VGG16File, mean: Sequence[float]) -> TrunkArrays:
     """Our trunk's kernels from any VGG16 file, for a model subtracting ``mean`` from its RGB input: the first
     convolution rewritten for that input (``vgg_files.first_conv_for``), conv6/conv7 from fc6/fc7 by the reduced-fc
-    subsampling or as ssd.pytorch reduced them; a file without them leaves conv6/conv7 to their initialisers."""
+    subsampling or as ssd.pytorch reduced them; a file without them gives no conv6/conv7 (``start_backbone`` draws
+    ``default_conv67``)."""
     arrays: TrunkArrays = dict(zip(KERAS_CONVS.values(), weights.convs))
     arrays["vgg_0"] = vgg_files.first_conv_for(*arrays["vgg_0"], weights.convention, mean)
     if weights.fc6 is not None and weights.fc7 is not None:
@@ -140,6 +145,28 @@ def reducedfc_arrays(state: Mapping[str, np.ndarray]) -> TrunkArrays:
                    np.asarray(state[f"{name.split('_')[1]}.bias"])) for name in TRUNK}
 
 
+def _plain_kernel_shape(layer) -> tuple[int, ...]:
+    """The ``[kh, kw, in, out]`` kernel shape of a trunk convolution (plain, one of an AAconv's K, CFR's mean)."""
+    layer = layer.conv_mean if isinstance(layer, ProbConv) else layer
+    return tuple(layer.kernel.shape[1:] if isinstance(layer, AAConv2D) else layer.kernel.shape)
+
+
+def default_conv67(model: keras.Model) -> TrunkArrays:
+    """conv6/conv7 for a file without fc6/fc7 (``CONV6_DEFAULT``): kernel and bias uniform in ±1/√fan_in, as
+    PyTorch starts a new ``nn.Conv2d``, so what the reference would give a convolution it has no weights for.
+    Drawn from Keras' global seed (``train.seed_run`` seeds it), so one seed gives one start."""
+    if not model.built:
+        model.build()
+    convs = model.detector.all_convs()
+    out = {}
+    for name in (CONV6, CONV7):
+        shape = _plain_kernel_shape(convs[name])
+        bound = 1.0 / float(np.sqrt(np.prod(shape[:-1])))
+        draw = keras.initializers.RandomUniform(-bound, bound)
+        out[name] = (keras.ops.convert_to_numpy(draw(shape)), keras.ops.convert_to_numpy(draw((shape[-1],))))
+    return out
+
+
 def load_trunk(model: keras.Model, arrays: TrunkArrays, source: str) -> keras.Model:
     """Assign ``arrays`` to the model's trunk (plain, AAconv: all K kernels, CFR: ``conv_mean``); every shape is
     checked first, so a model of another width is refused with nothing assigned."""
@@ -150,11 +177,10 @@ def load_trunk(model: keras.Model, arrays: TrunkArrays, source: str) -> keras.Mo
     wrong = []
     for name, (kernel, _) in arrays.items():
         layer = convs[name]
-        layer = layer.conv_mean if isinstance(layer, ProbConv) else layer
-        expected = tuple(layer.kernel.shape[1:] if isinstance(layer, AAConv2D) else layer.kernel.shape)
+        expected = _plain_kernel_shape(layer)
         if tuple(kernel.shape) != expected:
             wrong.append(f"{name}: weights {tuple(kernel.shape)}, model {expected}")
-        targets[name] = layer
+        targets[name] = layer.conv_mean if isinstance(layer, ProbConv) else layer
     if wrong:
         raise BackboneWeightsError(
             f"{source} does not fit the model's VGG16 trunk ({'; '.join(wrong)}); the ImageNet trunk needs the full "
@@ -195,12 +221,13 @@ def start_backbone(model: keras.Model, backbone_init: str | None) -> str:
         raise BackboneWeightsError(f"config.model.backbone_init={spec!r}: no such file, and not 'none' or "
                                    f"'imagenet'. Accepted files: {vgg_files.ACCEPTED}.")
     arrays = trunk_arrays(weights, model.mean)
-    load_trunk(model, arrays, spec)
     loaded = "the 13 trunk convolutions"
     if CONV6 in arrays:
         loaded += " and conv6/conv7" + (" (fc6/fc7 subsampled)" if weights.fc6 is not None else "")
     else:
-        loaded += f"; conv6/conv7 from their initialisers ({CONV6_DEFAULT})"
+        arrays.update(default_conv67(model))
+        loaded += f"; conv6/conv7 (the file has no fc layers) from {CONV6_DEFAULT}"
+    load_trunk(model, arrays, spec)
     how = {"caffe": "BGR order and mean folded in", "torchvision": "scale and mean folded in",
            "reference": "as they are"}[weights.convention]
     return f"{weights.found}: {loaded}, first convolution {how}; the other layers from their initialisers"

@@ -140,17 +140,30 @@ def test_every_format_gives_the_same_trunk(files):
         assert "conv6/conv7 (fc6/fc7 subsampled)" in described, described
 
 
-def test_files_without_the_classifier_leave_conv6_conv7_at_the_documented_default(files):
+def test_files_without_the_classifier_start_conv6_conv7_at_the_documented_default(files):
     _, top, _ = _trunk(files["keras2_top"])
     _, fresh, described = _trunk("none")
     assert described == "none"
+    keras.utils.set_random_seed(7)  # as _trunk: the draw follows the run's seed
+    model = SSD(num_classes=3, image_size=SIZE, width=1.0)
+    model.build()
+    default = backbone.default_conv67(model)
     for kind in ("keras2_notop", "keras3_notop"):
         _, trunk, described = _trunk(files[kind])
         assert "without the classifier" in described and backbone.CONV6_DEFAULT in described, described
         for name in backbone.TRUNK[:13]:
             np.testing.assert_array_equal(trunk[name][0], top[name][0], err_msg=f"{kind} {name}")
-        for name in (backbone.CONV6, backbone.CONV7):  # the initialiser's draw, as a fresh model has it
-            np.testing.assert_array_equal(trunk[name][0], fresh[name][0], err_msg=f"{kind} {name}")
+        for name in (backbone.CONV6, backbone.CONV7):
+            kernel, bias = trunk[name]
+            np.testing.assert_array_equal(kernel, default[name][0], err_msg=f"{kind} {name}")
+            np.testing.assert_array_equal(bias, default[name][1], err_msg=f"{kind} {name}")
+            # PyTorch's start of a new convolution: kernel and bias uniform in ±1/√fan_in (std bound/√3), not the
+            # layers' Glorot initialiser (√2× that std in conv6, √3× in conv7) and its zero bias.
+            bound = 1.0 / np.sqrt(np.prod(kernel.shape[:-1]))
+            assert np.abs(kernel).max() <= bound * (1 + 1e-6) and np.abs(bias).max() <= bound * (1 + 1e-6)  # float32
+            np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.01, err_msg=name)
+            np.testing.assert_allclose(bias.std(), bound / np.sqrt(3), rtol=0.1, err_msg=name)
+            assert np.std(fresh[name][0]) > 1.3 * kernel.std() and not np.any(fresh[name][1])
 
 
 def test_unusable_files_name_what_was_found_what_was_expected_and_the_formats(weights, tmp_path):
