@@ -7,6 +7,7 @@ dilated conv6, L2Norm, extras, multibox heads) at 1/8 of the channels and a 96×
 import ml_collections
 
 from configs import common
+from robustdet_tf.models.robustdet import RobustDet
 
 IMAGE_SIZE = 96
 NUM_CLASSES = 4  # object classes of the shapes set used by the demo (circle, square, triangle, ring)
@@ -82,9 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Adam at 3e-4 (1e-4 left the AID unseparated after 500 steps; 1e-3 cost clean mAP).
     config.robustdet = ml_collections.ConfigDict(
         dict(
-            model=dict(kind="robustdet", num_kernels=4, cfr=False, aid_width=8, decoder_width=64,
-                       aaconv_implementation="auto", adversarial=demo_adversarial(), adc=0,
-                       triplet_margin=0.6, triplet_hinge="euclidean", loss_weighting="reference"),
+            # RobustDet's settings from its constructor (every key recorded, so a demo workdir compares whole);
+            # the demo states only what differs: an AID and a decoder sized for the 1/8-width model.
+            model={"kind": "robustdet", **common.constructor_defaults(RobustDet, (*common.ROBUSTDET_KEYS, "cfr")),
+                   "aid_width": 8, "decoder_width": 64, "adversarial": demo_adversarial()},
             train=adversarial_stage_train(),
         )
     )

@@ -103,3 +103,21 @@ def test_model_defaults_are_written_once_in_the_constructors():
     assert (robustdet.num_kernels, robustdet.aid_width, robustdet.triplet_margin) == (4, 64, 0.6)
     base_defaults = inspect.signature(SSD.__mro__[1].__init__).parameters
     assert base_defaults["weight_decay"].default == ssd_model.weight_decay  # read from the base class
+
+
+def test_the_demo_states_only_the_robustdet_settings_it_changes(monkeypatch):
+    """The demo's RobustDet stage reads its settings from the constructor (through ``common``) and writes only the
+    AID's and the decoder's widths: a changed constructor default reaches every other key."""
+    from configs import common, demo
+
+    real = common.constructor_defaults
+
+    def marked(cls, names):
+        found = real(cls, names)
+        return {k: f"default {v!r}" for k, v in found.items()} if cls.__name__ == "RobustDet" else found
+
+    monkeypatch.setattr(common, "constructor_defaults", marked)
+    model = demo.get_config().robustdet.model
+    from_constructor = {k for k, v in model.items() if isinstance(v, str) and v.startswith("default ")}
+    assert from_constructor == {*common.ROBUSTDET_KEYS, "cfr"} - {"aid_width", "decoder_width"}
+    assert (model.aid_width, model.decoder_width) == (8, 64)
