@@ -76,9 +76,9 @@ def fc_subsampled(conv5_channels: int, fc_units: int, rng: np.random.Generator) 
 def scaled_trunk(arrays: backbone.TrunkArrays, scale: float) -> backbone.TrunkArrays:
     """The same ReLU trunk with every activation ``scale`` times larger: the first convolution's kernel and bias and
     every later bias times ``scale`` (ReLU networks are positively homogeneous).  The surrogate trunk's features are
-    far smaller than an ImageNet VGG16's on pixels minus the mean; this puts conv6/conv7's input on another scale
-    while the function is unchanged up to that factor (conv4_3's source is L2-normalised, so only the conv7 path
-    and what follows see it)."""
+    presumably far smaller than an ImageNet VGG16's on pixels minus the mean (not measurable here); this puts
+    conv6/conv7's input on another scale while the function is unchanged up to that factor (conv4_3's source is
+    L2-normalised, so only the conv7 path and what follows see it)."""
     out = {}
     for index, (name, (kernel, bias)) in enumerate(arrays.items()):
         out[name] = (kernel * scale if index == 0 else kernel, bias * scale)
