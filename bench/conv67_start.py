@@ -9,7 +9,8 @@ stand for the ImageNet trunk) starts a *target* SSD that is trained on other ima
 is) with SGD as the VOC configs train, conv6/conv7 started four ways:
 
 * ``initialiser``: the layers' own Glorot-uniform kernels and zero biases (the default before this measurement);
-* ``torch_default``: PyTorch's default for a fresh convolution, U(±1/√fan_in) for kernel and bias (what the reference,
+* ``torch_default``: PyTorch's default for a fresh convolution, U(±1/√fan_in) for kernel and bias
+  (``backbone.default_conv67``, the default this measurement chose; what the reference,
   which runs on PyTorch, would give a convolution it has no weights for): a third of the LeCun variance;
 * ``fc_subsampled``: Keras' Glorot-uniform fc1/fc2 of the VGG16 classifier at this width, subsampled as the reduced-fc
   file is (the issue's better arm);
@@ -54,14 +55,6 @@ ARMS = ("initialiser", "torch_default", "fc_subsampled", "source")
 TRUNK_13 = tuple(backbone.KERAS_CONVS.values())
 
 
-def torch_default(kernel_shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """PyTorch's ``nn.Conv2d`` start (kaiming_uniform with a = √5, and its bias rule): U(±1/√fan_in) for both."""
-    fan_in = int(np.prod(kernel_shape[:-1]))
-    bound = 1.0 / np.sqrt(fan_in)
-    return (rng.uniform(-bound, bound, kernel_shape).astype(np.float32),
-            rng.uniform(-bound, bound, kernel_shape[-1]).astype(np.float32))
-
-
 def fc_subsampled(conv5_channels: int, fc_units: int, rng: np.random.Generator) -> backbone.TrunkArrays:
     """Keras' Glorot-uniform fc1 ``[7·7·c5, 4·c6]`` and fc2 ``[4·c6, 4·c7]`` with zero biases, reduced as the
     reduced-fc file is (every 3rd tap, every 4th unit)."""
@@ -95,10 +88,9 @@ def started(config, source_model, arm: str, seed: int, trunk_scale: float = 1.0)
     arrays = {name: (source_convs[name].kernel.numpy(), source_convs[name].bias.numpy()) for name in TRUNK_13}
     arrays = scaled_trunk(arrays, trunk_scale)
     rng = np.random.default_rng(1000 + seed)
-    conv6, conv7 = convs[backbone.CONV6], convs[backbone.CONV7]
-    if arm == "torch_default":
-        arrays[backbone.CONV6] = torch_default(tuple(conv6.kernel.shape), rng)
-        arrays[backbone.CONV7] = torch_default(tuple(conv7.kernel.shape), rng)
+    conv6 = convs[backbone.CONV6]
+    if arm == "torch_default":  # the default for files without fc layers, as start_backbone draws it
+        arrays.update(backbone.default_conv67(model))
     elif arm == "fc_subsampled":
         arrays.update(fc_subsampled(int(conv6.kernel.shape[2]), int(conv6.kernel.shape[3]), rng))
     elif arm == "source":

@@ -63,10 +63,9 @@ def one_shape(batch: int, side: int, channels: int, repeats: int) -> dict:
 
     forward = tf.function(lambda x, w: tf.nn.conv2d(x, w, STRIDES, "SAME"))
 
-    def input_grad(images):
+    def input_grad(input_shape):
         return tf.function(lambda dy, w: tf.raw_ops.Conv2DBackpropInput(
-            input_sizes=[images, side, side, channels * batch // images], filter=w, out_backprop=dy,
-            strides=STRIDES, padding="SAME"))
+            input_sizes=input_shape, filter=w, out_backprop=dy, strides=STRIDES, padding="SAME"))
 
     def weight_grad(outputs):
         return tf.function(lambda x, dy: tf.raw_ops.Conv2DBackpropFilter(
@@ -76,8 +75,9 @@ def one_shape(batch: int, side: int, channels: int, repeats: int) -> dict:
     out = {
         "dense_forward_s": seconds(forward, x, kernel, repeats=repeats),
         "per_image_forward_s": seconds(forward, folded_x, kernels, repeats=repeats),
-        "dense_input_grad_s": seconds(input_grad(batch), dy, kernel, repeats=repeats),
-        "per_image_input_grad_s": seconds(input_grad(1), folded_dy, kernels, repeats=repeats),
+        "dense_input_grad_s": seconds(input_grad(x.shape), dy, kernel, repeats=repeats),
+        "per_image_input_grad_s": seconds(input_grad(folded_x.shape), folded_dy, kernels,
+                                          repeats=repeats),
         "dense_weight_grad_s": seconds(weight_grad(channels), x, dy, repeats=repeats),
         "per_image_weight_grad_s": seconds(grouped_weights, folded_x, folded_dy, repeats=repeats),
         "gemm_taps_weight_grad_s": seconds(tf.function(gemm_taps), x, dy, repeats=repeats),

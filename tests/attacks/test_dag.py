@@ -1,5 +1,6 @@
 """DAG: the reference's faithful algorithm, the bounded variant, seeding, batching and the no-active-prior guard."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -36,7 +37,9 @@ TARGETS = {
 
 @pytest.fixture(scope="module")
 def model():
-    tf.random.set_seed(0)
+    # Keras' own seed: tf.random.set_seed alone left the weights to whatever tests ran before in the worker, and one
+    # such draw put a prior of the faithful variant on the edge of its active set (batched vs alone: mean gap 0.024).
+    keras.utils.set_random_seed(0)
     net = SSD(**TINY_SSD)
     net.build()
     return net
