@@ -129,3 +129,19 @@ def plot_loss_changes(stats: Mapping[str, Mapping[str, Any]], path: str) -> None
             axes.set_ylabel("images")
     figure.tight_layout()
     save_figure_atomic(figure, path)
+
+
+def plot_mechanism(results: Mapping[str, Mapping[str, Any]], path: str, attack: str) -> None:
+    """One panel per model with an AID: the histograms of the separation score (``mechanism.SCORE``) of the clean
+    images and of their ``attack`` versions, titled with the AUC, the π shift and the kernel spread."""
+    rows = {name: r for name, r in results.items() if r.get("has_aid")}
+    figure = Figure(figsize=(5.0 * max(len(rows), 1), 3.4))
+    axes = figure.subplots(1, max(len(rows), 1), squeeze=False)[0]
+    for ax, (name, r) in zip(axes, rows.items()):
+        _histograms(ax, {"clean": r["per_image"]["score_clean"], attack: r["per_image"]["score_adv"]})
+        ax.set_title(f"{name}: AUC {r['aid_auc']:.2f}, π shift {r['pi_shift']:.3g}, spread {r['kernel_spread']:.3g}",
+                     fontsize=9)
+        ax.set_xlabel("JS(π ‖ mean clean π), nats")
+        ax.set_ylabel("images")
+    figure.tight_layout()
+    save_figure_atomic(figure, path)

@@ -10,6 +10,9 @@ and one PNG:
 * ``entanglement.json`` / ``fig4_entanglement.png`` (``entanglement.py``),
 * ``attack_statistics.json`` / ``fig5_loss_changes.png`` and ``fig7c_confidence.png`` (``confidence.py``),
 * ``step_sweep.json`` / ``fig7ab_step_sweep.png`` (``step_sweep.py``),
+* ``mechanism.json`` / ``mechanism_separation.png``: whether RobustDet's mechanism runs, i.e. the AID's separation
+  of attacked from clean images, the kernels' spread and π's shift (``mechanism.py``), on ``mechanism_images``
+  evaluation images (0: all of them) with the table's bootstrap intervals,
 
 plus ``analysis.json`` (settings, models, one-line findings).
 """
@@ -23,9 +26,10 @@ from typing import Any
 
 import keras
 
-from robustdet_tf.analysis import confidence, entanglement, loss_conflict, plots, step_sweep
+from robustdet_tf.analysis import confidence, entanglement, loss_conflict, mechanism, plots, step_sweep
 from robustdet_tf.analysis.findings import findings
 from robustdet_tf.analysis.records import write_json
+from robustdet_tf.attacks.model_protocol import has_aid
 from robustdet_tf.compiled import traced_once
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import check_labels_fit
@@ -34,8 +38,8 @@ from robustdet_tf.evaluation.evaluate import attack_targets, make_metric
 from robustdet_tf.evaluation.protocol import attack_spec, make_attack
 from robustdet_tf.evaluation.table_spec import TableSpec
 
-FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep")
-CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics")
+FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep", "mechanism")
+CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "mechanism")
 """What the demo runs: one attack per image and model; the step sweep costs max(sweep_steps) steps per attack."""
 
 DEFAULT_SETTINGS: dict[str, Any] = dict(
@@ -50,6 +54,7 @@ DEFAULT_SETTINGS: dict[str, Any] = dict(
     sweep_attacks=("A_cls", "A_loc"),
     attacks=("A_cls", "A_loc"),
     score_threshold=0.3,
+    mechanism_images=0,
 )
 """``config.analysis``: see the README's 'Configuration keys' (configs/common.py ``analysis_settings``)."""
 
@@ -69,13 +74,17 @@ def settings_of(config) -> dict[str, Any]:
     if int(out["images"]) < 1 or int(out["batch_size"]) < 1:
         raise ValueError(f"config.analysis.images and .batch_size must be >= 1; got {out['images']}, "
                          f"{out['batch_size']}.")
+    if int(out["mechanism_images"]) < 0:
+        raise ValueError(f"config.analysis.mechanism_images must be >= 0 (0: every evaluation image); got "
+                         f"{out['mechanism_images']}.")
     return out
 
 
 def _batches(config, role: str, size: int, count: int, image_size: int) -> tuple[Any, list]:
-    """The first ``count`` images of the ``role`` source as a list of ``(images, targets)`` batches of ``size``."""
+    """The first ``count`` images (0: all) of the ``role`` source as a list of ``(images, targets)`` batches of
+    ``size``."""
     source = load_source(config.data, role)
-    dataset = pipeline.eval_batches(source.dataset.take(count), image_size=image_size, batch_size=size,
+    dataset = pipeline.eval_batches(source.dataset.take(count or -1), image_size=image_size, batch_size=size,
                                     max_boxes=config.data.max_boxes)
     return source, [(images, attack_targets(targets)) for images, targets in dataset]
 
@@ -103,7 +112,8 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
     settings = settings_of(config)
     figures = list(figures if figures is not None else settings["figures"])
     image_size = check_models(models)
-    protocol = TableSpec.from_config(config.eval).resolved_protocol()
+    table = TableSpec.from_config(config.eval)
+    protocol = table.resolved_protocol()
     size, count = int(settings["batch_size"]), int(settings["images"])
     source, batches = _batches(config, "eval", size, count, image_size)
     for name, model in models.items():
@@ -112,6 +122,8 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
     if attack is None:
         raise ValueError("config.analysis.attack must be an attack (e.g. 'A_cls'), not 'clean'.")
     train_batch = _batches(config, "train", size, size, image_size)[1][:1] if "loss_conflict" in figures else []
+    mechanism_batches = (_batches(config, "eval", size, int(settings["mechanism_images"]), image_size)[1]
+                         if "mechanism" in figures else [])
     summaries: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
     raw: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
     for name, model in models.items():
@@ -138,6 +150,11 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
             specs = {a: attack_spec(a, protocol) for a in settings["sweep_attacks"]}
             summaries["step_sweep"][name] = step_sweep.step_sweep(model, batches, specs, settings["sweep_steps"],
                                                                   metric)
+        if "mechanism" in figures:
+            pairs = ([(images, attack_model(images, targets)) for images, targets in mechanism_batches]
+                     if has_aid(model) else [])
+            raw["mechanism"][name] = result = mechanism.mechanism(model, pairs, table.bootstrap)
+            summaries["mechanism"][name] = {k: v for k, v in result.items() if k != "per_image"}
     paths = _write(output_dir, summaries, raw, settings)
     lines = findings(summaries, settings)
     record = {"settings": settings, "protocol": protocol, "models": list(models), "num_images": count,
@@ -167,4 +184,8 @@ def _write(output_dir: str, summaries: Mapping[str, Any], raw: Mapping[str, Any]
     if "step_sweep" in summaries:
         write_json(out("step_sweep.json"), summaries["step_sweep"])
         plots.plot_step_sweep(summaries["step_sweep"], out("fig7ab_step_sweep.png"))
+    if "mechanism" in summaries:
+        write_json(out("mechanism.json"), summaries["mechanism"])
+        if any(r.get("has_aid") for r in raw["mechanism"].values()):
+            plots.plot_mechanism(raw["mechanism"], out("mechanism_separation.png"), settings["attack"])
     return files

@@ -1,0 +1,223 @@
+"""The regime search of issue 32: where does the AID tell attacked images from clean ones, and where does adversarial
+training pay?  One JSON line per finished setting, resumed from those lines.
+
+A setting is the training = evaluation budget ``epsilon`` (α = ε, as the demo), the adversarial stage's length
+``adversarial_steps``, the model's ``width`` (1/8 is the demo's), the ``seed`` of every stage and of the evaluation
+protocol, and ``eval_images``.  Everything else is the demo's config (``configs/demo.py``): the clean SSD (1500 Adam
+steps), then SSD-AT(A_cls) and RobustDet from it with the same schedule, then a table of clean and A_cls (PGD-10) on
+the evaluation images with paired bootstrap intervals, and RobustDet's mechanism diagnostics
+(``robustdet_tf/analysis/mechanism.py``) on the same images under the same A_cls.
+
+The settings of one (ε, width, seed) share their stages: the shorter run is trained, evaluated and recorded, then
+the same stages are trained on to the next length (a resume of the same run: the learning rate is constant, the
+optimiser, the held attacked batch and the data order are in the checkpoint).  A stage folder that is not there
+any more (a new session) is trained again from the clean SSD.
+
+Each line holds ``epsilon``, ``adversarial_steps``, ``width``, ``seed``, ``eval_images``, ``aid_auc`` with
+``aid_auc_ci_low`` / ``aid_auc_ci_high``, ``kernel_spread``, ``pi_shift`` (with its interval), the mean mixtures,
+the AID loss at the end of training, the table's cells, the paired differences ``ssd_at_minus_ssd_A_cls``,
+``robustdet_minus_ssd_at_A_cls``, ``robustdet_minus_ssd_at_clean`` (mAP points, ``{"value", "ci_low",
+"ci_high"}``), ``meets_aim`` (``aid_auc ≥ 0.9`` and ``ssd_at_minus_ssd_A_cls.ci_low > 0``), the seconds of every part
+(the adversarial stages cumulative over the resumed lengths) and the version and machine.
+
+    python bench/mechanism.py [--workdir runs/mechanism] [--out bench/results/mechanism.jsonl]
+        [--settings '[{"epsilon": 4, "adversarial_steps": 400, "width": 0.125, "seed": 0}, ...]']
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import logging as absl_logging  # noqa: E402
+
+from configs import demo as demo_config  # noqa: E402
+from robustdet_tf import demo  # noqa: E402
+from robustdet_tf import train as train_lib  # noqa: E402
+from robustdet_tf.analysis.run import analyze_models  # noqa: E402
+from robustdet_tf.data.sources import load_source  # noqa: E402
+from robustdet_tf.evaluation.from_config import evaluate_models  # noqa: E402
+
+KEYS = ("epsilon", "adversarial_steps", "width", "seed", "eval_images")
+DEFAULT_SETTING = {"epsilon": 2.0, "adversarial_steps": 400, "width": 0.125, "seed": 0, "eval_images": 150}
+GRID = [{"width": w, "epsilon": e, "adversarial_steps": s}
+        for w in (0.125, 0.25) for e in (2.0, 4.0, 8.0) for s in (400, 1600)]
+"""The default search, cheapest first within a width: ε ∈ {2, 4, 8} × 400 and 1600 adversarial steps × width 1/8,
+then the same at width 1/4."""
+
+AUC_AIM = 0.9
+
+
+def setting_key(setting: dict) -> tuple:
+    return tuple(float(setting[k]) for k in KEYS)
+
+
+def configured(setting: dict, steps: int):
+    """The demo config at ``setting`` with the adversarial stages' length ``steps`` and a clean/A_cls table."""
+    config = demo_config.get_config()
+    with config.unlocked():
+        config.model.width = float(setting["width"])
+        config.train.seed = int(setting["seed"])
+        config.data.eval_images = int(setting["eval_images"])
+        for stage in (config.ssd_at, config.robustdet):
+            stage.model.adversarial["epsilon"] = float(setting["epsilon"])
+            stage.model.adversarial["step_size"] = float(setting["epsilon"])
+            stage.train["steps"] = int(steps)
+        overrides = config.eval.overrides.to_dict()
+        overrides["pgd"] = {**overrides.get("pgd", {}), "epsilon": float(setting["epsilon"]),
+                            "step_size": float(setting["epsilon"])}
+        overrides["seed"] = int(setting["seed"])
+        config.eval.overrides = overrides
+        config.eval.attacks = ("clean", "A_cls")
+        config.eval.sample_images = 0
+        config.analysis.mechanism_images = int(setting["eval_images"])
+        config.analysis.batch_size = int(config.eval.batch_size)
+    return config
+
+
+def _tag(setting: dict) -> str:
+    return f"w{setting['width']:g}_s{int(setting['seed'])}"
+
+
+def final_loss_aid(lines: list[str]) -> float | None:
+    """The AID loss of the last training log line (``loss_aid=…``), if any."""
+    for line in reversed(lines):
+        found = re.search(r"loss_aid=([0-9.eE+-]+)", line)
+        if found:
+            return float(found.group(1))
+    return None
+
+
+def run_setting(setting: dict, workdir: str, seconds_so_far: dict) -> dict:
+    """Train (or resume) the stages of ``setting`` to its length, evaluate, diagnose; the JSON record."""
+    config = configured(setting, int(setting["adversarial_steps"]))
+    quiet = lambda _line: None  # noqa: E731
+    timings = {}
+    start = time.perf_counter()
+    ssd = train_lib.train_in_workdir(demo.stage_config(config, {}, {}), os.path.join(workdir, f"ssd_{_tag(setting)}"),
+                                     printer=quiet)
+    timings["ssd_s"] = time.perf_counter() - start
+    source = load_source(config.data, "train")
+    stage_tag = f"{_tag(setting)}_e{setting['epsilon']:g}"
+    models, logs = {"ssd": ssd}, []
+    for name in ("ssd_at", "robustdet"):
+        stage_dir = os.path.join(workdir, f"{name}_{stage_tag}")
+        # a stage trained on from a shorter recorded length counts that length's seconds too
+        before = seconds_so_far.get(f"{name}_s", 0.0) if os.path.isdir(os.path.join(stage_dir, "checkpoints")) else 0.0
+        start = time.perf_counter()
+        models[name] = demo._train_from_ssd(config, config[name], stage_dir, ssd, source,
+                                            logs.append if name == "robustdet" else quiet)
+        timings[f"{name}_s"] = before + time.perf_counter() - start
+    tag = f"{stage_tag}_n{int(setting['adversarial_steps'])}_i{int(setting['eval_images'])}"
+    start = time.perf_counter()
+    results = evaluate_models(config, models, os.path.join(workdir, f"eval_{tag}"), printer=quiet)
+    timings["eval_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    folder = os.path.join(workdir, f"mechanism_{tag}")
+    os.makedirs(folder, exist_ok=True)
+    diag = analyze_models(config, {"robustdet": models["robustdet"]}, folder, figures=("mechanism",),
+                          printer=quiet)["summaries"]["mechanism"]["robustdet"]
+    timings["mechanism_s"] = time.perf_counter() - start
+    difference = {
+        "ssd_at_minus_ssd_A_cls": demo.paired_difference(results, "A_cls", "ssd_at", "ssd"),
+        "robustdet_minus_ssd_at_A_cls": demo.paired_difference(results, "A_cls", "robustdet", "ssd_at"),
+        "robustdet_minus_ssd_at_clean": demo.paired_difference(results, "clean", "robustdet", "ssd_at"),
+    }
+    record = {
+        "bench": "mechanism", **{k: setting[k] for k in KEYS},
+        "aid_auc": diag["aid_auc"], "aid_auc_ci_low": diag.get("aid_auc_ci_low"),
+        "aid_auc_ci_high": diag.get("aid_auc_ci_high"), "auc_score": diag["score"],
+        "kernel_spread": diag["kernel_spread"], "pi_shift": diag["pi_shift"],
+        "pi_shift_ci_low": diag.get("pi_shift_ci_low"), "pi_shift_ci_high": diag.get("pi_shift_ci_high"),
+        "pi_clean_mean": [float(v) for v in diag["pi_clean_mean"]],
+        "pi_adv_mean": [float(v) for v in diag["pi_adv_mean"]],
+        "final_loss_aid": final_loss_aid(logs), "triplet_margin": float(config.robustdet.model["triplet_margin"]),
+        "cells": {m: {a: [round(100 * c[k], 2) for k in ("mAP", "ci_low", "ci_high")] for a, c in row.items()}
+                  for m, row in results["cells"].items()},
+        **{k: {kk: round(vv, 2) + 0.0 for kk, vv in v.items()} for k, v in difference.items()},
+    }
+    record["meets_aim"] = bool(record["aid_auc"] >= AUC_AIM and difference["ssd_at_minus_ssd_A_cls"]["ci_low"] > 0)
+    record["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    record["version"] = _version()
+    record["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    return record
+
+
+def _version() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def recorded(path: str) -> dict[tuple, dict]:
+    """The finished settings of ``path`` by ``setting_key`` (a torn last line is ignored: it is run again)."""
+    done = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[setting_key(record)] = record
+    return done
+
+
+def plan(settings: list[dict]) -> list[dict]:
+    """Full settings (defaults filled in), grouped so one (width, seed, ε)'s lengths run shortest first."""
+    full = []
+    for update in settings:
+        unknown = sorted(set(update) - set(KEYS))
+        if unknown:
+            raise SystemExit(f"unknown setting key(s) {unknown}; use {KEYS}")
+        full.append({**DEFAULT_SETTING, **update})
+    order = {}
+    for s in full:
+        order.setdefault((s["width"], s["seed"], s["epsilon"], s["eval_images"]), len(order))
+    return sorted(full, key=lambda s: (order[(s["width"], s["seed"], s["epsilon"], s["eval_images"])],
+                                       s["adversarial_steps"]))
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/mechanism")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                      "mechanism.jsonl"))
+    parser.add_argument("--settings", default=None, help="JSON list of settings (missing keys: "
+                        f"{DEFAULT_SETTING}); default: the grid {GRID}")
+    args = parser.parse_args(argv)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    settings = plan(json.loads(args.settings) if args.settings else GRID)
+    done = recorded(args.out)
+    out, seconds = [], {}
+    for setting in settings:
+        group = (setting["width"], setting["seed"], setting["epsilon"])
+        if setting_key(setting) in done:
+            record = done[setting_key(setting)]
+            print(f"already recorded: {json.dumps({k: setting[k] for k in KEYS})}", file=sys.stderr, flush=True)
+            seconds[group] = {k: v for k, v in record["seconds"].items() if k in ("ssd_at_s", "robustdet_s")}
+            out.append(record)
+            continue
+        print(f"running: {json.dumps({k: setting[k] for k in KEYS})}", file=sys.stderr, flush=True)
+        record = run_setting(setting, args.workdir, seconds.get(group, {}))
+        seconds[group] = {k: v for k, v in record["seconds"].items() if k in ("ssd_at_s", "robustdet_s")}
+        with open(args.out, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+        out.append(record)
+    return out
+
+
+if __name__ == "__main__":
+    main()
