@@ -62,24 +62,16 @@ def setting_key(setting: dict) -> tuple:
 
 
 def configured(setting: dict, steps: int):
-    """The demo config at ``setting`` with the adversarial stages' length ``steps`` and a clean/A_cls table."""
-    config = demo_config.get_config()
+    """The demo config at ``setting`` (``configs/demo.py: with_regime``) with the adversarial stages' length
+    ``steps``, the seed of every stage and of the protocol, and a clean / A_cls table."""
+    config = demo_config.with_regime(demo_config.get_config(), epsilon=float(setting["epsilon"]),
+                                     adversarial_steps=int(steps), width=float(setting["width"]),
+                                     eval_images=int(setting["eval_images"]))
     with config.unlocked():
-        config.model.width = float(setting["width"])
         config.train.seed = int(setting["seed"])
-        config.data.eval_images = int(setting["eval_images"])
-        for stage in (config.ssd_at, config.robustdet):
-            stage.model.adversarial["epsilon"] = float(setting["epsilon"])
-            stage.model.adversarial["step_size"] = float(setting["epsilon"])
-            stage.train["steps"] = int(steps)
-        overrides = config.eval.overrides.to_dict()
-        overrides["pgd"] = {**overrides.get("pgd", {}), "epsilon": float(setting["epsilon"]),
-                            "step_size": float(setting["epsilon"])}
-        overrides["seed"] = int(setting["seed"])
-        config.eval.overrides = overrides
+        config.eval.overrides = {**config.eval.overrides.to_dict(), "seed": int(setting["seed"])}
         config.eval.attacks = ("clean", "A_cls")
         config.eval.sample_images = 0
-        config.analysis.mechanism_images = int(setting["eval_images"])
         config.analysis.batch_size = int(config.eval.batch_size)
     return config
 

@@ -68,6 +68,41 @@ def adversarial_stage_train() -> dict:
     return dict(steps=400, batch_size=16, learning_rate=3e-4, optimizer="adam", checkpoint_every=200)
 
 
+REGIME_KEYS = ("epsilon", "adversarial_steps", "width", "eval_images")
+"""What ``with_regime`` changes: the levers of the regime search (``bench/mechanism.py``)."""
+
+
+def with_regime(config: ml_collections.ConfigDict, epsilon: float | None = None,
+                adversarial_steps: int | None = None, width: float | None = None,
+                eval_images: int | None = None) -> ml_collections.ConfigDict:
+    """``config`` (changed in place and returned) at another regime; ``None`` keeps the demo's value.
+
+    ``epsilon``: the L∞ budget and step of the training attack of every adversarial stage and of every evaluation
+    PGD alike (α = ε, as the demo); ``adversarial_steps``: the length of every adversarial stage present
+    (``robustdet``, ``ssd_at`` and any other section with ``model.adversarial``); ``width``: the channel fraction of
+    the detector (the AID and the decoder keep their widths); ``eval_images``: the images of the table and of the
+    mechanism diagnostics."""
+    with config.unlocked():
+        if width is not None:
+            config.model.width = float(width)
+        if eval_images is not None:
+            config.data.eval_images = int(eval_images)
+            config.analysis.mechanism_images = int(eval_images)
+        for name in config.keys():
+            stage = config[name]
+            if not isinstance(stage, ml_collections.ConfigDict) or "adversarial" not in stage.get("model", {}):
+                continue
+            if epsilon is not None:
+                stage.model.adversarial["epsilon"] = stage.model.adversarial["step_size"] = float(epsilon)
+            if adversarial_steps is not None:
+                stage.train["steps"] = int(adversarial_steps)
+        if epsilon is not None:
+            overrides = config.eval.overrides.to_dict()
+            overrides["pgd"] = {**overrides.get("pgd", {}), "epsilon": float(epsilon), "step_size": float(epsilon)}
+            config.eval.overrides = overrides
+    return config
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = tiny_ssd_model()

@@ -4,7 +4,8 @@
 2. expand it into RobustDet (K identical kernels, spec §3.5) and train that with the interleaved adversarial
    schedule;
 3. train an SSD-AT baseline from the same clean SSD with the same schedule and budget (and, when the config has a
-   ``robustdet_no_aid`` section as ``bench/phenomenon.py``'s does, RobustDet without L_aid);
+   ``robustdet_no_aid`` or ``robustdet_paper`` section as ``bench/phenomenon.py``'s does, RobustDet without L_aid
+   and RobustDet as the paper writes it);
 4. evaluate all of them under clean / A_cls / A_loc / CWA / DAG / Adaptive / Transfer with paired bootstrap
    intervals, write ``robustness.json``, the Markdown table, a bar plot and sample detections (clean vs attacked)
    to the workdir, and print the paper's claims with their intervals (``phenomenon``);
@@ -67,7 +68,8 @@ def phenomenon(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     Ratios (``ssd_collapses_under_A_cls``: SSD A_cls / clean < 0.2; ``robustdet_keeps_clean_map``: RobustDet clean /
     SSD clean ≥ 0.9) have no interval.  The differences: ``adversarial_training_helps`` (SSD-AT − SSD under A_cls)
     and RobustDet − SSD-AT on clean, A_cls, CWA and the lowest attacked cell; with a ``robustdet_no_aid`` model also
-    RobustDet − RobustDet without L_aid under A_cls and on the lowest cell (the discriminator's share).
+    RobustDet − RobustDet without L_aid under A_cls and on the lowest cell (the discriminator's share); with a
+    ``robustdet_paper`` model, that model − SSD-AT on clean, under A_cls and on the lowest cell.
     """
     models = results["models"]
     ssd, rd = models["ssd"], models["robustdet"]
@@ -87,6 +89,10 @@ def phenomenon(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if "robustdet_no_aid" in models:
         for attack, name in (("A_cls", "A_cls"), ("Lowest", "lowest")):
             claims[f"aid_helps_{name}"] = _better(paired_difference(results, attack, "robustdet", "robustdet_no_aid"))
+    if "robustdet_paper" in models and "ssd_at" in models:
+        for attack, name in (("clean", "clean"), ("A_cls", "A_cls"), ("Lowest", "lowest")):
+            claims[f"paper_variant_beats_ssd_at_{name}"] = _better(
+                paired_difference(results, attack, "robustdet_paper", "ssd_at"))
     return claims
 
 
@@ -133,8 +139,12 @@ ADVERSARIAL_STAGES: dict[str, str] = {
     "robustdet": "RobustDet (expanded from the clean SSD, interleaved adversarial training)",
     "ssd_at": "SSD-AT baseline (from the clean SSD, same schedule)",
     "robustdet_no_aid": "RobustDet without L_aid (the ablation: AID loss weight 0, same model and schedule)",
+    "robustdet_paper": "RobustDet as the paper writes it (JS divergence in the triplet hinge, Eq. 5's printed weights)",
 }
 """The stages trained from the clean SSD, in order, each run when the config has a section of that name."""
+
+EVALUATION_ORDER = ("ssd_at", "robustdet", "robustdet_no_aid", "robustdet_paper")
+"""The rows of the table after the clean SSD."""
 
 
 def run(config, workdir: str, printer=print, diagnostics_stage: bool = True) -> dict:
@@ -156,8 +166,7 @@ def run(config, workdir: str, printer=print, diagnostics_stage: bool = True) -> 
                                         printer)
 
     printer(f"== {len(stages) + 2}/{total} robustness evaluation ==")
-    models = {"ssd": ssd, **{name: trained[name] for name in ("ssd_at", "robustdet", "robustdet_no_aid")
-                             if name in trained}}
+    models = {"ssd": ssd, **{name: trained[name] for name in EVALUATION_ORDER if name in trained}}
     results = evaluate_models(config, models, workdir, printer=printer)
     claims = phenomenon(results)
     printer(f"claims on {results['num_images']} images (paired differences in mAP points, 95 % bootstrap "

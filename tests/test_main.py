@@ -162,14 +162,16 @@ TINY_ANALYZE = (
 
 
 def _demo_like_workdir(workdir):
-    """The demo's layout with untrained models of its config: ssd/ (plain) and ssd_at/ (adversarial config)."""
+    """The demo's layout with untrained models of its config: ssd/ (plain), ssd_at/ (adversarial config) and
+    robustdet/ (expanded from the SSD, the AID as initialised)."""
     from robustdet_tf import demo
     from robustdet_tf import train as train_lib
 
     config = _tiny_demo_config()
     ssd = train_lib.initial_model(config)
     ssd_at = train_lib.model_from_ssd(ssd, demo.stage_config(config, dict(config.ssd_at.model), {}))
-    for name, model in (("ssd_at", ssd_at), ("ssd", ssd)):
+    robustdet = train_lib.model_from_ssd(ssd, demo.stage_config(config, dict(config.robustdet.model), {}))
+    for name, model in (("ssd_at", ssd_at), ("robustdet", robustdet), ("ssd", ssd)):
         (workdir / name).mkdir()
         model.save(workdir / name / "model.keras")
     return len(ssd.detector.all_convs())
@@ -182,16 +184,16 @@ def test_analyze_writes_every_figure_for_the_models_of_a_workdir(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = tmp_path / "analysis"
     record = json.loads((out / "analysis.json").read_text())
-    assert record["models"] == ["ssd", "ssd_at"]  # plain SSD first, then the adversarially trained one
+    assert record["models"] == ["ssd", "ssd_at", "robustdet"]  # plain SSD, adversarially trained SSD, RobustDet
     for name in record["files"]:
         assert (out / name).stat().st_size > 0
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {n for n in record["files"] if n.endswith(".png")} == {
         "fig3_loss_conflict.png", "fig4_entanglement.png", "fig5_loss_changes.png", "fig7ab_step_sweep.png",
-        "fig7c_confidence.png"}
+        "fig7c_confidence.png", "mechanism_separation.png"}
     entangled = json.loads((out / "entanglement.json").read_text())
-    assert set(entangled) == {"ssd", "ssd_at"}
+    assert set(entangled) == {"ssd", "ssd_at", "robustdet"}
     assert len(entangled["ssd"]["layers"]) == num_layers and entangled["ssd"]["num_pairs"] == 2
     conflict = json.loads((out / "loss_conflict.json").read_text())
     assert all(len(conflict["ssd"][c]["per_image"]) == 2 for c in ("clean_to_clean", "clean_to_adv",
@@ -203,6 +205,16 @@ def test_analyze_writes_every_figure_for_the_models_of_a_workdir(tmp_path):
     assert set(stats["ssd"]["confidence"]) == {"clean", "A_cls", "A_loc"}
     findings = [line for line in proc.stdout.splitlines() if line.startswith("finding: ")]
     assert len(findings) == len(record["findings"]) and any("gradient entanglement" in f for f in findings)
+    # The mechanism: RobustDet's AID separation on every evaluation image (4) with an interval, kernels identical
+    # (expanded from the SSD, untrained), π shift; the SSDs have no AID.
+    mech = json.loads((out / "mechanism.json").read_text())
+    assert mech["ssd"] == {"has_aid": False} and mech["ssd_at"] == {"has_aid": False}
+    rd = mech["robustdet"]
+    assert rd["num_images"] == 4 and rd["kernel_spread"] == pytest.approx(0.0, abs=1e-6)
+    assert rd["aid_auc_ci_low"] <= rd["aid_auc"] <= rd["aid_auc_ci_high"] and rd["pi_shift"] >= 0
+    assert any(f.startswith("finding: AID separation of A_cls from clean images") and "robustdet" in f
+               for f in findings)
+    assert any(f.startswith("finding: kernel spread") for f in findings)
     # A named output folder that holds results is refused: nothing is overwritten.
     again = run_main(f"--workdir={tmp_path}", *TINY_ANALYZE, f"--output_dir={out}")
     assert again.returncode == 1 and "already holds results" in again.stderr and "Traceback" not in again.stderr
