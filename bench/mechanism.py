@@ -17,8 +17,9 @@ Each line holds ``epsilon``, ``adversarial_steps``, ``width``, ``seed``, ``eval_
 ``aid_auc_ci_low`` / ``aid_auc_ci_high``, ``kernel_spread``, ``pi_shift`` (with its interval), the mean mixtures,
 the AID loss at the end of training, the table's cells, the paired differences ``ssd_at_minus_ssd_A_cls``,
 ``robustdet_minus_ssd_at_A_cls``, ``robustdet_minus_ssd_at_clean`` (mAP points, ``{"value", "ci_low",
-"ci_high"}``), ``meets_aim`` (``aid_auc ≥ 0.9`` and ``ssd_at_minus_ssd_A_cls.ci_low > 0``), the seconds of every part
-(the adversarial stages cumulative over the resumed lengths) and the version and machine.
+"ci_high"}``), the chance level of the separation (``aid_auc_at_start``: the same diagnostics of RobustDet as its
+stage starts, ``start_control``), ``meets_aim`` (``aid_auc ≥ 0.9`` and ``ssd_at_minus_ssd_A_cls.ci_low > 0``), the
+seconds of every part (the adversarial stages cumulative over the resumed lengths) and the version and machine.
 
     python bench/mechanism.py [--workdir runs/mechanism] [--out bench/results/mechanism.jsonl]
         [--settings '[{"epsilon": 4, "adversarial_steps": 400, "width": 0.125, "seed": 0}, ...]']
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -89,7 +91,11 @@ def final_loss_aid(lines: list[str]) -> float | None:
     return None
 
 
-def run_setting(setting: dict, workdir: str, seconds_so_far: dict) -> dict:
+def _control_key(setting: dict) -> tuple:
+    return tuple(float(setting[k]) for k in ("epsilon", "width", "seed", "eval_images"))
+
+
+def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dict) -> dict:
     """Train (or resume) the stages of ``setting`` to its length, evaluate, diagnose; the JSON record."""
     config = configured(setting, int(setting["adversarial_steps"]))
     quiet = lambda _line: None  # noqa: E731
@@ -137,11 +143,32 @@ def run_setting(setting: dict, workdir: str, seconds_so_far: dict) -> dict:
                   for m, row in results["cells"].items()},
         **{k: {kk: round(vv, 2) + 0.0 for kk, vv in v.items()} for k, v in difference.items()},
     }
+    record.update(controls.get(_control_key(setting)) or start_control(setting, workdir))
     record["meets_aim"] = bool(record["aid_auc"] >= AUC_AIM and difference["ssd_at_minus_ssd_A_cls"]["ci_low"] > 0)
     record["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     record["version"] = _version()
     record["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     return record
+
+
+def start_control(setting: dict, workdir: str) -> dict:
+    """The chance level of the separation: the mechanism diagnostics of RobustDet as its adversarial stage starts
+    (expanded from the clean SSD with the stage's seed: K identical kernels, the AID as initialised), on the same
+    evaluation images under A_cls.  Its kernels are equal, so π cannot change its output and A_cls cannot aim at
+    the AID; whatever AUC it has comes from how an untrained AID reacts to ε-bounded noise."""
+    config = configured(setting, int(setting["adversarial_steps"]))
+    ssd = train_lib.load_trained_model(os.path.join(workdir, f"ssd_{_tag(setting)}"), config)
+    stage = demo.stage_config(config, dict(config.robustdet.model), dict(config.robustdet.train))
+    train_lib.seed_run(stage)
+    start = train_lib.model_from_ssd(ssd, stage)
+    folder = os.path.join(workdir, f"control_{_tag(setting)}_e{setting['epsilon']:g}_i{int(setting['eval_images'])}")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    diag = analyze_models(config, {"robustdet_at_start": start}, folder, figures=("mechanism",),
+                          printer=lambda _line: None)["summaries"]["mechanism"]["robustdet_at_start"]
+    return {"aid_auc_at_start": diag["aid_auc"], "aid_auc_at_start_ci_low": diag.get("aid_auc_ci_low"),
+            "aid_auc_at_start_ci_high": diag.get("aid_auc_ci_high"), "pi_shift_at_start": diag["pi_shift"]}
 
 
 def _version() -> str:
@@ -164,6 +191,26 @@ def recorded(path: str) -> dict[tuple, dict]:
                     continue
                 done[setting_key(record)] = record
     return done
+
+
+def add_missing_controls(path: str, done: dict, workdir: str) -> None:
+    """Lines recorded before the start control existed get it (computed once per ε, width, seed, images, where the
+    clean SSD is still in ``workdir``); the file is rewritten atomically with them."""
+    missing = [r for r in done.values() if "aid_auc_at_start" not in r
+               and os.path.exists(os.path.join(workdir, f"ssd_{_tag(r)}", "model.keras"))]
+    if not missing:
+        return
+    found = {}
+    for record in missing:
+        key = _control_key(record)
+        if key not in found:
+            found[key] = start_control(record, workdir)
+        record.update(found[key])
+    lines = [json.dumps(r) for r in done.values()]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
 
 
 def plan(settings: list[dict]) -> list[dict]:
@@ -192,6 +239,9 @@ def main(argv=None) -> list[dict]:
     absl_logging.set_verbosity(absl_logging.WARNING)
     settings = plan(json.loads(args.settings) if args.settings else GRID)
     done = recorded(args.out)
+    add_missing_controls(args.out, done, args.workdir)
+    controls = {_control_key(r): {k: v for k, v in r.items() if "at_start" in k} for r in done.values()
+                if "aid_auc_at_start" in r}
     out, seconds = [], {}
     for setting in settings:
         group = (setting["width"], setting["seed"], setting["epsilon"])
@@ -202,7 +252,8 @@ def main(argv=None) -> list[dict]:
             out.append(record)
             continue
         print(f"running: {json.dumps({k: setting[k] for k in KEYS})}", file=sys.stderr, flush=True)
-        record = run_setting(setting, args.workdir, seconds.get(group, {}))
+        record = run_setting(setting, args.workdir, seconds.get(group, {}), controls)
+        controls[_control_key(setting)] = {k: v for k, v in record.items() if "at_start" in k}
         seconds[group] = {k: v for k, v in record["seconds"].items() if k in ("ssd_at_s", "robustdet_s")}
         with open(args.out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")

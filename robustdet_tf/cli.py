@@ -161,6 +161,7 @@ def run_export(config, workdir: str, export_dir: str, printer=print) -> dict:
 def run_import(config, workdir: str, checkpoint: str | None, printer=print) -> str:
     if not checkpoint:
         raise ValueError("--mode=import needs --checkpoint=<official .pth file>")
+    train_lib.check_not_foreign(workdir)
     train_lib.check_workdir(workdir, config)
     path = os.path.join(workdir, "model.keras")
     if os.path.exists(path):
@@ -170,8 +171,9 @@ def run_import(config, workdir: str, checkpoint: str | None, printer=print) -> s
         model = backbone.model_with_backbone(config.model, state, checkpoint)
     else:
         model = import_checkpoint(state, config.model)
-    train_lib.save_model_atomically(model, path)
+    # the record first: a kill between the two leaves a folder of ours without a model, which the import refills
     train_lib.write_json_atomically(train_lib.model_config_dict(config), os.path.join(workdir, train_lib.MODEL_RECORD))
+    train_lib.save_model_atomically(model, path)
     printer(f"imported {checkpoint} into {path}")
     return path
 

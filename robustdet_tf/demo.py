@@ -26,6 +26,7 @@ from typing import Any
 
 from robustdet_tf import train as train_lib
 from robustdet_tf.analysis.run import CHEAP_FIGURES, analyze_models
+from robustdet_tf.checkpoints import integrity
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation.from_config import evaluate_models
 
@@ -109,7 +110,8 @@ def claim_line(name: str, claim: Mapping[str, Any]) -> str:
 def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer):
     """One stage started from the clean SSD (expanded or copied) unless its folder already holds checkpoints."""
     stage_cfg = stage_config(config, dict(stage.model), dict(stage.train))
-    fresh = not os.path.isdir(os.path.join(stage_dir, "checkpoints"))
+    # without an intact checkpoint (none yet, or the first one's write died) the stage starts from the clean SSD
+    fresh = not integrity.has_intact_checkpoint(os.path.join(stage_dir, "checkpoints"))
     if fresh:
         train_lib.seed_run(stage_cfg)  # the AID's initial weights follow the stage's seed
     init = train_lib.model_from_ssd(ssd, stage_cfg) if fresh else None

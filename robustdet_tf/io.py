@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -58,6 +60,10 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         yield target
         if not os.path.lexists(target):
             raise RuntimeError(f"export to {path} produced nothing at {target}")
+        if directory:  # mkdtemp made it 0700; a finished folder gets the permissions of any new folder
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(target, 0o777 & ~mask)
         check_destination(path, overwrite)  # something may have appeared meanwhile
         if os.path.lexists(path):
             old = tempfile.mkdtemp(prefix=f".{base}.", suffix=".old", dir=parent)
@@ -74,6 +80,23 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
             os.replace(target, path)
     finally:
         _remove(tmp)
+
+
+LEFTOVER = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(?:tmp|old)$")
+"""The name of a temporary entry ``atomic_output`` makes (``.<name>.<random>.tmp`` / ``.old``) and leaves behind
+only when its process is killed."""
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary entries killed writes of ``atomic_output`` left in ``folder``; returns their names.
+    Only for a folder whose lock the caller holds (a live writer's temporary entry looks the same)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return []
+    found = sorted(name for name in os.listdir(folder) if LEFTOVER.match(name))
+    for name in found:
+        _remove(os.path.join(folder, name))
+    return found
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -131,19 +154,43 @@ class WorkdirLockedError(RuntimeError):
     """Another live process is training in this workdir."""
 
 
+_HELD: dict[str, tuple[int, int]] = {}
+"""Locks this process holds: real path → (holding thread's id, depth).  ``flock`` locks belong to an open file, so a
+second ``open`` + ``flock`` of a held lock in the same process would refuse its own holder."""
+_HELD_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str | os.PathLike, name: str = ".lock", what: str = "--workdir") -> Iterator[None]:
-    """Hold ``<workdir>/<name>`` while a run writes there; a second run is refused at once, naming the holder.
+    """Hold ``<workdir>/<name>`` while a run reads and writes there; a second run is refused at once, naming the
+    holder.
 
     The lock is an ``flock`` on an open file, which the kernel releases when the process ends, however it ends
     (``kill -9`` included): a killed run never leaves a stale lock.  The file only says who holds it.  ``what`` names
-    the flag that picks another folder, for the message.
+    the flag that picks another folder, for the message.  The thread that holds the lock may take it again (the
+    outer ``with`` of a run and its inner steps nest); any other thread or process is refused.
     """
     import fcntl  # POSIX only; imported here so the module stays importable elsewhere
 
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, name)
+    key = os.path.realpath(path)
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        holder = _HELD.get(key)
+        if holder is not None and holder[0] == me:
+            _HELD[key] = (me, holder[1] + 1)
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] = (me, _HELD[key][1] - 1)
+        return
     handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the lock's lifetime)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -155,6 +202,8 @@ def workdir_lock(workdir: str | os.PathLike, name: str = ".lock", what: str = "-
             f"{workdir} is in use by another run ({owner}); wait for it to finish or use another {what}. "
             "Nothing was changed. (A run that was killed releases the lock by itself.)"
         ) from None
+    with _HELD_GUARD:
+        _HELD[key] = (me, 1)
     try:
         handle.seek(0)
         handle.truncate()
@@ -162,5 +211,7 @@ def workdir_lock(workdir: str | os.PathLike, name: str = ".lock", what: str = "-
         handle.flush()
         yield
     finally:
+        with _HELD_GUARD:
+            del _HELD[key]
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()

@@ -14,6 +14,7 @@ Around it this module adds what a long run needs:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -40,7 +41,7 @@ from robustdet_tf.initial_model import (  # noqa: F401  (part of this module's A
     model_from_ssd,
     seed_run,
 )
-from robustdet_tf.io import workdir_lock
+from robustdet_tf.io import remove_leftovers, workdir_lock
 from robustdet_tf.models import training
 from robustdet_tf.models.adversarial import AdversarialSchedule
 from robustdet_tf.models.factory import build_model
@@ -49,6 +50,8 @@ from robustdet_tf.workdir import (  # noqa: F401  (part of this module's API)
     MODEL_RECORD,
     TRAIN_RECORD,
     IncompatibleWorkdirError,
+    check_not_foreign,
+    check_training_settings,
     check_workdir,
     model_config_dict,
     recorded_settings,
@@ -56,6 +59,11 @@ from robustdet_tf.workdir import (  # noqa: F401  (part of this module's API)
     train_record,
     write_json_atomically,
 )
+
+
+class TrainingInterrupted(RuntimeError):
+    """A run stopped by a signal before its last step (its checkpoint is saved): the caller must not go on as if
+    the model were trained."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -365,11 +373,42 @@ def train_in_workdir(config, workdir: str, model: keras.Model | None = None, sou
                      origin: str | None = None) -> keras.Model:
     """Train (resuming whatever the workdir holds) and save ``model.keras`` when the target step is reached.
 
-    A run with steps left starts with the report of ``run_report`` (data, classes, model, where the weights come
-    from, schedule); ``origin`` says where a ``model`` given here comes from."""
+    Order: the settings are checked and a folder of someone else's files refused before anything is read or
+    written; then the run takes the workdir's lock (a second run is refused in one line, before it reads, restores
+    or prints anything of the folder); then damaged checkpoints are moved aside.  Without an intact checkpoint the
+    run starts as configured (``model``, an imported model, ``train.init_from``, ``model.backbone_init``), also
+    when an earlier attempt died while writing its first checkpoint.  A run with steps left starts with the report
+    of ``run_report`` (data, classes, model, where the weights come from, schedule); ``origin`` says where a
+    ``model`` given here comes from."""
+    check_training_settings(config)
+    check_not_foreign(workdir)
+    strategy = strategy or make_strategy(str(config.train.get("strategy", "auto")))
+    with workdir_lock(workdir) if is_chief(strategy) else contextlib.nullcontext():
+        return _train_locked(config, workdir, model, source, printer, strategy, origin)
+
+
+def _train_locked(config, workdir, model, source, printer, strategy, origin) -> keras.Model:
     check_workdir(workdir, config)
-    has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
-    if model is None and not has_checkpoint:
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    intact, damaged = [], []
+    if is_chief(strategy):
+        left = remove_leftovers(workdir) + [f"checkpoints/{n}" for n in integrity.remove_temporaries(checkpoint_dir)]
+        if left:
+            printer(f"removed what killed writes left in {workdir}: {', '.join(left)}")
+        intact, damaged = integrity.sort_out(checkpoint_dir)
+    if damaged and not intact and os.path.exists(os.path.join(workdir, "model.keras")):
+        # a finished run's model would be replaced by a run started over: keep it, say what is left
+        raise integrity.NoIntactCheckpointError(
+            f"{workdir} has no intact checkpoint to resume from: {integrity.describe(damaged)}. Nothing was "
+            "trained and nothing was deleted. To start this run over, use another --workdir (or move "
+            f"{checkpoint_dir} away).")
+    if damaged:
+        printer(f"{integrity.describe(damaged)}; " + (
+            f"resuming from the newest intact checkpoint, {os.path.basename(intact[-1][0])} (step {intact[-1][1]})"
+            if intact else "no intact checkpoint is left (the first one's write died), so the run starts as "
+            "configured"))
+    resumable = bool(intact) or tf.train.latest_checkpoint(checkpoint_dir) is not None
+    if model is None and not resumable:
         seed_run(config)
         model = imported_model(workdir, printer)
         if model is not None:
@@ -391,7 +430,11 @@ def train_in_workdir(config, workdir: str, model: keras.Model | None = None, sou
         for line in report:
             printer(line)
     trainer.run(printer=printer)
-    if trainer.start_step >= config.train.steps and trainer.chief:
+    if trainer.start_step < config.train.steps:  # stopped by SIGINT / SIGTERM, its checkpoint saved
+        raise TrainingInterrupted(
+            f"training in {workdir} was stopped at step {trainer.start_step} of {config.train.steps}; the checkpoint "
+            "of that step is saved and no model.keras was written. Run the same command again to resume.")
+    if trainer.chief:
         path = save_model_atomically(trainer.model, os.path.join(workdir, "model.keras"))
         printer(f"saved {path}")
     return trainer.model

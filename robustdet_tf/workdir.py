@@ -37,6 +37,70 @@ class IncompatibleWorkdirError(ValueError):
     """The workdir holds a model that the config cannot continue."""
 
 
+class ForeignFolderError(IncompatibleWorkdirError):
+    """The folder holds files this program did not write: it is someone's folder, not a workdir."""
+
+
+class BadTrainingSettingError(ValueError):
+    """A ``config.train`` value no run can use (caught before anything is written)."""
+
+
+OWN_HIDDEN = (".lock",)
+"""What a run leaves in a folder before it writes its records (the lock file)."""
+
+
+def _is_our_record(path: str) -> bool:
+    """Whether ``path`` is a ``model_config.json`` as this program writes it (a JSON object with the model's size
+    and classes)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"num_classes", "image_size"} <= set(record)
+
+
+def foreign_entries(workdir: str) -> list[str]:
+    """The entries of ``workdir`` that show it is not a workdir of ours: none for a missing or empty folder (the
+    lock file and empty sub-folders do not count) or one holding our ``model_config.json``; else every entry."""
+    if not os.path.isdir(workdir):
+        return []
+    entries = sorted(name for name in os.listdir(workdir) if name not in OWN_HIDDEN and not (
+        os.path.isdir(os.path.join(workdir, name)) and not os.listdir(os.path.join(workdir, name))))
+    if not entries or _is_our_record(os.path.join(workdir, MODEL_RECORD)):
+        return []
+    return entries
+
+
+def check_not_foreign(workdir: str) -> None:
+    """Refuse a folder of someone else's files as a workdir (reads only; nothing of it is touched)."""
+    entries = foreign_entries(workdir)
+    if entries:
+        shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+        raise ForeignFolderError(
+            f"--workdir={workdir} holds files this program did not write ({shown}); a run writes {MODEL_RECORD}, "
+            f"{TRAIN_RECORD}, checkpoints/, tensorboard/ and model.keras into its workdir and could replace files "
+            f"of those names. Name a new or empty folder (e.g. --workdir={os.path.join(workdir, 'run')}), or one a "
+            "run of this program wrote. Nothing was changed.")
+
+
+def check_training_settings(config) -> None:
+    """Refuse ``config.train`` values no run can use, naming the key and a valid value, before anything is
+    written: at least one step, batch size ≥ 1, a positive learning rate, a checkpoint interval ≥ 1."""
+    train = config.train
+    checks = (
+        ("steps", int(train.get("steps", 1)) >= 1, "a number of optimiser steps >= 1, e.g. 1500"),
+        ("batch_size", int(train.get("batch_size", 1)) >= 1, "a batch size >= 1, e.g. 16"),
+        ("learning_rate", float(train.get("learning_rate", 1.0)) > 0, "a learning rate > 0, e.g. 1e-3"),
+        ("checkpoint_every", int(train.get("checkpoint_every", 1)) >= 1, "a step interval >= 1, e.g. 500"),
+    )
+    bad = [(key, expected) for key, ok, expected in checks if not ok]
+    if bad:
+        raise BadTrainingSettingError("; ".join(
+            f"config.train.{key}={train.get(key)!r} cannot be used: give {expected} (--config.train.{key}=...)"
+            for key, expected in bad) + ". Nothing was written.")
+
+
 
 def save_model_atomically(model: keras.Model, path: str) -> str:
     """Write ``path`` (a ``.keras`` archive) via a temporary file and a rename, so a crash never leaves half a file."""
@@ -64,7 +128,8 @@ def check_workdir(workdir: str, config) -> None:
     """Refuse a workdir whose recorded model has other architecture settings; touch nothing."""
     path = os.path.join(workdir, MODEL_RECORD)
     if not os.path.exists(path):
-        if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        checkpoints = os.path.join(workdir, "checkpoints")
+        if os.path.isdir(checkpoints) and os.listdir(checkpoints):  # an empty one holds nothing to mismatch
             raise IncompatibleWorkdirError(
                 f"{workdir} holds checkpoints but no {MODEL_RECORD}; it was not written by this trainer. "
                 "Use another --workdir."

@@ -90,8 +90,10 @@ class AttackSpec:
         if self.method == "mtd" and (self.restarts > 1 or self.step_schedule != "constant"):
             raise ValueError("MTD picks between a loc and a cls step each iteration; restarts and the apgd schedule "
                              "apply to cls / loc / con / cwa and the adaptive methods, not to mtd")
-        if self.epsilon < 0 or self.step_size < 0 or self.steps < 0:
-            raise ValueError(f"attack epsilon, step_size and steps must be >= 0; got {self}")
+        negative = [f"{k}={getattr(self, k):g}" for k in ("epsilon", "step_size", "steps") if getattr(self, k) < 0]
+        if negative:
+            raise ValueError(f"attack {self.method}: {', '.join(negative)} is negative; epsilon, step_size and steps "
+                             "must be >= 0 (the paper: epsilon = step_size = 8, steps = 20)")
         if len(self.con_weights) != 2:
             raise ValueError(f"con_weights must be (w_loc, w_cls), got {self.con_weights}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import zipfile
 from dataclasses import dataclass
 
@@ -86,6 +87,33 @@ def _move_aside(prefix: str) -> str:
         if name.startswith(f"{base}.") and os.path.isfile(os.path.join(directory, name)):
             move_aside(os.path.join(directory, name), target)
     return target
+
+
+_TEMPORARY = re.compile(r"^(?:.+-\d+_temp|checkpoint\.tmp[0-9a-f]+)$")
+"""What TensorFlow's checkpoint writer keeps while it writes (``ckpt-N_temp/``, ``checkpoint.tmp<hex>``) and leaves
+behind when the writer is killed."""
+
+
+def has_intact_checkpoint(directory: str) -> bool:
+    """Whether ``directory`` holds a checkpoint that reads whole (reads only: nothing is moved)."""
+    if not os.path.isdir(directory):
+        return False
+    return any(damage(prefix) is None for prefix in _checkpoint_prefixes(directory))
+
+
+def remove_temporaries(directory: str) -> list[str]:
+    """Remove the temporary entries a killed checkpoint write left in ``directory``; returns their names.  Only
+    under the workdir's lock: a live writer's entries look the same."""
+    if not os.path.isdir(directory):
+        return []
+    found = sorted(name for name in os.listdir(directory) if _TEMPORARY.match(name))
+    for name in found:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    return found
 
 
 def sort_out(directory: str) -> tuple[list[tuple[str, int]], list[Damaged]]:

@@ -131,6 +131,11 @@ def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Ma
     if result["pgd"]["steps"] < 0 or result["dag"]["steps"] < 0:
         raise ValueError(f"protocol steps must be >= 0; got pgd.steps={result['pgd']['steps']}, "
                          f"dag.steps={result['dag']['steps']}.")
+    negative = [f"pgd.{k}={result['pgd'][k]}" for k in ("epsilon", "step_size") if float(result["pgd"][k]) < 0]
+    if negative:
+        raise ValueError(f"protocol {', '.join(negative)} is negative: the L∞ budget and step of every PGD column "
+                         "must be >= 0 (the paper: pgd.epsilon = pgd.step_size = 8; set them with "
+                         "--config.eval.overrides.pgd.epsilon=8).")
     if not result["dag"]["faithful"] and result["dag"]["epsilon"] is None:
         raise ValueError("protocol dag.faithful=False (bounded DAG) needs dag.epsilon, e.g. 8.0.")
     return result

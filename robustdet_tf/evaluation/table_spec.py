@@ -18,7 +18,14 @@ from typing import Any
 import tensorflow as tf
 
 from robustdet_tf.evaluation.bootstrap import BootstrapSpec
-from robustdet_tf.evaluation.protocol import ATTACKS, PAPER_ATTACKS, make_protocol
+from robustdet_tf.evaluation.protocol import (
+    ATTACKS,
+    PAPER_ATTACKS,
+    PGD_METHODS,
+    attack_spec,
+    dag_spec,
+    make_protocol,
+)
 
 CONFIG_KEYS = ("attacks", "protocol", "overrides", "sample_images", "sample_score_threshold", "sample_top_n",
                "shard_batches", "shard_timeout", "bootstrap", "transfer_source")
@@ -73,9 +80,25 @@ class TableSpec:
         if unknown or not self.attacks:
             raise ValueError(f"evaluate_robustness: unknown attack(s) {unknown} (or none given); choose from "
                              f"{ATTACKS}.")
+        self._check_columns()
         if self.shard_batches is not None and int(self.shard_batches) < 1:
             raise ValueError(f"evaluate_robustness: shard_batches must be >= 1 (or None: one shard), got "
                              f"{self.shard_batches}.")
+
+    def _check_columns(self) -> None:
+        """Build every column's attack settings once, so a value no attack can use (a negative ε, say) is refused
+        before the table writes anything, not after its first cell."""
+        try:
+            protocol = self.resolved_protocol()
+            for name in self.attacks:
+                column = "A_cls" if name == "Transfer" else name  # Transfer replays the source model's A_cls
+                if column in PGD_METHODS:
+                    attack_spec(column, protocol)
+                elif column == "DAG":
+                    dag_spec(protocol)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"config.eval cannot run the table {list(self.attacks)}: {err} Nothing was "
+                             "written.") from None
 
     @classmethod
     def from_config(cls, settings: Mapping[str, Any], **changes) -> TableSpec:
