@@ -311,11 +311,13 @@ def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[st
 
 
 def _write(table: _Table, results: dict[str, Any]) -> None:
-    """``robustness.json``, ``robustness.md``, the bar plot; then the shards go (the table is final)."""
-    write_text(os.path.join(table.output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
+    """``robustness.md`` and the bar plot, then ``robustness.json``, then the shards go.  The JSON is the mark of a
+    finished table (``sharded.is_unfinished``), so it comes after the other files: a run killed before it leaves a
+    table that the same command resumes from its shards and finishes in place."""
     write_text(os.path.join(table.output_dir, "robustness.md"), markdown_table(results))
     if table.spec.plots:
         plot_bars(results, os.path.join(table.output_dir, "robustness_bars.png"))
+    write_text(os.path.join(table.output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
     shutil.rmtree(sharded.shards_root(table.output_dir), ignore_errors=True)
 
 

@@ -49,6 +49,32 @@ def test_cli_resumes_an_unfinished_table(tmp_path, monkeypatch):
         cli.run_evaluate(config, str(tmp_path), models=models, printer=quiet)
 
 
+@pytest.mark.slow
+def test_a_table_killed_while_writing_its_files_is_finished_in_place_by_the_same_command(tmp_path, monkeypatch):
+    config = tiny_config()
+    models = {"tiny": SSD(**{**TINY_SSD, "num_classes": config.model.num_classes}, max_detections=20)}
+    quiet = lambda *_: None  # noqa: E731
+    folder = tmp_path / "killed"
+    real = robustness.write_text
+
+    def killed_at_the_json(path, text):
+        if path.endswith("robustness.json"):
+            raise Interrupt("killed before robustness.json")
+        real(path, text)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(robustness, "write_text", killed_at_the_json)
+        with pytest.raises(Interrupt):
+            cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(folder), printer=quiet)
+    assert (folder / "robustness.md").exists() and not (folder / "robustness.json").exists()
+    assert sharded.is_unfinished(folder)  # the same command resumes it instead of refusing the folder
+    calls = counting_steps(monkeypatch)
+    finished = cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(folder), printer=quiet)
+    assert calls == {}  # every cell came from its shards: nothing was attacked again
+    assert finished == json.loads((folder / "robustness.json").read_text())
+    assert (folder / "robustness.md").read_text() == robustness.markdown_table(finished)
+
+
 def test_eval_strategy_names(monkeypatch):
     from ml_collections import ConfigDict
 

@@ -86,3 +86,34 @@ def test_refusals_leave_nothing_behind(ssd, tmp_path):
         export_all(ssd, tmp_path / "partly")
     assert sorted(os.listdir(tmp_path / "partly")) == ["model_float32.json"]  # checked before writing anything
     assert sorted(os.listdir(tmp_path)) == ["partly"]
+
+
+def test_an_export_killed_half_way_is_completed_in_place_for_its_model_and_refused_for_another(ssd, tmp_path,
+                                                                                                monkeypatch):
+    from robustdet_tf.export import all_formats
+    from robustdet_tf.io import DestinationExistsError
+
+    out = tmp_path / "exports"
+    real = all_formats.export_tflite
+
+    def killed_after_float32(model, path, quantization, overwrite):
+        if quantization != "float32":
+            os.makedirs(out / ".model_dynamic_range.tflite.ab12cd34.tmp")  # what the killed write left
+            raise KeyboardInterrupt
+        return real(model, path, quantization=quantization, overwrite=overwrite)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(all_formats, "export_tflite", killed_after_float32)
+        with pytest.raises(KeyboardInterrupt):
+            export_all(ssd, out)
+    (out / "model_float32.json").unlink()  # and a pair cut in half
+    assert (out / "saved_model").is_dir() and (out / all_formats.UNFINISHED).exists()
+    saved = os.path.getmtime(out / "saved_model")
+    with pytest.raises(DestinationExistsError, match="unfinished export of another model"):
+        export_all(tiny_ssd(), out)  # another draw of the weights
+    paths = export_all(ssd, out)
+    assert sorted(p.name for p in out.iterdir()) == EVERY_FILE  # complete, marker and leftovers gone
+    assert os.path.getmtime(out / "saved_model") == saved  # the whole artifact was kept
+    assert paths == export_paths(out)
+    interpreter = tflite.make_interpreter(paths["tflite_dynamic_range"])
+    assert interpreter.get_input_details()[0]["shape"].tolist()[1:] == [64, 64, 3]
