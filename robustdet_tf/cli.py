@@ -12,6 +12,7 @@ them to the workdir.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Sequence
@@ -81,7 +82,14 @@ def run_evaluate(config, workdir: str, models: dict | None = None, output_dir: s
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         models = models or {os.path.basename(os.path.normpath(workdir)): load_trained_model(workdir, config)}
     folder = _evaluation_folder(output_dir, workdir, printer)
-    results = evaluate_models(config, models, folder, printer=printer, strategy=strategy)
+    try:
+        results = evaluate_models(config, models, folder, printer=printer, strategy=strategy)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(errno.ENOSPC, f"no space left on the device of {folder} while writing the evaluation "
+                      f"({err.filename or err.strerror}); free some space (df -h {folder}) and run the same command "
+                      f"with --output_dir={folder}: the table resumes from the cells and shards it finished") from None
     if results is not None:
         printer(f"robustness table, JSON and figures in {folder}")
     return results

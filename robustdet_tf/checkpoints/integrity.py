@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from robustdet_tf.io import move_aside
+from robustdet_tf.io import move_aside, write_text
 
 DAMAGED_DIR = "damaged"
 _CHECKPOINT_FILE = re.compile(r"^(?P<prefix>.+-(?P<step>\d+))\.(?:index|data-\d{5}-of-(?P<shards>\d{5}))$")
@@ -129,13 +129,24 @@ def sort_out(directory: str) -> tuple[list[tuple[str, int]], list[Damaged]]:
         else:
             damaged.append(Damaged(prefix, step, reason, _move_aside(prefix)))
     if damaged and intact:
-        tf.compat.v1.train.update_checkpoint_state(directory, intact[-1][0],
-                                                   all_model_checkpoint_paths=[p for p, _ in intact])
+        write_state(directory, [p for p, _ in intact])
     elif damaged:
         state = os.path.join(directory, "checkpoint")
         if os.path.exists(state):
             move_aside(state, os.path.join(directory, DAMAGED_DIR))
     return intact, damaged
+
+
+def write_state(directory: str, prefixes: list[str]) -> None:
+    """The ``checkpoint`` state file listing ``prefixes`` (oldest first, the last is the latest) with their
+    timestamps, so ``tf.train.CheckpointManager`` rotates them like its own: a state without timestamps (what
+    ``update_checkpoint_state`` writes by default) marks every listed checkpoint as preserved for ever."""
+    stamps = [os.path.getmtime(f"{prefix}.index") for prefix in prefixes]
+    lines = [f'model_checkpoint_path: "{os.path.basename(prefixes[-1])}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(prefix)}"' for prefix in prefixes]
+    lines += [f"all_model_checkpoint_timestamps: {stamp!r}" for stamp in stamps]
+    lines.append(f"last_preserved_timestamp: {min(stamps) - 1.0!r}")
+    write_text(os.path.join(directory, "checkpoint"), "\n".join(lines) + "\n")
 
 
 def describe(damaged: list[Damaged]) -> str:

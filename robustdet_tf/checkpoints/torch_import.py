@@ -85,10 +85,18 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
             f"reading the PyTorch checkpoint {path} needs torch: pip install -r requirements-torch.txt "
             "(or convert it to .npz of numpy arrays elsewhere)"
         ) from err
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): copy the .pth file again from where it came from; "
+                         "nothing was written")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"could not read {path} with torch.load(weights_only=True): {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint of tensors that can be read safely ({type(err).__name__}: "
+            f"{first[:200]}). Give the official RobustDet/SSD .pth (a state dict of tensors) or a .npz of numpy "
+            "arrays; files that need weights_only=False could run code while loading and are never opened that "
+            "way here. Nothing was written.") from None
     return normalise_state_dict(state, path)
 
 

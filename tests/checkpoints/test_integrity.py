@@ -102,6 +102,15 @@ def test_the_resume_after_a_damaged_checkpoint_equals_a_run_resumed_from_the_int
         np.testing.assert_array_equal(x, y)
 
 
+def test_rotation_after_a_recovery_reaches_the_checkpoints_listed_before_it(trained, tmp_path):
+    config, original = trained
+    workdir = copy_of(original, tmp_path)
+    (workdir / "checkpoints" / "ckpt-6.index").unlink()
+    train(config, workdir, 12)  # resumes from ckpt-4, saves 6, 8, 10, 12 with 2 kept
+    assert checkpoint_files(workdir) == ["ckpt-10.data-00000-of-00001", "ckpt-10.index",
+                                         "ckpt-12.data-00000-of-00001", "ckpt-12.index"]
+
+
 def test_with_no_intact_checkpoint_the_run_stops_with_one_message_and_deletes_nothing(trained, tmp_path):
     config, original = trained
     workdir = copy_of(original, tmp_path)

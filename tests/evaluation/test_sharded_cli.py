@@ -75,6 +75,24 @@ def test_a_table_killed_while_writing_its_files_is_finished_in_place_by_the_same
     assert (folder / "robustness.md").read_text() == robustness.markdown_table(finished)
 
 
+def test_a_full_disk_during_an_evaluation_names_the_folder_and_the_resume(tmp_path, monkeypatch):
+    import errno
+
+    config = tiny_config()
+    models = {"tiny": SSD(**{**TINY_SSD, "num_classes": config.model.num_classes}, max_detections=20)}
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(robustness, "write_text", full)
+    folder = tmp_path / "table"
+    with pytest.raises(OSError) as caught:
+        cli.run_evaluate(config, str(tmp_path), models=models, output_dir=str(folder), printer=lambda *_: None)
+    message = str(caught.value)
+    assert f"no space left on the device of {folder}" in message and f"--output_dir={folder}" in message
+    assert "the table resumes" in message and caught.value.errno == errno.ENOSPC
+
+
 def test_eval_strategy_names(monkeypatch):
     from ml_collections import ConfigDict
 
