@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,12 +47,27 @@ from absl import logging as absl_logging  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
 from robustdet_tf import demo  # noqa: E402
 from robustdet_tf import train as train_lib  # noqa: E402
+from robustdet_tf.analysis import mechanism as mechanism_lib  # noqa: E402
 from robustdet_tf.analysis.run import analyze_models  # noqa: E402
 from robustdet_tf.data.sources import load_source  # noqa: E402
 from robustdet_tf.evaluation.from_config import evaluate_models  # noqa: E402
 
-KEYS = ("epsilon", "adversarial_steps", "width", "seed", "eval_images")
-DEFAULT_SETTING = {"epsilon": 2.0, "adversarial_steps": 400, "width": 0.125, "seed": 0, "eval_images": 150}
+KEYS = ("epsilon", "adversarial_steps", "width", "seed", "eval_images", "variant")
+NUMERIC_KEYS = KEYS[:-1]
+DEFAULT_SETTING = {"epsilon": 2.0, "adversarial_steps": 400, "width": 0.125, "seed": 0, "eval_images": 150,
+                   "variant": "base"}
+VARIANTS = {
+    "base": {},
+    "k2": {"num_kernels": 2},
+    "no_adc": {"adc": -1},
+    "kernels_apart": {},
+}
+"""The targeted experiments on RobustDet's ingredients (the SSD and SSD-AT stages are the base's): K = 2 kernels
+instead of 4, no ``adc`` sub-batch (clean images re-run with the attacked images' mixture: the reference's, not the
+paper's), and K kernels that start apart (``KERNEL_JITTER``) instead of as identical copies of the clean SSD's."""
+KERNEL_JITTER = 0.1
+"""``kernels_apart``: every kernel k of every AAconv starts as W·(1 + 0.1·u_k), u_k uniform in [−1, 1] per
+element (drawn from the stage's seed), so the mixture changes the output from the first step on."""
 GRID = [{"width": w, "epsilon": e, "adversarial_steps": s}
         for w in (0.125, 0.25) for e in (2.0, 4.0, 8.0) for s in (400, 1600)]
 """The default search, cheapest first within a width: ε ∈ {2, 4, 8} × 400 and 1600 adversarial steps × width 1/8,
@@ -60,7 +77,16 @@ AUC_AIM = 0.9
 
 
 def setting_key(setting: dict) -> tuple:
-    return tuple(float(setting[k]) for k in KEYS)
+    """A setting's identity (lines written before variants existed are the base variant)."""
+    return tuple(float(setting[k]) for k in NUMERIC_KEYS) + (setting.get("variant", "base"),)
+
+
+def spread_kernels(model, scale: float = KERNEL_JITTER, seed: int = 0) -> None:
+    """Move the K kernels of every AAconv apart: W_k ← W_k·(1 + scale·u_k), u_k ~ U(−1, 1) per element."""
+    rng = np.random.default_rng(seed)
+    for layer in mechanism_lib._aaconv_layers(model):
+        kernel = layer.kernel.numpy()
+        layer.kernel.assign(kernel * (1.0 + scale * rng.uniform(-1.0, 1.0, kernel.shape)).astype(kernel.dtype))
 
 
 def configured(setting: dict, steps: int):
@@ -75,6 +101,11 @@ def configured(setting: dict, steps: int):
         config.eval.attacks = ("clean", "A_cls")
         config.eval.sample_images = 0
         config.analysis.batch_size = int(config.eval.batch_size)
+        variant = setting.get("variant", "base")
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)}")
+        for key, value in VARIANTS[variant].items():
+            config.robustdet.model[key] = value
     return config
 
 
@@ -92,7 +123,20 @@ def final_loss_aid(lines: list[str]) -> float | None:
 
 
 def _control_key(setting: dict) -> tuple:
-    return tuple(float(setting[k]) for k in ("epsilon", "width", "seed", "eval_images"))
+    return tuple(float(setting[k]) for k in ("epsilon", "width", "seed", "eval_images")) + (
+        setting.get("variant", "base"),)
+
+
+def _robustdet_dir(workdir: str, stage_tag: str, setting: dict) -> str:
+    variant = setting.get("variant", "base")
+    return os.path.join(workdir, f"robustdet_{stage_tag}" + ("" if variant == "base" else f"_{variant}"))
+
+
+def _prepare(setting: dict):
+    """What a fresh RobustDet start of ``setting``'s variant gets done to it (``None``: nothing)."""
+    if setting.get("variant", "base") != "kernels_apart":
+        return None
+    return lambda model: spread_kernels(model, KERNEL_JITTER, int(setting["seed"]))
 
 
 def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dict) -> dict:
@@ -108,14 +152,18 @@ def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dic
     stage_tag = f"{_tag(setting)}_e{setting['epsilon']:g}"
     models, logs = {"ssd": ssd}, []
     for name in ("ssd_at", "robustdet"):
-        stage_dir = os.path.join(workdir, f"{name}_{stage_tag}")
+        stage_dir = (_robustdet_dir(workdir, stage_tag, setting) if name == "robustdet"
+                     else os.path.join(workdir, f"{name}_{stage_tag}"))
         # a stage trained on from a shorter recorded length counts that length's seconds too
         before = seconds_so_far.get(f"{name}_s", 0.0) if os.path.isdir(os.path.join(stage_dir, "checkpoints")) else 0.0
         start = time.perf_counter()
         models[name] = demo._train_from_ssd(config, config[name], stage_dir, ssd, source,
-                                            logs.append if name == "robustdet" else quiet)
+                                            logs.append if name == "robustdet" else quiet,
+                                            prepare=_prepare(setting) if name == "robustdet" else None)
         timings[f"{name}_s"] = before + time.perf_counter() - start
-    tag = f"{stage_tag}_n{int(setting['adversarial_steps'])}_i{int(setting['eval_images'])}"
+    variant = setting.get("variant", "base")
+    tag = (f"{stage_tag}_n{int(setting['adversarial_steps'])}_i{int(setting['eval_images'])}"
+           + ("" if variant == "base" else f"_{variant}"))
     start = time.perf_counter()
     results = evaluate_models(config, models, os.path.join(workdir, f"eval_{tag}"), printer=quiet)
     timings["eval_s"] = time.perf_counter() - start
@@ -131,7 +179,7 @@ def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dic
         "robustdet_minus_ssd_at_clean": demo.paired_difference(results, "clean", "robustdet", "ssd_at"),
     }
     record = {
-        "bench": "mechanism", **{k: setting[k] for k in KEYS},
+        "bench": "mechanism", **{k: setting[k] for k in KEYS}, "robustdet_model": VARIANTS[variant],
         "aid_auc": diag["aid_auc"], "aid_auc_ci_low": diag.get("aid_auc_ci_low"),
         "aid_auc_ci_high": diag.get("aid_auc_ci_high"), "auc_score": diag["score"],
         "kernel_spread": diag["kernel_spread"], "pi_shift": diag["pi_shift"],
@@ -161,7 +209,11 @@ def start_control(setting: dict, workdir: str) -> dict:
     stage = demo.stage_config(config, dict(config.robustdet.model), dict(config.robustdet.train))
     train_lib.seed_run(stage)
     start = train_lib.model_from_ssd(ssd, stage)
-    folder = os.path.join(workdir, f"control_{_tag(setting)}_e{setting['epsilon']:g}_i{int(setting['eval_images'])}")
+    prepare = _prepare(setting)
+    if prepare is not None:
+        prepare(start)
+    folder = os.path.join(workdir, f"control_{_tag(setting)}_e{setting['epsilon']:g}_i{int(setting['eval_images'])}_"
+                          f"{setting.get('variant', 'base')}")
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(folder)
@@ -222,10 +274,10 @@ def plan(settings: list[dict]) -> list[dict]:
             raise SystemExit(f"unknown setting key(s) {unknown}; use {KEYS}")
         full.append({**DEFAULT_SETTING, **update})
     order = {}
+    group = lambda s: (s["width"], s["seed"], s["epsilon"], s["eval_images"], s["variant"])  # noqa: E731
     for s in full:
-        order.setdefault((s["width"], s["seed"], s["epsilon"], s["eval_images"]), len(order))
-    return sorted(full, key=lambda s: (order[(s["width"], s["seed"], s["epsilon"], s["eval_images"])],
-                                       s["adversarial_steps"]))
+        order.setdefault(group(s), len(order))
+    return sorted(full, key=lambda s: (order[group(s)], s["adversarial_steps"]))
 
 
 def main(argv=None) -> list[dict]:
@@ -244,7 +296,7 @@ def main(argv=None) -> list[dict]:
                 if "aid_auc_at_start" in r}
     out, seconds = [], {}
     for setting in settings:
-        group = (setting["width"], setting["seed"], setting["epsilon"])
+        group = (setting["width"], setting["seed"], setting["epsilon"], setting["variant"])
         if setting_key(setting) in done:
             record = done[setting_key(setting)]
             print(f"already recorded: {json.dumps({k: setting[k] for k in KEYS})}", file=sys.stderr, flush=True)

@@ -107,14 +107,17 @@ def claim_line(name: str, claim: Mapping[str, Any]) -> str:
     return f"{name}: {claim['value']:+.1f} points{interval} → {verdict}"
 
 
-def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer):
-    """One stage started from the clean SSD (expanded or copied) unless its folder already holds checkpoints."""
+def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer, prepare=None):
+    """One stage started from the clean SSD (expanded or copied) unless its folder already holds checkpoints;
+    ``prepare(model)`` may change a fresh start in place (the regime search's "kernels start apart")."""
     stage_cfg = stage_config(config, dict(stage.model), dict(stage.train))
     # without an intact checkpoint (none yet, or the first one's write died) the stage starts from the clean SSD
     fresh = not integrity.has_intact_checkpoint(os.path.join(stage_dir, "checkpoints"))
     if fresh:
         train_lib.seed_run(stage_cfg)  # the AID's initial weights follow the stage's seed
     init = train_lib.model_from_ssd(ssd, stage_cfg) if fresh else None
+    if init is not None and prepare is not None:
+        prepare(init)
     how = "K copies of every kernel" if stage_cfg.model.get("kind", "ssd") == "robustdet" else "its weights copied"
     return train_lib.train_in_workdir(stage_cfg, stage_dir, model=init, source=source, printer=printer,
                                       origin=f"the demo's clean SSD ({how})")

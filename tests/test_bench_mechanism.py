@@ -98,3 +98,30 @@ def test_the_tradeoff_picture_is_a_png(tmp_path):
     per_seed = [{"seed": s, "table": {"ssd": row, "ssd_at": row}} for s in range(3)]
     study.tradeoff_figure(per_seed, str(tmp_path / "t.png"), "title")
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_change_only_robustdet_and_kernels_apart_start_apart():
+    import keras
+
+    from robustdet_tf.analysis.mechanism import kernel_spread
+    from robustdet_tf.models.robustdet import RobustDet
+    from robustdet_tf.models.ssd import SSD
+    from tests.conftest import TINY_SSD
+
+    bench = _load("mechanism")
+    base = bench.configured(bench.DEFAULT_SETTING, 400)
+    k2 = bench.configured({**bench.DEFAULT_SETTING, "variant": "k2"}, 400)
+    assert k2.robustdet.model.num_kernels == 2 and base.robustdet.model.num_kernels == 4
+    assert k2.ssd_at.to_dict() == base.ssd_at.to_dict() and k2.model.to_dict() == base.model.to_dict()
+    assert bench.configured({**bench.DEFAULT_SETTING, "variant": "no_adc"}, 400).robustdet.model.adc == -1
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.configured({**bench.DEFAULT_SETTING, "variant": "k3"}, 400)
+    assert bench.setting_key({**bench.DEFAULT_SETTING}) == bench.setting_key(
+        {k: v for k, v in bench.DEFAULT_SETTING.items() if k != "variant"})  # old lines are the base variant
+    keras.utils.set_random_seed(0)
+    model = RobustDet.from_ssd(SSD(**TINY_SSD), num_kernels=4, aid_width=4)
+    assert kernel_spread(model)["mean"] == pytest.approx(0.0, abs=1e-7)
+    bench.spread_kernels(model, 0.1, seed=0)
+    # u uniform in [-1, 1]: each kernel's relative deviation from the mean is about 0.1 * sqrt(1/3 * 3/4) = 0.05
+    assert 0.04 < kernel_spread(model)["mean"] < 0.06
+    assert bench._prepare({**bench.DEFAULT_SETTING}) is None
