@@ -24,7 +24,7 @@ from robustdet_tf import demo
 from robustdet_tf import train as train_lib
 from robustdet_tf.analysis.run import analyze_models
 from robustdet_tf.checkpoints import backbone, integrity
-from robustdet_tf.checkpoints.torch_import import import_checkpoint, read_state_dict
+from robustdet_tf.checkpoints.torch_import import CheckpointMismatchError, import_checkpoint, read_state_dict
 from robustdet_tf.distribution import num_workers
 from robustdet_tf.evaluation.from_config import attack_dataset, eval_strategy, evaluate_models
 from robustdet_tf.evaluation.sharded import is_unfinished
@@ -178,12 +178,29 @@ def run_import(config, workdir: str, checkpoint: str | None, printer=print) -> s
     if backbone.is_vgg_backbone_state(state):  # ssd.pytorch's vgg16_reducedfc.pth: a fresh model on that trunk
         model = backbone.model_with_backbone(config.model, state, checkpoint)
     else:
-        model = import_checkpoint(state, config.model)
+        model = _import_or_expand(state, config, checkpoint, printer)
     # the record first: a kill between the two leaves a folder of ours without a model, which the import refills
     train_lib.write_json_atomically(train_lib.model_config_dict(config), os.path.join(workdir, train_lib.MODEL_RECORD))
     train_lib.save_model_atomically(model, path)
     printer(f"imported {checkpoint} into {path}")
     return path
+
+
+def _import_or_expand(state, config, checkpoint: str, printer) -> keras.Model:
+    """The checkpoint in the configured model; a clean SSD checkpoint given with a RobustDet config is expanded into
+    it (K identical kernels per convolution, the AID and any CFR parts fresh: how the reference starts RobustDet)."""
+    try:
+        return import_checkpoint(state, config.model)
+    except CheckpointMismatchError as mismatch:
+        if config.model.get("kind", "ssd") != "robustdet":
+            raise
+        try:
+            model = import_checkpoint(state, config.model, expand_clean_ssd=True)
+        except CheckpointMismatchError:
+            raise mismatch from None
+    printer(f"{checkpoint} is a clean SSD checkpoint: expanded into the configured RobustDet (K identical kernels "
+            "per convolution; the AID and any CFR parts start fresh). Train it with --mode=train in this workdir.")
+    return model
 
 
 def run_demo(config, workdir: str, printer=print) -> dict:

@@ -101,6 +101,12 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------------------------- load / dump
+def _some(items: list, shown: int = 5) -> str:
+    """The first ``shown`` items and how many more (a mismatch of a whole model lists hundreds of keys)."""
+    head = ", ".join(str(item) for item in items[:shown])
+    return head + (f" … and {len(items) - shown} more" if len(items) > shown else "")
+
+
 def _assign(entries: Mapping[str, tuple[Any, str]], state: Mapping[str, np.ndarray], what: str, ignored=()) -> None:
     """Check every key and shape first (all problems in one error), then assign."""
     ignored = set(ignored)
@@ -122,16 +128,16 @@ def _assign(entries: Mapping[str, tuple[Any, str]], state: Mapping[str, np.ndarr
     if unknown or missing or wrong:
         parts = []
         if unknown:
-            parts.append(f"{len(unknown)} unknown key(s): {unknown}")
+            parts.append(f"{len(unknown)} unknown key(s): {_some(unknown)}")
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {missing}")
+            parts.append(f"{len(missing)} missing key(s): {_some(missing)}")
         if wrong:
-            parts.append(f"{len(wrong)} wrong shape(s) (PyTorch layout): {wrong}")
+            parts.append(f"{len(wrong)} wrong shape(s) (PyTorch layout): {_some(wrong)}")
         raise CheckpointMismatchError(
             f"{what}: the checkpoint does not fit the model. " + "; ".join(parts) + ". Check that the model config "
             "(kind ssd/robustdet, cfr, num_kernels, num_classes, width, extras) is the one the checkpoint was "
-            "trained with; a clean SSD checkpoint goes into a RobustDet through import_checkpoint(..., "
-            "expand_clean_ssd=True)."
+            "trained with (--config=configs/... and --config.model.<key>=...); --mode=import expands a clean SSD "
+            "checkpoint into a RobustDet config by itself."
         )
     for key, (variable, layout) in entries.items():
         variable.assign(to_keras_layout(state[key], layout).astype(variable.dtype))

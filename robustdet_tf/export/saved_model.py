@@ -85,8 +85,16 @@ def raw_archive(model: keras.Model, endpoint: str, batch_size: int | None) -> ke
 
 
 def serving_detections(model: keras.Model, images: tf.Tensor, max_detections: int) -> dict[str, tf.Tensor]:
-    """uint8 images of any size → OD-API detections of the model at its own input size."""
+    """uint8 images of any size → OD-API detections of the model at its own input size.  An empty batch (or an
+    image of no pixels) is refused with a message naming the signature and what it takes (RobustDet's per-image
+    convolution would fail on it with a message about filter depths)."""
     size = model.image_size
+    shape = tf.shape(images)
+    check = tf.debugging.assert_positive(
+        shape[:3], message="serving_default takes a batch of at least one uint8 image [N >= 1, H >= 1, W >= 1, 3]; "
+        "it was given an empty batch or an image without pixels")
+    with tf.control_dependencies([check]):
+        images = tf.identity(images)
     pixels = tf.image.resize(tf.cast(images, tf.float32), [size, size], method="bilinear", antialias=False)
     return model.postprocess(model(pixels, training=False), max_detections=max_detections)
 

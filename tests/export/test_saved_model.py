@@ -49,6 +49,10 @@ def _check_export(model, path):
     resized = tf.image.resize(other.astype(np.float32), [64, 64], method="bilinear", antialias=False)
     _assert_detections_equal(serve(images=tf.constant(other)), model.detect(resized, max_detections=100))
 
+    for empty in ((0, 64, 64, 3), (1, 0, 64, 3)):  # a batch of no image, an image of no pixels
+        with pytest.raises(tf.errors.InvalidArgumentError, match="serving_default takes a batch of at least one"):
+            serve(images=tf.constant(np.zeros(empty, np.uint8)))
+
     pixels = images.astype(np.float32)
     raw = loaded.signatures["raw"](images=tf.constant(pixels))
     want = model(pixels, training=False)
