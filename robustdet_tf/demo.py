@@ -29,6 +29,8 @@ from robustdet_tf.analysis.run import CHEAP_FIGURES, analyze_models
 from robustdet_tf.checkpoints import integrity
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation.from_config import evaluate_models
+from robustdet_tf.evaluation.table_spec import TableSpec
+from robustdet_tf.workdir import check_training_settings
 
 
 def stage_config(config, model_updates: dict, train_updates: dict):
@@ -156,9 +158,14 @@ def run(config, workdir: str, printer=print, diagnostics_stage: bool = True) -> 
     """The demo's stages in ``workdir``: the clean SSD, every adversarial stage the config has, the robustness table
     with its claims, and (``diagnostics_stage``) the cheap diagnostics.  Returns the results, claims and findings."""
     start = time.time()
+    stages = [name for name in ADVERSARIAL_STAGES if name in config]
+    # every stage's training settings and the table's attack settings are checked before the first stage trains
+    for stage in [stage_config(config, {}, {})] + [stage_config(config, dict(config[name].model),
+                                                                dict(config[name].train)) for name in stages]:
+        check_training_settings(stage)
+    TableSpec.from_config(config.eval)
     os.makedirs(workdir, exist_ok=True)
     train_source = load_source(config.data, "train")
-    stages = [name for name in ADVERSARIAL_STAGES if name in config]
     total = 2 + len(stages) + int(diagnostics_stage)
 
     printer(f"== 1/{total} clean SSD ==")

@@ -159,12 +159,15 @@ def test_the_study_adds_robustdet_without_l_aid_and_can_skip_the_diagnostics(rec
     assert not any(c[0] == "analyze" for c in recorded) and out["findings"] == []
 
 
-def test_a_stage_with_checkpoints_resumes_instead_of_expanding_again(recorded, tmp_path):
-    (tmp_path / "robustdet" / "checkpoints").mkdir(parents=True)
+def test_a_stage_with_an_intact_checkpoint_resumes_and_one_whose_first_write_died_starts_again(recorded, tmp_path):
+    import tensorflow as tf
+
+    tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(tmp_path / "robustdet" / "checkpoints" / "ckpt-200"))
+    (tmp_path / "ssd_at" / "checkpoints" / "ckpt-200_temp").mkdir(parents=True)  # killed in its first save
     demo.run(demo_config.get_config(), str(tmp_path), printer=lambda *_: None)
     trains = {c[1]: c for c in recorded if c[0] == "train"}
-    assert trains["robustdet"][3] is None  # resumes from its own checkpoints
-    assert trains["ssd_at"][3] == "init<model<ssd>|ssd>"
+    assert trains["robustdet"][3] is None  # resumes from its own checkpoint
+    assert trains["ssd_at"][3] == "init<model<ssd>|ssd>"  # starts from the clean SSD, not from random weights
     assert [c[2].model.get("kind", "ssd") for c in recorded if c[0] == "expand"] == ["ssd"]
 
 
@@ -176,3 +179,17 @@ def test_the_demo_config_evaluates_the_transfer_column_at_its_own_budget():
     for stage in ("robustdet", "ssd_at"):  # the training attack has the evaluation's budget
         adversarial = config[stage].model.adversarial
         assert adversarial["epsilon"] == adversarial["step_size"] == demo_config.EPSILON
+
+
+def test_bad_stage_or_table_settings_are_refused_before_the_first_stage_trains(recorded, tmp_path):
+    from robustdet_tf.workdir import BadTrainingSettingError
+
+    config = demo_config.get_config()
+    config.ssd_at.train.learning_rate = -1.0
+    with pytest.raises(BadTrainingSettingError, match="config.train.learning_rate=-1.0"):
+        demo.run(config, str(tmp_path / "a"))
+    config = demo_config.get_config()
+    config.eval.overrides = {**config.eval.overrides.to_dict(), "pgd": {"epsilon": -2.0}}
+    with pytest.raises(ValueError, match="pgd.epsilon=-2.0 is negative"):
+        demo.run(config, str(tmp_path / "b"))
+    assert recorded == [] and not any(tmp_path.iterdir())  # nothing trained, nothing written
