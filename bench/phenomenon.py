@@ -53,11 +53,14 @@ from robustdet_tf.evaluation.report import save_figure_atomic  # noqa: E402
 ROBUSTDET_VARIANTS = ("robustdet", "robustdet_no_aid", "robustdet_paper")
 
 
-def study_config(seed: int, regime: dict | None = None, paper_variant: bool = False):
+def study_config(seed: int, regime: dict | None = None, paper_variant: bool = False,
+                 attacks: tuple[str, ...] | None = None):
     """The demo config for one seed at ``regime`` (``with_regime`` keys), with the RobustDet-without-L_aid stage
-    and, with ``paper_variant``, the paper's RobustDet."""
+    and, with ``paper_variant``, the paper's RobustDet; ``attacks`` replaces the table's columns."""
     config = demo_config.get_config()
     with config.unlocked():
+        if attacks:
+            config.eval.attacks = tuple(attacks)
         config.train.seed = int(seed)
         config.robustdet_no_aid = copy.deepcopy(config.robustdet)
         config.robustdet_no_aid.model.aid_weight = 0.0
@@ -147,8 +150,8 @@ def _version() -> str:
         return "unknown"
 
 
-def recorded_seeds(path: str | None, regime: dict, models: list[str]) -> dict[int, dict]:
-    """The seeds ``path`` already holds for this regime and model set (torn lines are ignored)."""
+def recorded_seeds(path: str | None, regime: dict, models: list[str], attacks: list[str]) -> dict[int, dict]:
+    """The seeds ``path`` already holds for this regime, model set and table (torn lines are ignored)."""
     found = {}
     if path and os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
@@ -157,7 +160,7 @@ def recorded_seeds(path: str | None, regime: dict, models: list[str]) -> dict[in
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if record.get("regime") == regime and record.get("models") == models:
+                if (record.get("regime"), record.get("models"), record.get("attacks")) == (regime, models, attacks):
                     found[int(record["seed"])] = record
     return found
 
@@ -171,6 +174,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--paper-variant", action="store_true", help="add RobustDet as the paper writes it")
     parser.add_argument("--out", default=None, help="JSON-lines file: one line per finished seed (resumed)")
     parser.add_argument("--figure", default=None, help="PNG of clean against A_cls mAP per model and seed")
+    parser.add_argument("--attacks", default=None, help="comma-separated table columns (default: the demo's); "
+                        "the claims need clean and A_cls, CWA and the lowest cell use what is there")
     args = parser.parse_args(argv)
     regime = json.loads(args.regime)
     unknown = sorted(set(regime) - set(demo_config.REGIME_KEYS))
@@ -178,9 +183,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--regime has unknown key(s) {unknown}; use {demo_config.REGIME_KEYS}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     start = time.time()
-    config = study_config(0, regime, args.paper_variant)
+    attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else None
+    config = study_config(0, regime, args.paper_variant, attacks)
     models = ["ssd", *[name for name in demo.EVALUATION_ORDER if name in config]]
-    done = recorded_seeds(args.out, regime, models)
+    done = recorded_seeds(args.out, regime, models, list(config.eval.attacks))
     seeds = []
     for seed in range(args.seeds):
         if seed in done:
@@ -188,14 +194,15 @@ def main(argv=None) -> dict:
             seeds.append(done[seed])
             continue
         began = time.time()
-        seed_config = study_config(seed, regime, args.paper_variant)
+        seed_config = study_config(seed, regime, args.paper_variant, attacks)
         folder = os.path.join(args.workdir, f"seed_{seed}")
         out = demo.run(seed_config, folder, printer=lambda line: print(line, file=sys.stderr, flush=True),
                        diagnostics_stage=False)
         trained = {name: load_model_file(os.path.join(folder, name, "model.keras"))
                    for name in ROBUSTDET_VARIANTS if name in seed_config}
         record = {
-            "bench": "phenomenon", "regime": regime, "models": models, "seed": seed,
+            "bench": "phenomenon", "regime": regime, "models": models, "attacks": list(seed_config.eval.attacks),
+            "seed": seed,
             "num_images": int(seed_config.data.eval_images),
             "table": table_of(out["results"]),
             "claims": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()}

@@ -85,11 +85,14 @@ def test_finished_settings_and_seeds_are_read_back_and_a_torn_line_is_not(tmp_pa
     assert bench.final_loss_aid(["step 1/2 loss=3"]) is None
     study = _load("phenomenon")
     seeds = tmp_path / "p.jsonl"
-    lines = [{"regime": {"epsilon": 4}, "models": ["ssd"], "seed": 0}, {"regime": {}, "models": ["ssd"], "seed": 1}]
+    lines = [{"regime": {"epsilon": 4}, "models": ["ssd"], "attacks": ["clean"], "seed": 0},
+             {"regime": {}, "models": ["ssd"], "attacks": ["clean"], "seed": 1}]
     seeds.write_text("".join(json.dumps(line) + "\n" for line in lines) + "{torn")
-    assert list(study.recorded_seeds(str(seeds), {"epsilon": 4}, ["ssd"])) == [0]
-    assert study.recorded_seeds(str(seeds), {"epsilon": 4}, ["ssd", "ssd_at"]) == {}
-    assert study.recorded_seeds(None, {}, ["ssd"]) == {}
+    assert list(study.recorded_seeds(str(seeds), {"epsilon": 4}, ["ssd"], ["clean"])) == [0]
+    assert study.recorded_seeds(str(seeds), {"epsilon": 4}, ["ssd", "ssd_at"], ["clean"]) == {}
+    assert study.recorded_seeds(str(seeds), {"epsilon": 4}, ["ssd"], ["clean", "A_cls"]) == {}
+    assert study.recorded_seeds(None, {}, ["ssd"], ["clean"]) == {}
+    assert study.study_config(0, attacks=("clean", "A_cls")).eval.attacks == ("clean", "A_cls")
 
 
 def test_the_tradeoff_picture_is_a_png(tmp_path):

@@ -215,6 +215,10 @@ def test_analyze_writes_every_figure_for_the_models_of_a_workdir(tmp_path):
     assert any(f.startswith("finding: AID separation of A_cls from clean images") and "robustdet" in f
                for f in findings)
     assert any(f.startswith("finding: kernel spread") for f in findings)
+    checked = json.loads((out / "gradient_check.json").read_text())
+    assert set(checked) == {"ssd", "ssd_at", "robustdet"} and checked["ssd"]["num_images"] == 2
+    assert checked["ssd"]["steps"] == 1 and len(checked["robustdet"]["mean_loss_by_step"]) == 2
+    assert any(f.startswith("finding: gradient check under A_cls (2 images, 1 PGD steps") for f in findings)
     # A named output folder that holds results is refused: nothing is overwritten.
     again = run_main(f"--workdir={tmp_path}", *TINY_ANALYZE, f"--output_dir={out}")
     assert again.returncode == 1 and "already holds results" in again.stderr and "Traceback" not in again.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from robustdet_tf.analysis.gradient_check import finding as gradient_finding
 from robustdet_tf.analysis.mechanism import finding as mechanism_finding
 
 
@@ -63,6 +64,8 @@ def findings(summaries: Mapping[str, Mapping[str, Any]], settings: Mapping[str, 
             shown = [counts[0], counts[-1]] if len(counts) > 1 else counts
             lines.append(f"mAP (%) at {' / '.join(map(str, shown))} PGD steps of {a}: " + _per_model(
                 {n: " / ".join(f"{100 * s[a][c]:.1f}" for c in shown) for n, s in sweep.items()}))
+    if summaries.get("gradient_check"):
+        lines += gradient_finding(summaries["gradient_check"], attack)
     if summaries.get("mechanism"):
         lines += mechanism_finding(summaries["mechanism"], attack)
     return lines

@@ -10,6 +10,8 @@ and one PNG:
 * ``entanglement.json`` / ``fig4_entanglement.png`` (``entanglement.py``),
 * ``attack_statistics.json`` / ``fig5_loss_changes.png`` and ``fig7c_confidence.png`` (``confidence.py``),
 * ``step_sweep.json`` / ``fig7ab_step_sweep.png`` (``step_sweep.py``),
+* ``gradient_check.json``: per model, the images whose input gradient is zero or NaN/inf and whether the attack's
+  loss rises along its PGD steps (``gradient_check.py``),
 * ``mechanism.json`` / ``mechanism_separation.png``: whether RobustDet's mechanism runs, i.e. the AID's separation
   of attacked from clean images, the kernels' spread and π's shift (``mechanism.py``), on ``mechanism_images``
   evaluation images (0: all of them) with the table's bootstrap intervals,
@@ -26,7 +28,15 @@ from typing import Any
 
 import keras
 
-from robustdet_tf.analysis import confidence, entanglement, loss_conflict, mechanism, plots, step_sweep
+from robustdet_tf.analysis import (
+    confidence,
+    entanglement,
+    gradient_check,
+    loss_conflict,
+    mechanism,
+    plots,
+    step_sweep,
+)
 from robustdet_tf.analysis.findings import findings
 from robustdet_tf.analysis.records import write_json
 from robustdet_tf.attacks.model_protocol import has_aid
@@ -35,11 +45,11 @@ from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import check_labels_fit
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation.evaluate import attack_targets, make_metric
-from robustdet_tf.evaluation.protocol import attack_spec, make_attack
+from robustdet_tf.evaluation.protocol import PGD_METHODS, attack_spec, make_attack
 from robustdet_tf.evaluation.table_spec import TableSpec
 
-FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep", "mechanism")
-CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "mechanism")
+FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep", "mechanism", "gradient_check")
+CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "mechanism", "gradient_check")
 """What the demo runs: one attack per image and model; the step sweep costs max(sweep_steps) steps per attack."""
 
 DEFAULT_SETTINGS: dict[str, Any] = dict(
@@ -150,6 +160,12 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
             specs = {a: attack_spec(a, protocol) for a in settings["sweep_attacks"]}
             summaries["step_sweep"][name] = step_sweep.step_sweep(model, batches, specs, settings["sweep_steps"],
                                                                   metric)
+        if "gradient_check" in figures:
+            checked = settings["attack"] if settings["attack"] in PGD_METHODS else "A_cls"  # DAG has no PGD step
+            raw["gradient_check"][name] = result = gradient_check.gradient_check(
+                model, batches, attack_spec(checked, protocol))
+            summaries["gradient_check"][name] = {"attack": checked,
+                                                 **{k: v for k, v in result.items() if k != "per_image"}}
         if "mechanism" in figures:
             pairs = ([(images, attack_model(images, targets)) for images, targets in mechanism_batches]
                      if has_aid(model) else [])
@@ -184,6 +200,8 @@ def _write(output_dir: str, summaries: Mapping[str, Any], raw: Mapping[str, Any]
     if "step_sweep" in summaries:
         write_json(out("step_sweep.json"), summaries["step_sweep"])
         plots.plot_step_sweep(summaries["step_sweep"], out("fig7ab_step_sweep.png"))
+    if "gradient_check" in summaries:
+        write_json(out("gradient_check.json"), summaries["gradient_check"])
     if "mechanism" in summaries:
         write_json(out("mechanism.json"), summaries["mechanism"])
         if any(r.get("has_aid") for r in raw["mechanism"].values()):
