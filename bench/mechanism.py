@@ -18,7 +18,8 @@ Each line holds ``epsilon``, ``adversarial_steps``, ``width``, ``seed``, ``eval_
 the AID loss at the end of training, the table's cells, the paired differences ``ssd_at_minus_ssd_A_cls``,
 ``robustdet_minus_ssd_at_A_cls``, ``robustdet_minus_ssd_at_clean`` (mAP points, ``{"value", "ci_low",
 "ci_high"}``), the chance level of the separation (``aid_auc_at_start``: the same diagnostics of RobustDet as its
-stage starts, ``start_control``), ``meets_aim`` (``aid_auc ≥ 0.9`` and ``ssd_at_minus_ssd_A_cls.ci_low > 0``), the
+stage starts, ``start_control``), the separation of A_cls images made on the clean SSD (``aid_auc_transfer``: an
+attack that cannot steer π), ``meets_aim`` (``aid_auc ≥ 0.9`` and ``ssd_at_minus_ssd_A_cls.ci_low > 0``), the
 seconds of every part (the adversarial stages cumulative over the resumed lengths) and the version and machine.
 
     python bench/mechanism.py [--workdir runs/mechanism] [--out bench/results/mechanism.jsonl]
@@ -38,6 +39,7 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,6 +51,7 @@ from robustdet_tf import demo  # noqa: E402
 from robustdet_tf import train as train_lib  # noqa: E402
 from robustdet_tf.analysis import mechanism as mechanism_lib  # noqa: E402
 from robustdet_tf.analysis.run import analyze_models  # noqa: E402
+from robustdet_tf.checkpoints.integrity import load_model_file  # noqa: E402
 from robustdet_tf.data.sources import load_source  # noqa: E402
 from robustdet_tf.evaluation.from_config import evaluate_models  # noqa: E402
 
@@ -170,7 +173,8 @@ def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dic
     start = time.perf_counter()
     folder = os.path.join(workdir, f"mechanism_{tag}")
     os.makedirs(folder, exist_ok=True)
-    diag = analyze_models(config, {"robustdet": models["robustdet"]}, folder, figures=("mechanism",),
+    # with the clean SSD as the table's transfer source: also the separation of images it cannot steer
+    diag = analyze_models(config, {"ssd": ssd, "robustdet": models["robustdet"]}, folder, figures=("mechanism",),
                           printer=quiet)["summaries"]["mechanism"]["robustdet"]
     timings["mechanism_s"] = time.perf_counter() - start
     difference = {
@@ -184,6 +188,9 @@ def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dic
         "aid_auc_ci_high": diag.get("aid_auc_ci_high"), "auc_score": diag["score"],
         "kernel_spread": diag["kernel_spread"], "pi_shift": diag["pi_shift"],
         "pi_shift_ci_low": diag.get("pi_shift_ci_low"), "pi_shift_ci_high": diag.get("pi_shift_ci_high"),
+        "aid_auc_transfer": (diag.get("transfer") or {}).get("aid_auc"),
+        "aid_auc_transfer_ci_low": (diag.get("transfer") or {}).get("aid_auc_ci_low"),
+        "aid_auc_transfer_ci_high": (diag.get("transfer") or {}).get("aid_auc_ci_high"),
         "pi_clean_mean": [float(v) for v in diag["pi_clean_mean"]],
         "pi_adv_mean": [float(v) for v in diag["pi_adv_mean"]],
         "final_loss_aid": final_loss_aid(logs), "triplet_margin": float(config.robustdet.model["triplet_margin"]),
@@ -245,19 +252,48 @@ def recorded(path: str) -> dict[tuple, dict]:
     return done
 
 
+def transfer_separation(setting: dict, workdir: str) -> dict | None:
+    """``aid_auc_transfer`` of a recorded setting whose RobustDet stage still holds its model at that length (the
+    newest checkpoint is of that step), else ``None``."""
+    config = configured(setting, int(setting["adversarial_steps"]))
+    stage_dir = _robustdet_dir(workdir, f"{_tag(setting)}_e{setting['epsilon']:g}", setting)
+    latest = tf.train.latest_checkpoint(os.path.join(stage_dir, "checkpoints"))
+    if latest is None or int(latest.rsplit("-", 1)[1]) != int(setting["adversarial_steps"]) or not os.path.exists(
+            os.path.join(stage_dir, "model.keras")):
+        return None
+    ssd = load_model_file(os.path.join(workdir, f"ssd_{_tag(setting)}", "model.keras"))
+    robust = load_model_file(os.path.join(stage_dir, "model.keras"))
+    folder = os.path.join(workdir, f"transfer_{os.path.basename(stage_dir)}_n{int(setting['adversarial_steps'])}")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    diag = analyze_models(config, {"ssd": ssd, "robustdet": robust}, folder, figures=("mechanism",),
+                          printer=lambda _line: None)["summaries"]["mechanism"]["robustdet"]["transfer"]
+    return {"aid_auc_transfer": diag["aid_auc"], "aid_auc_transfer_ci_low": diag.get("aid_auc_ci_low"),
+            "aid_auc_transfer_ci_high": diag.get("aid_auc_ci_high")}
+
+
 def add_missing_controls(path: str, done: dict, workdir: str) -> None:
-    """Lines recorded before the start control existed get it (computed once per ε, width, seed, images, where the
-    clean SSD is still in ``workdir``); the file is rewritten atomically with them."""
-    missing = [r for r in done.values() if "aid_auc_at_start" not in r
-               and os.path.exists(os.path.join(workdir, f"ssd_{_tag(r)}", "model.keras"))]
-    if not missing:
-        return
+    """Lines recorded before the start control or the transfer separation existed get them where ``workdir``
+    still holds what they need (the clean SSD; the RobustDet stage at that length); the file is rewritten
+    atomically with them."""
+    changed = False
     found = {}
-    for record in missing:
-        key = _control_key(record)
-        if key not in found:
-            found[key] = start_control(record, workdir)
-        record.update(found[key])
+    for record in done.values():
+        if "aid_auc_at_start" not in record and os.path.exists(
+                os.path.join(workdir, f"ssd_{_tag(record)}", "model.keras")):
+            key = _control_key(record)
+            if key not in found:
+                found[key] = start_control(record, workdir)
+            record.update(found[key])
+            changed = True
+        if record.get("aid_auc_transfer") is None:
+            extra = transfer_separation({**DEFAULT_SETTING, **record}, workdir)
+            if extra is not None:
+                record.update(extra)
+                changed = True
+    if not changed:
+        return
     lines = [json.dumps(r) for r in done.values()]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:

@@ -36,7 +36,8 @@ def _cell(cells: dict, model: str, attack: str) -> str:
 
 
 def table(records: list[dict]) -> str:
-    head = ("| ε | adv. steps | width | RobustDet | AID AUC [95 %] | AUC at start | kernel spread | π shift | "
+    head = ("| ε | adv. steps | width | RobustDet | AID AUC [95 %] | AUC at start | AUC, made on SSD | kernel spread | "
+            "π shift | "
             "L_aid end | SSD clean / A_cls | SSD-AT clean / A_cls | RobustDet clean / A_cls | SSD-AT − SSD A_cls | "
             "RobustDet − SSD-AT A_cls | RobustDet − SSD-AT clean | aim |")
     rows = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
@@ -47,6 +48,7 @@ def table(records: list[dict]) -> str:
             f"{r['epsilon']:g}", str(r["adversarial_steps"]), f"{r['width']:g}", r.get("variant", "base"),
             f"{r['aid_auc']:.3f} [{r['aid_auc_ci_low']:.3f}, {r['aid_auc_ci_high']:.3f}]",
             "n/a" if start is None else f"{start:.3f}",
+            "n/a" if r.get("aid_auc_transfer") is None else f"{r['aid_auc_transfer']:.3f}",
             f"{r['kernel_spread']:.3f}", f"{r['pi_shift']:.4f}",
             "n/a" if r.get("final_loss_aid") is None else f"{r['final_loss_aid']:.3f}",
             f"{_cell(r['cells'], 'ssd', 'clean')} / {_cell(r['cells'], 'ssd', 'A_cls')}",

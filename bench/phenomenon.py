@@ -102,11 +102,12 @@ def table_of(results: dict) -> dict:
 
 
 def mechanism_of(config, models: dict, folder: str) -> dict:
-    """The mechanism diagnostics of every RobustDet variant among ``models`` (``{}`` if none), written to
-    ``folder`` (read back when a resumed seed has them already)."""
+    """The mechanism diagnostics of every RobustDet variant among ``models`` (``{}`` if none; the clean SSD, when
+    there, is the transfer source of the demo's config), written to ``folder`` (read back when a resumed seed has
+    them already)."""
     record = os.path.join(folder, "analysis.json")
-    chosen = {name: models[name] for name in ROBUSTDET_VARIANTS if name in models}
-    if not chosen:
+    chosen = {name: models[name] for name in ("ssd", *ROBUSTDET_VARIANTS) if name in models}
+    if not set(chosen) - {"ssd"}:
         return {}
     if os.path.exists(os.path.join(folder, "mechanism.json")) and os.path.exists(record):
         with open(os.path.join(folder, "mechanism.json"), encoding="utf-8") as handle:
@@ -115,7 +116,8 @@ def mechanism_of(config, models: dict, folder: str) -> dict:
         os.makedirs(folder, exist_ok=True)
         found = analyze_models(config, chosen, folder, figures=("mechanism",),
                                printer=lambda _line: None)["summaries"]["mechanism"]
-    return {name: {k: v for k, v in diag.items() if k != "kernel_spread_layers"} for name, diag in found.items()}
+    return {name: {k: v for k, v in diag.items() if k != "kernel_spread_layers"} for name, diag in found.items()
+            if name != "ssd"}
 
 
 def tradeoff_figure(per_seed: list[dict], path: str, title: str) -> None:
@@ -199,7 +201,7 @@ def main(argv=None) -> dict:
         out = demo.run(seed_config, folder, printer=lambda line: print(line, file=sys.stderr, flush=True),
                        diagnostics_stage=False)
         trained = {name: load_model_file(os.path.join(folder, name, "model.keras"))
-                   for name in ROBUSTDET_VARIANTS if name in seed_config}
+                   for name in ("ssd", *ROBUSTDET_VARIANTS) if name == "ssd" or name in seed_config}
         record = {
             "bench": "phenomenon", "regime": regime, "models": models, "attacks": list(seed_config.eval.attacks),
             "seed": seed,

@@ -212,6 +212,7 @@ def test_analyze_writes_every_figure_for_the_models_of_a_workdir(tmp_path):
     rd = mech["robustdet"]
     assert rd["num_images"] == 4 and rd["kernel_spread"] == pytest.approx(0.0, abs=1e-6)
     assert rd["aid_auc_ci_low"] <= rd["aid_auc"] <= rd["aid_auc_ci_high"] and rd["pi_shift"] >= 0
+    assert rd["transfer"]["source"] == "ssd" and 0.0 <= rd["transfer"]["aid_auc"] <= 1.0  # the demo's source
     assert any(f.startswith("finding: AID separation of A_cls from clean images") and "robustdet" in f
                for f in findings)
     assert any(f.startswith("finding: kernel spread") for f in findings)

@@ -156,8 +156,14 @@ def finding(results: dict[str, dict[str, Any]], attack: str) -> list[str]:
         return "" if low is None else f" [{low:.2f}, {high:.2f}]"
 
     n = next(iter(rows.values()))["num_images"]
+
+    def transfer(r):
+        t = r.get("transfer")
+        return "" if not t else f" (made on {t['source']}: {t['aid_auc']:.2f}{interval(t, 'aid_auc')})"
+
     return [f"AID separation of {attack} from clean images (ROC AUC of JS(π ‖ mean clean π), {n} images, 0.5 = "
-            "none): " + ", ".join(f"{name} {r['aid_auc']:.2f}{interval(r, 'aid_auc')}" for name, r in rows.items()),
+            "none): " + ", ".join(f"{name} {r['aid_auc']:.2f}{interval(r, 'aid_auc')}{transfer(r)}"
+                                  for name, r in rows.items()),
             "kernel spread (mean over AAconv layers of mean_k ‖W_k − W̄‖/‖W̄‖, 0 = identical kernels) and π shift "
             f"(mean JS(π_clean ‖ π_{attack}), nats): " + ", ".join(
                 f"{name} {r['kernel_spread']:.3g} / {r['pi_shift']:.3g}" for name, r in rows.items())]

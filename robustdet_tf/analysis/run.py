@@ -14,7 +14,9 @@ and one PNG:
   loss rises along its PGD steps (``gradient_check.py``),
 * ``mechanism.json`` / ``mechanism_separation.png``: whether RobustDet's mechanism runs, i.e. the AID's separation
   of attacked from clean images, the kernels' spread and π's shift (``mechanism.py``), on ``mechanism_images``
-  evaluation images (0: all of them) with the table's bootstrap intervals,
+  evaluation images (0: all of them) with the table's bootstrap intervals; when ``eval.transfer_source`` names one
+  of the models, also the separation of images attacked through that model (``transfer``: an attack that cannot
+  steer the AID's π, so what separates them is the AID's reading of the perturbation alone),
 
 plus ``analysis.json`` (settings, models, one-line findings).
 """
@@ -134,6 +136,9 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
     train_batch = _batches(config, "train", size, size, image_size)[1][:1] if "loss_conflict" in figures else []
     mechanism_batches = (_batches(config, "eval", size, int(settings["mechanism_images"]), image_size)[1]
                          if "mechanism" in figures else [])
+    # the AID's separation of images attacked through another model, which cannot steer π: the table's transfer
+    # source (config.eval.transfer_source) when it is one of the models
+    transfer_source, transferred = table.transfer_source, None
     summaries: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
     raw: dict[str, dict[str, Any]] = {figure: {} for figure in figures}
     for name, model in models.items():
@@ -171,6 +176,13 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
                      if has_aid(model) else [])
             raw["mechanism"][name] = result = mechanism.mechanism(model, pairs, table.bootstrap)
             summaries["mechanism"][name] = {k: v for k, v in result.items() if k != "per_image"}
+            if has_aid(model) and transfer_source in models and transfer_source != name:
+                if transferred is None:  # the source's attacked images, made once for every model with an AID
+                    made = traced_once(partial(attack, models[transfer_source]))
+                    transferred = [(images, made(images, targets)) for images, targets in mechanism_batches]
+                moved = mechanism.mechanism(model, transferred, table.bootstrap)
+                summaries["mechanism"][name]["transfer"] = {"source": transfer_source, **{
+                    k: moved.get(k) for k in ("aid_auc", "aid_auc_ci_low", "aid_auc_ci_high", "pi_shift")}}
     paths = _write(output_dir, summaries, raw, settings)
     lines = findings(summaries, settings)
     record = {"settings": settings, "protocol": protocol, "models": list(models), "num_images": count,

@@ -110,5 +110,9 @@ def test_findings_state_the_score_the_images_and_the_intervals():
     lines = findings({"mechanism": {"ssd": {"has_aid": False}, "robustdet": summary}}, DEFAULT_SETTINGS)
     assert lines[0] == ("AID separation of A_cls from clean images (ROC AUC of JS(π ‖ mean clean π), 80 images, "
                         "0.5 = none): robustdet 0.93 [0.88, 0.97]")
+    moved = {**summary, "transfer": {"source": "ssd", "aid_auc": 0.61, "aid_auc_ci_low": 0.52,
+                                     "aid_auc_ci_high": 0.7, "pi_shift": 0.001}}
+    line = findings({"mechanism": {"robustdet": moved}}, DEFAULT_SETTINGS)[0]
+    assert line.endswith("robustdet 0.93 [0.88, 0.97] (made on ssd: 0.61 [0.52, 0.70])")
     assert "robustdet 0.045 / 0.0123" in lines[1] and "ssd" not in lines[1]
     assert findings({"mechanism": {"ssd": {"has_aid": False}}}, DEFAULT_SETTINGS) == []
