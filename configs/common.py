@@ -26,7 +26,7 @@ SSD_KEYS = ("image_size", "width", "extras", "mean", "weight_decay", "match_thre
             "score_threshold", "pre_nms_top_k", "nms_iou_threshold")
 """The SSD constructor's settings a model config carries with the constructor's defaults."""
 ROBUSTDET_KEYS = ("num_kernels", "aid_width", "decoder_width", "aaconv_implementation", "adc", "triplet_margin",
-                  "triplet_hinge", "loss_weighting")
+                  "triplet_hinge", "loss_weighting", "aid_weight")
 """RobustDet's own settings a model config carries with the constructor's defaults."""
 
 
@@ -53,7 +53,7 @@ def _prior_keys(spec: PriorSpec) -> dict:
 
 
 def ssd300_model(dataset: str = "voc", num_classes: int | None = None) -> ml_collections.ConfigDict:
-    """SSD300-VGG16 exactly as the reference builds it (spec §2).
+    """SSD300-VGG16 exactly as the reference builds it (docs/reference.md#the-detector).
 
     ``num_classes=None`` derives the count from ``config.data.class_names`` (background + classes: 21 for VOC);
     ``experiment`` links the model's ``class_names`` to that key, so one flag sets the label map everywhere.
@@ -72,7 +72,7 @@ def ssd300_model(dataset: str = "voc", num_classes: int | None = None) -> ml_col
 
 
 def reference_train(steps: int, lr_steps: tuple[int, ...]) -> ml_collections.ConfigDict:
-    """SGD lr 1e-3, momentum 0.9, batch 32, step decay ×0.1 (spec §6)."""
+    """SGD lr 1e-3, momentum 0.9, batch 32, step decay ×0.1 (docs/reference.md#optimiser-and-schedule)."""
     return ml_collections.ConfigDict(
         dict(
             steps=steps,
@@ -182,7 +182,8 @@ def analysis_settings(**updates) -> ml_collections.ConfigDict:
 
 def adversarial(method: str = "mtd") -> ml_collections.ConfigDict:
     """Adversarial-training attack: the ``AttackSpec`` keys (PGD/MTD steps of ε = α = 8, renewed every 20 steps)
-    plus ``schedule`` (interleaved, spec §6.3).  ``seed`` is left out: it follows ``config.train.seed``."""
+    plus ``schedule`` (interleaved, docs/reference.md#adversarial-training).  ``seed`` is left out: it follows
+    ``config.train.seed``."""
     attack = REFERENCE_TRAINING_ATTACK if method == REFERENCE_TRAINING_ATTACK.method else AttackSpec(method)
     settings = {k: v for k, v in attack.to_dict().items() if k != "seed"}
     return ml_collections.ConfigDict(dict(settings, con_weights=tuple(settings["con_weights"]), schedule="interleaved"))
@@ -200,7 +201,7 @@ def robustdet_model(dataset: str = "voc", num_classes: int | None = None, cfr: b
 
 def adversarial_baseline(method: str) -> ml_collections.ConfigDict:
     """A train_adv.py baseline on VOC: plain SSD300, 16 clean + 16 adversarial images per step (``clean_mix``),
-    loss_l + loss_c, interleaved PGD-20 / MTD with ε = α = 8 (spec §6.5, §9).
+    loss_l + loss_c, interleaved PGD-20 / MTD with ε = α = 8 (docs/reference.md#baselines).
 
     The reference's outer loop runs 20× more optimiser steps than ``max_iter`` (2.4 M for VOC); we count optimiser
     steps, 120k by default.

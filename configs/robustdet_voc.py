@@ -1,6 +1,7 @@
 """RobustDet (K = 4, no CFR) on VOC 07+12, trained from a clean SSD300 with interleaved MTD adversarial training.
 
-Reference settings (spec §6.1): 40k optimiser steps of 16 clean + 16 adversarial (+16 adc) images, SGD lr 1e-3
+Reference settings (docs/reference.md#optimiser-and-schedule): 40k optimiser steps of 16 clean + 16 adversarial
+(+16 adc) images, SGD lr 1e-3
 (the reference's lr steps never trigger), PGD-20 / MTD with ε = α = 8.  ``train.init_from`` must name a trained
 SSD (``.keras``), e.g. the official ``ssd300_mAP_77.43_v2.pth`` imported with ``--mode=import``.
 """

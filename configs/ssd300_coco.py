@@ -1,7 +1,7 @@
 """SSD300-VGG16 on MS-COCO 2017.
 
 ``num_classes`` is 81 (80 classes + background), which is correct; set ``--config.model.num_classes=201`` to load
-the official COCO checkpoint, which inherited 201 from ssd.pytorch (spec §8.2, §10.12).
+the official COCO checkpoint, which inherited 201 from ssd.pytorch (docs/reference.md#coco).
 """
 
 import ml_collections

@@ -1,6 +1,7 @@
 """Box primitives shared by the detector, losses, attacks and post-processing.
 
-Everything here follows the reference code (spec §2.6, §2.7) so that priors, targets and decoded boxes are
+Everything here follows the reference code (docs/reference.md#prior-boxes,
+docs/reference.md#box-coding-and-matching) so that priors, targets and decoded boxes are
 bit-for-bit comparable with the official checkpoints:
 
 * Priors are ``(cx, cy, w, h)`` relative to the image ("centre form"), generated source-major, then row, column,
@@ -94,7 +95,8 @@ def pairwise_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 
 def encode(matched: tf.Tensor, priors: tf.Tensor, variances: Sequence[float] = VARIANCES) -> tf.Tensor:
-    """Regression targets of corner boxes ``matched`` relative to centre-form ``priors`` (spec §2.7).
+    """Regression targets of corner boxes ``matched`` relative to centre-form ``priors``
+    (docs/reference.md#box-coding-and-matching).
 
     Widths are floored at 1e-12 before the log so a degenerate box gives a large finite target rather than -inf.
     """
@@ -119,7 +121,8 @@ def match(
     threshold: float = 0.5,
     variances: Sequence[float] = VARIANCES,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Match padded ground truth to priors, batched, with the reference's algorithm (spec §2.7).
+    """Match padded ground truth to priors, batched, with the reference's algorithm
+    (docs/reference.md#box-coding-and-matching).
 
     Args:
       gt_boxes: ``[B, N, 4]`` rel_xyxy.

@@ -1,7 +1,8 @@
 """The embedded demo: the paper's phenomenon, end to end, on the synthetic shapes set in a few minutes of CPU.
 
 1. train a small clean SSD (same structure as SSD300, 1/8 of the channels, 96×96 input);
-2. expand it into RobustDet (K identical kernels, spec §3.5) and train that with the interleaved adversarial
+2. expand it into RobustDet (K identical kernels, docs/reference.md#expanding-a-clean-ssd) and train that with
+   the interleaved adversarial
    schedule;
 3. train an SSD-AT baseline from the same clean SSD with the same schedule and budget (and, when the config has a
    ``robustdet_no_aid`` or ``robustdet_paper`` section as ``bench/phenomenon.py``'s does, RobustDet without L_aid

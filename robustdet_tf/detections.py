@@ -1,4 +1,5 @@
-"""Raw head outputs → detections: decode + softmax + per-class NMS, batched and in-graph (spec §7.2).
+"""Raw head outputs → detections: decode + softmax + per-class NMS, batched and in-graph
+(docs/reference.md#detection-post-processing).
 
 The reference's ``Detect`` keeps, per class, the 200 highest-scoring candidates above 0.01, runs greedy NMS on
 exactly those (suppressing IoU > 0.45) and returns up to 200 boxes per class with no cross-class limit.  Keeping

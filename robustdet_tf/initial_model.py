@@ -1,7 +1,8 @@
 """The model a fresh run starts from, and where its weights come from, in words.
 
 A run starts from the layers' initialisers (with an ImageNet trunk when ``model.backbone_init`` names a VGG16 file),
-from a trained SSD (``train.init_from``: K copies of every kernel for RobustDet, spec §3.5), or from the model
+from a trained SSD (``train.init_from``: K copies of every kernel for RobustDet,
+docs/reference.md#expanding-a-clean-ssd), or from the model
 ``--mode=import`` left in the workdir.  The origin is one line of the start-of-run report (``run_report``).
 """
 
@@ -32,7 +33,8 @@ def initial_model(config) -> keras.Model:
     """The model a run starts from: fresh (trunk from ``model.backbone_init``), or ``train.init_from`` (an SSD
     ``.keras`` file) expanded into RobustDet.
 
-    RobustDet is trained from a clean SSD (spec §3.5): every convolution's K kernels start as copies of the SSD's.
+    RobustDet is trained from a clean SSD (docs/reference.md#expanding-a-clean-ssd): every convolution's K kernels start
+    as copies of the SSD's.
     For an SSD config ``init_from`` simply loads the weights of a compatible model.
     """
     return initial_model_and_origin(config)[0]

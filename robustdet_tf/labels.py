@@ -18,8 +18,8 @@ VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
     "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-"""PASCAL VOC's 20 object classes (spec §8.1): ``labels`` index this tuple, network class = index + 1.  The one
-list: the VOC readers, the VOC metric and the configs import it from here."""
+"""PASCAL VOC's 20 object classes (docs/reference.md#voc-data): ``labels`` index this tuple, network class =
+index + 1.  The one list: the VOC readers, the VOC metric and the configs import it from here."""
 
 CLASS_NAMES_KEY = "config.data.class_names"
 NUM_CLASSES_KEY = "config.model.num_classes"

@@ -1,4 +1,4 @@
-"""The prior (anchor) boxes of an SSD, described once by a ``PriorSpec`` (spec §2.6).
+"""The prior (anchor) boxes of an SSD, described once by a ``PriorSpec`` (docs/reference.md#prior-boxes).
 
 Why a spec object: the same numbers (feature maps, sizes, aspect ratios, steps) decide the head widths of the
 models, the boxes the losses match against, the decode of every export and the config files.  Models build a
@@ -133,7 +133,7 @@ class PriorSpec:
                            self.steps)
 
 
-# The two SSD300 prior configurations of the reference (spec §2.6).
+# The two SSD300 prior configurations of the reference (docs/reference.md#prior-boxes).
 _SSD300_COMMON = dict(aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)), steps=(8, 16, 32, 64, 100, 300),
                       image_size=300, feature_maps=(38, 19, 10, 5, 3, 1))
 SSD300_VOC = PriorSpec(min_sizes=(30, 60, 111, 162, 213, 264), max_sizes=(60, 111, 162, 213, 264, 315),

@@ -121,3 +121,22 @@ def test_the_demo_states_only_the_robustdet_settings_it_changes(monkeypatch):
     from_constructor = {k for k, v in model.items() if isinstance(v, str) and v.startswith("default ")}
     assert from_constructor == {*common.ROBUSTDET_KEYS, "cfr"} - {"aid_width", "decoder_width"}
     assert (model.aid_width, model.decoder_width) == (8, 64)
+
+
+def test_aid_weight_is_a_robustdet_config_key():
+    """``--config.model.aid_weight=0`` (the paper's ablation without L_aid) is accepted by the RobustDet configs, with
+    the constructor's default 3, and the demo's RobustDet stage carries it too."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from configs import demo
+
+    path = str(pathlib.Path(__file__).parent.parent / "configs" / "robustdet_voc.py")
+    argv = ["main.py", f"--config={path}", "--config.model.aid_weight=0"]  # parsed as main.py parses them
+    flag_values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    assert holder.value.model.aid_weight == 0.0
+    for name in ("robustdet_voc", "robustdet_cfr_voc", "robustdet_coco"):
+        assert importlib.import_module(f"configs.{name}").get_config().model.aid_weight == 3.0
+    assert demo.get_config().robustdet.model.aid_weight == 3.0

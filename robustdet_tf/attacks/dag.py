@@ -1,4 +1,4 @@
-"""DAG, the Dense Adversary Generation attack of Xie et al. (2017), as RobustDet evaluates it (spec §5.3, §10.7).
+"""DAG, the Dense Adversary Generation attack of Xie et al. (2017), as RobustDet evaluates it (docs/reference.md#dag).
 
 DAG does not ascend a detection loss; it pushes *every* prior towards its own randomly chosen wrong class:
 ``loss = Σ_active CE(logits, target) − Σ_active CE(logits, adversarial)``, where a prior stays *active* while its

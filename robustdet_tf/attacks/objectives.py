@@ -1,4 +1,4 @@
-"""Attack objectives: the scalar a PGD step ascends (spec §5.2).
+"""Attack objectives: the scalar a PGD step ascends (docs/reference.md#attack-objectives-and-mtd).
 
 Each objective is a function of ``(model, images, targets)`` that runs the model in test mode
 (``training=False``: AID batch norm on running statistics, CFR uses μ) while reading the raw head outputs.

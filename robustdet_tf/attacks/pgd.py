@@ -1,4 +1,5 @@
-"""PGD in pixel space, one step at a time, and the MTD step (spec §5.1, §5.2).
+"""PGD in pixel space, one step at a time, and the MTD step (docs/reference.md#pgd,
+docs/reference.md#attack-objectives-and-mtd).
 
 Attacks are plain functions of ``(model, images, targets, spec)`` shared by adversarial training (one step per
 optimiser step, the interleaved schedule) and evaluation (all steps at once); ``spec`` is an ``AttackSpec``.

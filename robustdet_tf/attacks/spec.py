@@ -1,4 +1,5 @@
-"""``AttackSpec`` and ``DAGSpec``: the settings of one attack, as one value (spec §5.1–§5.3, §6.3).
+"""``AttackSpec`` and ``DAGSpec``: the settings of one attack, as one value (docs/reference.md#pgd,
+docs/reference.md#dag).
 
 Why one object: the same settings describe the attack of adversarial training (``models/adversarial.py``),
 every column of a robustness protocol (``evaluation/protocol.py``) and a call of ``attacks.pgd``.  Passing them as
@@ -124,7 +125,7 @@ class AttackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DAGSpec:
-    """One DAG attack (``attacks/dag.py``; spec §5.3).
+    """One DAG attack (``attacks/dag.py``; docs/reference.md#dag).
 
     Attributes:
       steps: iterations (reference 150).

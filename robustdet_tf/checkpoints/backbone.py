@@ -1,6 +1,7 @@
 """An ImageNet start for the VGG16 trunk, from whichever VGG16 file the user has.
 
-SSD is trained from an ImageNet VGG16 (the reference's baselines load ``weights/vgg16_reducedfc.pth``, spec §6.5).
+SSD is trained from an ImageNet VGG16 (the reference's baselines load ``weights/vgg16_reducedfc.pth``,
+docs/reference.md#baselines).
 ``config.model.backbone_init`` picks the source of a fresh model's trunk:
 
 * ``"imagenet"``: ``keras.applications.VGG16(weights="imagenet")`` (Keras downloads it once into

@@ -1,4 +1,5 @@
-"""Official PyTorch state-dict keys → our Keras variables, and the layout each tensor needs (spec §11).
+"""Official PyTorch state-dict keys → our Keras variables, and the layout each tensor needs
+(docs/reference.md#porting-notes).
 
 Why a hand-written map instead of matching variables by order: the official state dicts name every tensor after
 the PyTorch module that owns it (``vgg.21.conv_mean.weight``, ``disc.base_net.layer2.0.downsample.1.running_var``,

@@ -1,4 +1,4 @@
-"""Reading official PyTorch checkpoints into our Keras models and writing ours back (spec §11).
+"""Reading official PyTorch checkpoints into our Keras models and writing ours back (docs/reference.md#porting-notes).
 
 The key-by-key destinations and layouts are in ``checkpoints/key_maps.py``; this module reads files, checks a whole
 state dict against a model before assigning anything, and builds the model of a config for ``--mode=import``.
@@ -157,7 +157,7 @@ def load_state_dict(model: keras.Model, state_dict: Mapping[str, Any] | str | os
 
 def load_torchvision_resnet18(aid_or_model: keras.Model, state_dict: Mapping[str, Any] | str | os.PathLike):
     """Load torchvision's ImageNet ResNet-18 (``resnet18-f37072fd.pth``) into the AID, its 1000-way ``fc``
-    excluded: the AID's K-way fc keeps its fresh init, as in the reference (spec §3.2, §3.5).
+    excluded: the AID's K-way fc keeps its fresh init, as in the reference (docs/reference.md#expanding-a-clean-ssd).
 
     Accepts the AID itself or a RobustDet (its ``aid`` is used).  Returns the AID.
     """
@@ -208,7 +208,7 @@ def import_checkpoint(
       model_config: ``{"kind": "ssd" | "robustdet", ...constructor arguments}``.
       expand_clean_ssd: the checkpoint is a clean SSD (``ssd300_mAP_77.43_v2.pth``) to expand into the RobustDet
         of ``model_config`` with K identical kernels per convolution (the reference's ``load_weights_expand``,
-        spec §3.5); the AID, ``conv_std`` and the decoder keep their fresh init.
+        docs/reference.md#expanding-a-clean-ssd); the AID, ``conv_std`` and the decoder keep their fresh init.
       aid_checkpoint: torchvision's ImageNet ResNet-18 for the AID (fc excluded), loaded after the checkpoint.
     """
     config = resolved_model_config(model_config)

@@ -1,4 +1,4 @@
-"""The SSD training augmentation chain (reference spec §8.4) as TF ops on one example.
+"""The SSD training augmentation chain (docs/reference.md#augmentation) as TF ops on one example.
 
 Why TF ops with stateless randomness: the chain runs inside ``tf.data`` parallel maps, and training must be
 reproducible.  Every random draw comes from ``tf.random.stateless_*`` keyed by a per-example seed (shape [2]), so
@@ -9,7 +9,7 @@ mirror -> resize.  Boxes enter and leave in the package format ``rel_xyxy``; in 
 absolute pixels exactly as the reference does (integer paste offsets and crop rectangles), so boxes move with
 the pixels.
 
-``faithful=True`` reproduces the reference including its quirks (spec §10.10 and §10.14):
+``faithful=True`` reproduces the reference including its quirks (docs/reference.md#augmentation):
 
 * pixel values are never clipped, so they may leave [0, 255] after brightness/contrast/saturation; the HSV round
   trip (always run, as in the reference) is then not the identity for negative values, as in OpenCV;
@@ -27,7 +27,8 @@ the distribution is the same.  HSV follows OpenCV's float conversion (H in degre
 V in pixel units); ``tf.image.rgb_to_hsv`` agrees with it (with H / 360) for values in [0, 255] but not for the
 negative values the faithful chain can produce.  The expand canvas is filled with the reference's mean
 (104, 117, 123) given in B, G, R order, i.e. ``EXPAND_FILL_RGB = (123, 117, 104)`` in R, G, B.  Note that the
-model subtracts (104, 117, 123) from R, G, B (spec §1), so the fill does not become zero at the network input; this
+model subtracts (104, 117, 123) from R, G, B (docs/reference.md#preprocessing), so the fill does not become zero at the
+network input; this
 is the reference's behaviour and is kept in both modes.
 """
 
@@ -246,7 +247,8 @@ def _size_pair(image_size) -> list[int]:
 
 
 def resize_image(image: tf.Tensor, image_size) -> tf.Tensor:
-    """Bilinear, half-pixel centres, no antialiasing (spec §1); float32 [S, S, 3] (or [h, w, 3] for a pair)."""
+    """Bilinear, half-pixel centres, no antialiasing (docs/reference.md#preprocessing); float32 [S, S, 3] (or [h, w, 3]
+    for a pair)."""
     return tf.image.resize(tf.cast(image, tf.float32), _size_pair(image_size), method="bilinear", antialias=False)
 
 

@@ -1,4 +1,5 @@
-"""The reference's ``PhotometricDistort`` (spec §8.4) and the OpenCV-float HSV conversion it relies on.
+"""The reference's ``PhotometricDistort`` (docs/reference.md#augmentation) and the OpenCV-float HSV
+conversion it relies on.
 
 The first step of the SSD augmentation chain (``augment.ssd_augment``).  Brightness, contrast, saturation and hue
 act identically on RGB or BGR, and the channel-permutation noise draws uniformly from all six permutations, so the

@@ -253,7 +253,7 @@ def two_streams(source: tf.data.Dataset, *, seed: int, renew_every: int = 1, sta
     adv_targets))`` — the one input builder of adversarial training.
 
     RobustDet draws the clean half and the to-be-attacked half of a step from separately shuffled loaders over the
-    same data (spec §6.2), so the two halves hold different images.  Stream 0 (clean) equals
+    same data (docs/reference.md#training-data), so the two halves hold different images.  Stream 0 (clean) equals
     ``train_batches(source, seed=seed, stream=0, ...)``; stream 1 has its own shuffle and augmentation seeds, and
     each of its batches is repeated ``renew_every`` times (the interleaved schedule attacks a new batch only every
     ``steps`` optimiser steps).  ``kwargs`` are those of ``train_batches`` (``batch_size`` is the per-stream batch,

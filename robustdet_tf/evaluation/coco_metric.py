@@ -1,4 +1,4 @@
-"""COCO box AP through pycocotools, as the reference scores COCO (spec §7.4, §10.11-12).
+"""COCO box AP through pycocotools, as the reference scores COCO (docs/reference.md#coco).
 
 The reference writes every detection as ``[x, y, w, h]`` in pixels (relative box × original width/height, no
 clipping) with the official category id, and runs ``COCOeval(..., "bbox")`` against ``instances_val2017.json``.

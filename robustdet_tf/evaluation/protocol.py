@@ -1,4 +1,5 @@
-"""Robustness-evaluation protocols: which attacks a table has and with which settings (spec §5, §7).
+"""Robustness-evaluation protocols: which attacks a table has and with which settings
+(docs/reference.md#evaluation-protocol).
 
 Why a module of its own: a robustness number is meaningless without the attack settings it was measured under, so
 a protocol is explicit data (``PROTOCOLS``), merged with user overrides by ``make_protocol`` (unknown keys fail),

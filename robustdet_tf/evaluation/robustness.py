@@ -1,4 +1,5 @@
-"""The paper's robustness table: mAP of several detectors under several attacks (spec §5, §7; Table 1).
+"""The paper's robustness table: mAP of several detectors under several attacks
+(docs/reference.md#evaluation-protocol; Table 1).
 
 Table 1 is a grid (models × attacks) evaluated under one *protocol* (``evaluation.protocol``: ``"reference"`` as
 ``eval_attack.py`` runs it, or ``"strong"``).  Every (model, attack) cell is evaluated batched (attack and

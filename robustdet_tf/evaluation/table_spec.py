@@ -40,7 +40,7 @@ def _plain(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
-    """One robustness table (spec §5, §7).
+    """One robustness table (docs/reference.md#evaluation-protocol).
 
     Attributes:
       attacks: the columns, from ``protocol.ATTACKS``.

@@ -1,4 +1,4 @@
-"""PASCAL VOC detection mAP, as the reference's ``eval_attack.py`` computes it (spec §7.3, §7.5, §10.11).
+"""PASCAL VOC detection mAP, as the reference's ``eval_attack.py`` computes it (docs/reference.md#voc-map).
 
 The paper's VOC numbers come from ssd.pytorch's Python port of the VOC devkit, so this accumulator reproduces
 that code rather than the MATLAB devkit: per class, detections of all images are sorted by descending score and
@@ -16,7 +16,8 @@ The reference writes detections to text files and re-reads them, and parses GT f
   score written with 3 decimals (so scores tie more often, and sorting sees the rounded values);
 * GT pixel box = XML integer **−1**.
 
-The package's data readers already turn a VOC XML box into relative coordinates as ``(x − 1) / W`` (spec §8.1), so
+The package's data readers already turn a VOC XML box into relative coordinates as ``(x − 1) / W``
+(docs/reference.md#voc-data), so
 ``rel × W`` *is* the reference's GT (XML − 1).  The faithful mode (``reference_offsets=True``, the default, for
 paper reproduction) therefore adds +1 to the detections only and rounds scores to 3 and detection coordinates
 to 1 decimal exactly as the text files do (for float32 inputs ``np.round`` gives the same digits as Python's

@@ -6,7 +6,8 @@ Two signatures, so one artifact serves both deployment and robustness work:
   (relative ymin, xmin, ymax, xmax), ``detection_scores`` ``[B, M]``, ``detection_classes`` ``[B, M]`` (float32
   network class, 1-based, as the OD API), ``num_detections`` ``[B]``, with a fixed ``M = max_detections``.  Images
   are resized inside to the model's square input (bilinear, half-pixel centres, no antialiasing — the reference's
-  resize, spec §1).  Relative coordinates do not change under that resize, so the boxes apply to the original
+  resize, docs/reference.md#preprocessing).  Relative coordinates do not change under that resize, so the boxes apply to
+  the original
   image as they are.
 * ``raw``: float32 pixel-space images ``[B, S, S, 3]`` at the model size → ``loc``, ``logits`` and, for RobustDet,
   the AID mixture ``pi``: what attack libraries and the TFLite path (decode + NMS outside) need.

@@ -3,7 +3,8 @@
 **Post-processing runs outside the TFLite model**, in ``robustdet_tf.detections`` (``TFLiteDetector``
 does it for you).  Why not the ``TFLite_Detection_PostProcess`` op: it is a *custom* op (we export builtin ops
 only, so any LiteRT runtime runs the file; not every runtime registers that op), and its semantics are not the
-reference's ``Detect`` (spec §7.2): it takes already-activated scores and yxhw anchors, caps detections per class
+reference's ``Detect`` (docs/reference.md#detection-post-processing): it takes already-activated scores and yxhw
+anchors, caps detections per class
 and across classes instead of keeping the 200 best candidates per class *before* NMS, and has no strict ``> 0.01``
 score test.  Exporting ``loc`` and ``logits`` keeps the TFLite graph a plain stack of convolutions that the XNNPACK
 delegate and quantisation handle well, makes the float model exactly comparable with Keras, and lets the float and

@@ -1,4 +1,4 @@
-"""Adversarially-aware convolution (AAconv; the reference calls it ``DynamicConv2d``), spec §3.1.
+"""Adversarially-aware convolution (AAconv; the reference calls it ``DynamicConv2d``), docs/reference.md#aaconv.
 
 RobustDet replaces every convolution of SSD by a bank of K kernels. The Adversarial Image Discriminator (AID)
 gives each image a mixture vector ``pi`` (softmax over K); image ``b`` is convolved with
@@ -19,7 +19,7 @@ Three numerically equivalent implementations exist because no single one is best
   otherwise ``"map_fn"``. The probe runs once per convolution geometry and is cached.
 
 Padding is always ``'valid'``: the detector builder pads explicitly with PyTorch's symmetric padding first
-(TF's ``'same'`` pads asymmetrically for stride 2, spec §11).
+(TF's ``'same'`` pads asymmetrically for stride 2, docs/reference.md#porting-notes).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def dynamic_kernel_fans(shape: Sequence[int]) -> tuple[int, int]:
 
     The reference stores the weight as ``[K, Cout, Cin, kh, kw]`` and PyTorch's fan rule reads dim 1 as "in" and
     dim 0 as "out", each times the product of the remaining dims. So fan_in = Cout*Cin*kh*kw and
-    fan_out = K*Cin*kh*kw: tiny Xavier bounds (spec §3.5 step 2 and §10.17). Reproduced on purpose.
+    fan_out = K*Cin*kh*kw: tiny Xavier bounds (docs/reference.md#expanding-a-clean-ssd). Reproduced on purpose.
     """
     if len(shape) != 5:
         raise ValueError(f"dynamic_kernel_fans expects a [K, kh, kw, Cin, Cout] shape, got {tuple(shape)}.")
@@ -324,10 +324,11 @@ class AAConv2D(keras.layers.Layer):
 
     # ------------------------------------------------------------------------------------ weights from SSD
     def set_from_plain(self, kernel, bias=None) -> None:
-        """Make all K kernels copies of a plain convolution's (the reference's ``load_weights_expand``, §3.5).
+        """Make all K kernels copies of a plain convolution's (the reference's ``load_weights_expand``,
+        docs/reference.md#expanding-a-clean-ssd).
 
         ``kernel`` is Keras layout ``[kh, kw, Cin, Cout]``, ``bias`` ``[Cout]``. Since sum(pi) = 1 the layer then
-        computes exactly the plain convolution, whatever ``pi`` is (spec §12.7).
+        computes exactly the plain convolution, whatever ``pi`` is (docs/reference.md#expanding-a-clean-ssd).
         """
         if not self.built:
             raise ValueError(f"AAConv2D {self.name}: build the layer (call it once) before set_from_plain.")

@@ -1,4 +1,5 @@
-"""Consistent Features with Reconstruction (CFR), spec §3.3: the probabilistic conv4_3 and its image decoder.
+"""Consistent Features with Reconstruction (CFR), docs/reference.md#cfr: the probabilistic conv4_3 and its image
+decoder.
 
 RobustDet* turns conv4_3 (VGG index 21) into a variational layer: a mean and a log-variance AAconv, a sample
 ``z = mu + exp(logvar / 2) * eps`` during training, and a decoder that reconstructs the (mean-subtracted) input
@@ -29,7 +30,8 @@ def probconv_init_gain(cfr_layer: int = 21) -> float:
 
 
 def probconv_initializer(cfr_layer: int = 21) -> DynamicXavierUniform:
-    """Kernel initializer of both ProbConv convolutions (§3.5 step 2: 5-D Xavier with PyTorch's fans, zero bias).
+    """Kernel initializer of both ProbConv convolutions (docs/reference.md#expanding-a-clean-ssd: 5-D Xavier with
+    PyTorch's fans, zero bias).
 
     For the 512->512 3x3 conv with K=4 its bound is 0.0015885, so ``conv_std`` starts near 0: logvar ~ 0, std ~ 1.
     """

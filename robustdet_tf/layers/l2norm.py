@@ -1,4 +1,4 @@
-"""L2Norm of SSD's conv4_3 source (spec §2.2).
+"""L2Norm of SSD's conv4_3 source (docs/reference.md#the-detector).
 
 The conv4_3 activations are an order of magnitude larger than the deeper sources; SSD rescales each spatial
 position to unit L2 norm over channels and multiplies by a learnable per-channel scale initialised to 20.  The

@@ -1,4 +1,4 @@
-"""Triplet loss on the AID's mixture vectors (spec §4.3; paper Eq. 3).
+"""Triplet loss on the AID's mixture vectors (docs/reference.md#aid-triplet-loss; paper Eq. 3).
 
 The AID must map clean and adversarial images to different kernel mixtures.  The reference mines triplets with
 a JS-type distance — for K = 4 it never exceeds ln2/2 < margin 0.6, so *every* negative qualifies and the

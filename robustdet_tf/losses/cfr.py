@@ -1,4 +1,5 @@
-"""CFR losses as the reference codes them (spec §4.4): reconstruction MSE and the KL term of the sampled conv4_3.
+"""CFR losses as the reference codes them (docs/reference.md#cfr-losses): reconstruction MSE and the KL term of the
+sampled conv4_3.
 
 The decoder reconstructs the *clean* image from conv4_3's sample, in the mean-subtracted 0–255 space, so the
 features of an adversarial image are pulled towards those of its clean source; the KL term keeps the

@@ -1,4 +1,4 @@
-"""Class-wise detection loss of CWAT, used by the CWA attack and CWAT training (spec §4.2).
+"""Class-wise detection loss of CWAT, used by the CWA attack and CWAT training (docs/reference.md#class-wise-loss).
 
 Adversarial training against the plain MultiBox loss lets frequent classes dominate the attack; CWAT averages the
 loss *per class* first so every class present in the batch counts equally.  Positives only, no hard negatives.

@@ -1,4 +1,4 @@
-"""MultiBox loss of SSD as the reference computes it (spec §4.1).
+"""MultiBox loss of SSD as the reference computes it (docs/reference.md#multibox-loss).
 
 Smooth-L1 over positive priors, cross-entropy over positives plus hard negatives (3 per positive, ranked by
 ``logsumexp(logits) - logit[target]``), both summed and divided by the number of positives in the batch.

@@ -1,4 +1,5 @@
-"""Adversarial-training schedules shared by RobustDet and the SSD-AT / MTD / CWAT baselines (spec §6.3, §6.5).
+"""Adversarial-training schedules shared by RobustDet and the SSD-AT / MTD / CWAT baselines
+(docs/reference.md#adversarial-training, docs/reference.md#baselines).
 
 The reference *interleaves* the attack with the optimiser: it loads a batch to attack, then for 20 optimiser steps
 advances that batch by one PGD (or MTD) step against the current model and trains on the result, so training sees
@@ -26,7 +27,8 @@ from robustdet_tf.models.held_batches import HeldBatches
 SCHEDULES = ("interleaved", "plain")
 TRAINING_METHODS = ("cls", "loc", "con", "cwa", "mtd")
 REFERENCE_TRAINING_ATTACK = AttackSpec("mtd")
-"""RobustDet's training attack: MTD steps of ε = α = 8, renewed every 20 steps (spec §6.3)."""
+"""RobustDet's training attack: MTD steps of ε = α = 8, renewed every 20 steps
+(docs/reference.md#adversarial-training)."""
 
 
 class AdversarialBatch(NamedTuple):

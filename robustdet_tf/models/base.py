@@ -23,7 +23,7 @@ from robustdet_tf.models import training
 from robustdet_tf.models.adversarial import AdversarialBatch
 from robustdet_tf.models.detector import SSD300_EXTRAS, feature_map_sizes, preprocess
 
-REFERENCE_MEAN = (104.0, 117.0, 123.0)  # subtracted from (R, G, B), spec §1
+REFERENCE_MEAN = (104.0, 117.0, 123.0)  # subtracted from (R, G, B), docs/reference.md#preprocessing
 COUNT_TERMS = ("triplets",)
 """Logged terms that are counts, not losses: not checked for finiteness."""
 TOTAL = "loss"

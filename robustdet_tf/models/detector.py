@@ -1,4 +1,5 @@
-"""The one SSD300-VGG16 builder shared by the plain SSD and RobustDet (spec §2, §3.4).
+"""The one SSD300-VGG16 builder shared by the plain SSD and RobustDet (docs/reference.md#the-detector,
+docs/reference.md#forward-pass-and-nan-guard).
 
 The trunk, extras and multibox heads are built once, by ``Detector``, from a *convolution factory*: the plain SSD
 uses ``keras.layers.Conv2D``, RobustDet the adversarially-aware ``AAConv2D`` (called as ``layer([x, pi])``).  Both
@@ -6,7 +7,7 @@ get the same layer names — ``vgg_<i>``, ``extras_<i>``, ``loc_<i>``, ``conf_<i
 module indices — so weights map one-to-one onto each other and onto the official state dicts.
 
 PyTorch pads convolutions symmetrically; TF's ``'same'`` pads stride-2 convolutions asymmetrically, so every
-convolution here is ``'valid'`` after an explicit symmetric zero pad (spec §11).
+convolution here is ``'valid'`` after an explicit symmetric zero pad (docs/reference.md#porting-notes).
 """
 
 from __future__ import annotations

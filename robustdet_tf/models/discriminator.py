@@ -1,4 +1,4 @@
-"""Adversarial Image Discriminator (AID), spec §3.2: torchvision ResNet-18 with a K-way softmax head.
+"""Adversarial Image Discriminator (AID), docs/reference.md#the-aid: torchvision ResNet-18 with a K-way softmax head.
 
 The AID looks at the detector's preprocessed input (mean-subtracted RGB, 0..255 scale; no ImageNet
 normalisation, as in the reference) and outputs the mixture ``pi`` [B, K] that every AAconv of the detector uses.
@@ -9,7 +9,8 @@ Layer names follow torchvision's state-dict keys with dots replaced by underscor
 ``torchvision_weight_map``.
 
 PyTorch pads symmetrically; TF's ``'same'`` pads (2, 3) for the 7x7/2 stem on 300 px and (0, 1) for stride-2 3x3
-convs on even sizes (spec §11). So stride-2 convolutions get an explicit ``ZeroPadding2D`` and ``'valid'``;
+convs on even sizes (docs/reference.md#porting-notes). So stride-2 convolutions get an explicit ``ZeroPadding2D`` and
+``'valid'``;
 stride-1 3x3 convolutions use ``'same'``, which is symmetric for them.
 """
 
@@ -152,7 +153,8 @@ def torchvision_weight_map(model: keras.Model, prefix: str = "") -> dict[str, ke
     """Map every torchvision ResNet-18 state-dict key (with ``prefix``, e.g. ``"disc.base_net."``) to its
     Keras variable. ``num_batches_tracked`` has no Keras counterpart and is absent.
 
-    Layouts differ (spec §11): conv ``[out, in, kh, kw]`` -> ``[kh, kw, in, out]`` (transpose 2, 3, 1, 0);
+    Layouts differ (docs/reference.md#porting-notes): conv ``[out, in, kh, kw]`` -> ``[kh, kw, in, out]``
+    (transpose 2, 3, 1, 0);
     fc ``[out, in]`` -> ``[in, out]``; BatchNorm vectors as they are.
     """
     mapping = {}

@@ -1,4 +1,5 @@
-"""RobustDet: SSD whose every convolution is an AAconv mixed by the AID, optionally with CFR (spec §3, §4.5, §6.3).
+"""RobustDet: SSD whose every convolution is an AAconv mixed by the AID, optionally with CFR
+(docs/reference.md#total-loss-eq-5, docs/reference.md#adversarial-training).
 
 Data flow is explicit: ``call`` runs the AID on the preprocessed image to get ``pi`` (unless the caller passes
 one — the ``adc`` sub-batch re-runs clean images with the adversarial images' mixture) and hands ``pi`` to every
@@ -42,7 +43,8 @@ def total_loss(
 ) -> tf.Tensor:
     """Eq. 5: ``β(L_loc + L_conf + a·L_aid) + b·L_re + c·L_kld``.
 
-    ``weighting="reference"`` divides the CFR terms by a further 255 as the official code does (spec §10.1);
+    ``weighting="reference"`` divides the CFR terms by a further 255 as the official code does
+    (docs/reference.md#total-loss-eq-5);
     ``"paper"`` uses the weights as printed.
     """
     if weighting not in LOSS_WEIGHTINGS:
@@ -182,7 +184,7 @@ class RobustDet(DetectionModelBase):
                                 seed=self.seed_generator)
 
     def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
-        """All loss terms of one step (spec §4.5, §6.3), inside the caller's tape."""
+        """All loss terms of one step (docs/reference.md#total-loss-eq-5), inside the caller's tape."""
         clean, clean_targets = data.clean, data.clean_targets
         adv, adv_clean, adv_targets = adversarial.images, adversarial.clean, adversarial.targets
         n_clean, n_adv = tf.shape(clean)[0], tf.shape(adv)[0]
@@ -223,7 +225,8 @@ class RobustDet(DetectionModelBase):
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
     def from_ssd(cls, ssd: SSD, **kwargs) -> RobustDet:
-        """Expand a trained SSD into RobustDet with K identical kernels per convolution (spec §3.5).
+        """Expand a trained SSD into RobustDet with K identical kernels per convolution
+        (docs/reference.md#expanding-a-clean-ssd).
 
         With CFR the SSD's conv4_3 goes to ``conv_mean``; ``conv_std``, the AID and the decoder keep their init.
         Because Σπ = 1 the result computes exactly the SSD's outputs (test mode) for any mixture.

@@ -1,6 +1,7 @@
 """The plain SSD300 detector as a ``keras.Model`` that eats pixels and trains itself with the MultiBox loss.
 
-Design choices (see ``design.md``): the model takes float RGB in ``[0, 255]`` and subtracts the reference's mean
+Design choices (see ``docs/architecture.md``): the model takes float RGB in ``[0, 255]`` and subtracts the reference's
+mean
 first, so attacks, ε budgets and exports all live in pixel space; ``call`` returns the training-phase outputs
 ``{"loc", "logits"}``; ``detect`` adds decode + NMS (``models/base.py``); the step is the base class's, with the
 MultiBox loss as ``compute_losses``.  Width and image size are configurable so tests and the demo run a tiny SSD of
