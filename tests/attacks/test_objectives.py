@@ -1,5 +1,6 @@
 """Attack objectives (spec §5.2): the scalar each PGD step ascends, computed in test mode on the raw heads."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,6 +18,7 @@ MATCH_THRESHOLD = 0.35  # not the default 0.5: the objectives must use the model
 
 @pytest.fixture(scope="module")
 def model_and_batch():
+    keras.utils.set_random_seed(0)  # the weights, whichever tests ran before in this worker
     model = SSD(**TINY_SSD, match_threshold=MATCH_THRESHOLD)
     images, targets = rectangles(3, 64, seed=4)
     return model, tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}

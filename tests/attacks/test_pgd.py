@@ -1,5 +1,6 @@
 """PGD and MTD steps in pixel space (spec §5.1, §5.2, §12.10)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +15,7 @@ from tests.helpers import rectangles
 
 @pytest.fixture(scope="module")
 def model_and_batch():
+    keras.utils.set_random_seed(0)  # the weights, whichever tests ran before in this worker
     model = SSD(**TINY_SSD)
     model.build()
     images, targets = rectangles(4, 64, seed=2)
@@ -90,7 +92,10 @@ def test_per_image_attacks_take_each_image_as_its_batch_of_one_would(model_and_b
     batched = pgd_lib.pgd(model, x0, targets, spec).numpy()
     alone = np.concatenate([pgd_lib.pgd(model, x0[i:i + 1], {k: v[i:i + 1] for k, v in targets.items()}, spec).numpy()
                             for i in range(4)])
-    np.testing.assert_array_equal(batched, alone)
+    # Equal except where a gradient component lies at rounding level: its sign can differ between batch shapes
+    # (oneDNN picks its kernels by shape; one value in 49152 on the seeded weights).  A coupling of the images
+    # moves more than 1e-3 of them (the next test), ten times this bound.
+    assert np.mean(batched != alone) <= 1e-4
 
 
 def test_batch_coupled_cwa_differs_from_the_batch_of_one(model_and_batch):

@@ -1,5 +1,6 @@
 """Restarts, the APGD schedule and the best iterate per image (``attacks/strong.py``)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +15,7 @@ from tests.helpers import rectangles
 
 @pytest.fixture(scope="module")
 def model_and_batch():
+    keras.utils.set_random_seed(0)  # the weights, whichever tests ran before in this worker
     model = SSD(**TINY_SSD)
     model.build()
     images, targets = rectangles(4, 64, seed=5)

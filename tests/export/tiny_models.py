@@ -8,6 +8,7 @@ outputs, a real mixture π and kernels that differ, so the AAconv path matters.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from robustdet_tf.models.robustdet import RobustDet
@@ -15,7 +16,9 @@ from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 
 
-def tiny_ssd() -> SSD:
+def tiny_ssd(seed: int = 0) -> SSD:
+    """A tiny SSD with Keras' default init drawn from ``seed`` (whichever tests ran before)."""
+    keras.utils.set_random_seed(seed)
     model = SSD(**TINY_SSD)
     model.build()
     return model

@@ -1,5 +1,6 @@
 """The ART adapter: ART's own attacks run on our SSD and RobustDet, and its gradient is ours."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,6 +24,7 @@ SIZE = TINY_SSD["image_size"]
 
 @pytest.fixture(scope="module", params=["ssd", "robustdet"])
 def model(request):
+    keras.utils.set_random_seed(0)  # the weights, whichever tests ran before in this worker
     model = SSD(**TINY_SSD) if request.param == "ssd" else RobustDet(**TINY_SSD, num_kernels=4, aid_width=8)
     model.build()
     return model
