@@ -12,12 +12,13 @@ from robustdet_tf.models.robustdet import RobustDet
 IMAGE_SIZE = 96
 NUM_CLASSES = 4  # object classes of the shapes set used by the demo (circle, square, triangle, ring)
 # L∞ budget and step of every attack of the demo, training and evaluation alike (the paper: 8 and 8 on 300×300
-# VOC).  Chosen by bench/demo_regime.py (README "How the demo's regime was chosen"): at ε = 8 adversarial training
-# of this 1/8-width model does not measurably help (SSD-AT − SSD under A_cls +0.6 [−1.3, +3.5] points on 150
-# images); on 100 images it helps by +2.9 [+1.5, +8.0] at ε = 4, +5.7 [+3.9, +11.2] at ε = 3 and +10.8 [+7.9, +15.6]
-# at ε = 2, the widest margin over the noise.
+# VOC).  Chosen by bench/demo_regime.py (docs/results/regime.md, bench/results/demo_regime.jsonl): on 150 images
+# adversarial training of this 1/8-width model does not measurably help at ε = 8 (SSD-AT − SSD under A_cls +0.6
+# [−1.3, +3.5] points) and helps by +4.0 [+2.1, +7.6] at ε = 4 and +10.6 [+7.6, +13.7] at ε = 2, the widest margin
+# over the noise (on 100 images: +2.9 [+1.5, +8.0] at ε = 4, +5.7 [+3.9, +11.2] at ε = 3).
 EPSILON = 2.0
-# Evaluation images: 80 (intervals about 12 % wider than with 100) to keep the demo within 10 minutes.
+# Evaluation images: 80 (fewer than the search's 100-150, so the intervals are wider) to keep the demo within 10
+# minutes.
 EVAL_IMAGES = 80
 
 

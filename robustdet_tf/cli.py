@@ -57,10 +57,10 @@ def explain_flag_error(message: str, config: Any, modes: Sequence[str]) -> str:
             for key in name.split(".")[1:]:
                 node = node[key]
         except (KeyError, AttributeError, TypeError):
-            return f"--{name}: the config has no such key ({detail.strip()}); see README 'Configuration keys'."
+            return f"--{name}: the config has no such key ({detail.strip()}); see docs/configuration.md."
         kind = type(node).__name__ if node is not None else "a value"
         return (f"--{name}={value!r} is not a valid {kind}: {detail.strip()}. The key's default is {node!r}, e.g. "
-                f"--{name}={node!r}; see README 'Configuration keys'.")
+                f"--{name}={node!r}; see docs/configuration.md.")
     return f"--{name}={value!r}: {detail.strip()}"
 run_train = train_lib.train_in_workdir
 

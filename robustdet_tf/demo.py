@@ -66,7 +66,7 @@ def _better(difference: dict[str, Any]) -> dict[str, Any]:
 
 
 def phenomenon(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The paper's claims, checked on one table (see the README): each with its value, its interval where it is a
+    """The paper's claims, checked on one table (docs/results/demo.md): each with its value, its interval where it is a
     paired difference (mAP points, 95 %), whether it holds on the point estimate and whether the interval carries it.
 
     Ratios (``ssd_collapses_under_A_cls``: SSD A_cls / clean < 0.2; ``robustdet_keeps_clean_map``: RobustDet clean /

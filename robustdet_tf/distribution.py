@@ -34,7 +34,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "multi_worker":  # first, before anything initialises TensorFlow's runtime (listing logical devices does)
         if "TF_CONFIG" not in os.environ:
             raise ValueError("config.train.strategy='multi_worker' reads the cluster from the TF_CONFIG environment "
-                             "variable, which is not set; see README 'Scaling out'.")
+                             "variable, which is not set; see docs/scaling.md.")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":

@@ -1,4 +1,4 @@
-"""The package's rooms import one way only (README "Architecture"): no circles, nothing running back up."""
+"""The package's rooms import one way only (docs/architecture.md): no circles, nothing running back up."""
 
 import ast
 import pathlib
@@ -48,7 +48,7 @@ GRAPH = _imports()
 
 def test_every_room_is_ranked():
     rooms = {_room(m) for m in GRAPH if m != "robustdet_tf"}
-    assert rooms <= set(RANKS), f"rank the new room(s) {rooms - set(RANKS)} in RANKS and the README"
+    assert rooms <= set(RANKS), f"rank the new room(s) {rooms - set(RANKS)} in RANKS and docs/architecture.md"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if m != "robustdet_tf"))

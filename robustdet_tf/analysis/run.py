@@ -68,7 +68,7 @@ DEFAULT_SETTINGS: dict[str, Any] = dict(
     score_threshold=0.3,
     mechanism_images=0,
 )
-"""``config.analysis``: see the README's 'Configuration keys' (configs/common.py ``analysis_settings``)."""
+"""``config.analysis``: see docs/configuration.md (configs/common.py ``analysis_settings``)."""
 
 
 def settings_of(config) -> dict[str, Any]:

@@ -57,7 +57,7 @@ KERAS_CONVS = {
 CONV6, CONV7 = "vgg_31", "vgg_33"
 CONV6_DEFAULT = "PyTorch's start for a new convolution, U(±1/√fan_in) for kernel and bias"
 """conv6/conv7 of a file without fc6/fc7 (a notop file), drawn by ``default_conv67``.  Chosen by
-``bench/conv67_start.py`` (README, "Your own dataset"): with a surrogate trunk whose features were made 10× larger
+``bench/conv67_start.py`` (docs/results/conv67-start.md): with a surrogate trunk whose features were made 10× larger
 (an ImageNet VGG16's are presumably larger than the surrogate's; 10× is an assumption), the layers' own Glorot
 initialiser (2× this variance in conv6,
 3× in conv7) left one run of five stuck at a high loss (0.3 % mAP); this start and subsampled random fc layers, none

@@ -81,7 +81,7 @@ def eval_strategy(settings) -> tf.distribute.Strategy | None:
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("config.eval.strategy='multi_worker' reads the workers from the TF_CONFIG environment "
-                             "variable, which is not set; see README 'Scaling out'.")
+                             "variable, which is not set; see docs/scaling.md.")
         name = "auto"
     strategy = make_strategy(name)
     return strategy if strategy.num_replicas_in_sync > 1 else None

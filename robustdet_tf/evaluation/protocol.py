@@ -136,7 +136,7 @@ def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Ma
     if negative:
         raise ValueError(f"protocol {', '.join(negative)} is negative: the L∞ budget and step of every PGD column "
                          "must be >= 0 (the paper: pgd.epsilon = pgd.step_size = 8; set them with "
-                         "--config.eval.overrides.pgd.epsilon=8).")
+                         "--config.eval.overrides='{\"pgd\": {\"epsilon\": 8, \"step_size\": 8}}').")
     if not result["dag"]["faithful"] and result["dag"]["epsilon"] is None:
         raise ValueError("protocol dag.faithful=False (bounded DAG) needs dag.epsilon, e.g. 8.0.")
     return result
