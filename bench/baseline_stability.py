@@ -31,6 +31,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
 from robustdet_tf import demo  # noqa: E402
+from robustdet_tf import initial_model as starts  # noqa: E402
 from robustdet_tf import train as train_lib  # noqa: E402
 from robustdet_tf.checkpoints import integrity  # noqa: E402
 from robustdet_tf.data.sources import load_source  # noqa: E402
@@ -112,9 +113,9 @@ def main(argv=None) -> dict:
     for name, method in BASELINES.items():
         began = time.time()
         stage_config = stage(config, method)
-        train_lib.seed_run(stage_config)
+        starts.seed_run(stage_config)
         trainer = train_lib.Trainer(stage_config, os.path.join(args.workdir, name), source=source,
-                                    model=train_lib.model_from_ssd(ssd, stage_config))
+                                    model=starts.model_from_ssd(ssd, stage_config))
         if trainer.start_step:
             raise SystemExit(f"{args.workdir}/{name} holds a trained stage already: its curve is not recorded; give "
                              "another --workdir.")

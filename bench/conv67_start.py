@@ -45,6 +45,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
 from robustdet_tf import demo  # noqa: E402
+from robustdet_tf import initial_model as starts  # noqa: E402
 from robustdet_tf import train as train_lib  # noqa: E402
 from robustdet_tf.checkpoints import backbone, integrity  # noqa: E402
 from robustdet_tf.data.sources import load_source  # noqa: E402
@@ -81,7 +82,7 @@ def scaled_trunk(arrays: backbone.TrunkArrays, scale: float) -> backbone.TrunkAr
 def started(config, source_model, arm: str, seed: int, trunk_scale: float = 1.0):
     """A fresh target model of ``config`` (weights drawn from ``seed``) with the source's 13 trunk convolutions
     (``scaled_trunk`` by ``trunk_scale``) and conv6/conv7 started as ``arm`` says."""
-    train_lib.seed_run(config)
+    starts.seed_run(config)
     model = build_model(config.model)
     model.build()
     convs, source_convs = model.detector.all_convs(), source_model.detector.all_convs()

@@ -48,6 +48,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
 from robustdet_tf import demo  # noqa: E402
+from robustdet_tf import initial_model as starts  # noqa: E402
 from robustdet_tf import train as train_lib  # noqa: E402
 from robustdet_tf.analysis import mechanism as mechanism_lib  # noqa: E402
 from robustdet_tf.analysis.run import analyze_models  # noqa: E402
@@ -214,8 +215,8 @@ def start_control(setting: dict, workdir: str) -> dict:
     config = configured(setting, int(setting["adversarial_steps"]))
     ssd = train_lib.load_trained_model(os.path.join(workdir, f"ssd_{_tag(setting)}"), config)
     stage = demo.stage_config(config, dict(config.robustdet.model), dict(config.robustdet.train))
-    train_lib.seed_run(stage)
-    start = train_lib.model_from_ssd(ssd, stage)
+    starts.seed_run(stage)
+    start = starts.model_from_ssd(ssd, stage)
     prepare = _prepare(setting)
     if prepare is not None:
         prepare(start)

@@ -22,6 +22,7 @@ import keras
 
 from robustdet_tf import demo
 from robustdet_tf import train as train_lib
+from robustdet_tf import workdir as workdir_lib
 from robustdet_tf.analysis.run import analyze_models
 from robustdet_tf.checkpoints import backbone, integrity
 from robustdet_tf.checkpoints.torch_import import CheckpointMismatchError, import_checkpoint, read_state_dict
@@ -169,8 +170,8 @@ def run_export(config, workdir: str, export_dir: str, printer=print) -> dict:
 def run_import(config, workdir: str, checkpoint: str | None, printer=print) -> str:
     if not checkpoint:
         raise ValueError("--mode=import needs --checkpoint=<official .pth file>")
-    train_lib.check_not_foreign(workdir)
-    train_lib.check_workdir(workdir, config)
+    workdir_lib.check_not_foreign(workdir)
+    workdir_lib.check_workdir(workdir, config)
     path = os.path.join(workdir, "model.keras")
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists; import into an empty --workdir so nothing is overwritten")
@@ -180,8 +181,9 @@ def run_import(config, workdir: str, checkpoint: str | None, printer=print) -> s
     else:
         model = _import_or_expand(state, config, checkpoint, printer)
     # the record first: a kill between the two leaves a folder of ours without a model, which the import refills
-    train_lib.write_json_atomically(train_lib.model_config_dict(config), os.path.join(workdir, train_lib.MODEL_RECORD))
-    train_lib.save_model_atomically(model, path)
+    workdir_lib.write_json_atomically(workdir_lib.model_config_dict(config),
+                                      os.path.join(workdir, workdir_lib.MODEL_RECORD))
+    workdir_lib.save_model_atomically(model, path)
     printer(f"imported {checkpoint} into {path}")
     return path
 

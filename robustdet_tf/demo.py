@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from robustdet_tf import initial_model as starts
 from robustdet_tf import train as train_lib
 from robustdet_tf.analysis.run import CHEAP_FIGURES, analyze_models
 from robustdet_tf.checkpoints import integrity
@@ -117,8 +118,8 @@ def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer, prepare
     # without an intact checkpoint (none yet, or the first one's write died) the stage starts from the clean SSD
     fresh = not integrity.has_intact_checkpoint(os.path.join(stage_dir, "checkpoints"))
     if fresh:
-        train_lib.seed_run(stage_cfg)  # the AID's initial weights follow the stage's seed
-    init = train_lib.model_from_ssd(ssd, stage_cfg) if fresh else None
+        starts.seed_run(stage_cfg)  # the AID's initial weights follow the stage's seed
+    init = starts.model_from_ssd(ssd, stage_cfg) if fresh else None
     if init is not None and prepare is not None:
         prepare(init)
     how = "K copies of every kernel" if stage_cfg.model.get("kind", "ssd") == "robustdet" else "its weights copied"

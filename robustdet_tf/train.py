@@ -33,20 +33,13 @@ from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import DetectionSource, check_labels_fit
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.distribution import is_chief, make_strategy, write_dir
-from robustdet_tf.initial_model import (  # noqa: F401  (part of this module's API)
-    IMPORTED_MODEL,
-    imported_model,
-    initial_model,
-    initial_model_and_origin,
-    model_from_ssd,
-    seed_run,
-)
+from robustdet_tf.initial_model import IMPORTED_MODEL, imported_model, initial_model_and_origin, seed_run
 from robustdet_tf.io import remove_leftovers, workdir_lock
 from robustdet_tf.models import training
 from robustdet_tf.models.adversarial import AdversarialSchedule
 from robustdet_tf.models.factory import build_model
 from robustdet_tf.models.held_batches import HeldBatches
-from robustdet_tf.workdir import (  # noqa: F401  (part of this module's API)
+from robustdet_tf.workdir import (
     MODEL_RECORD,
     TRAIN_RECORD,
     IncompatibleWorkdirError,

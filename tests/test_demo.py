@@ -7,6 +7,7 @@ import pytest
 
 from configs import demo as demo_config
 from robustdet_tf import demo
+from robustdet_tf import initial_model as starts
 from robustdet_tf import train as train_lib
 
 
@@ -107,7 +108,7 @@ def recorded(monkeypatch):
         return results()
 
     monkeypatch.setattr(train_lib, "train_in_workdir", train_in_workdir)
-    monkeypatch.setattr(train_lib, "model_from_ssd", model_from_ssd)
+    monkeypatch.setattr(starts, "model_from_ssd", model_from_ssd)
     monkeypatch.setattr(demo, "load_source", lambda data, role: f"source<{role}>")
     def analyze_models(config, models, output_dir, figures=None, printer=print):
         calls.append(("analyze", dict(models), output_dir, tuple(figures)))

@@ -165,12 +165,12 @@ def _demo_like_workdir(workdir):
     """The demo's layout with untrained models of its config: ssd/ (plain), ssd_at/ (adversarial config) and
     robustdet/ (expanded from the SSD, the AID as initialised)."""
     from robustdet_tf import demo
-    from robustdet_tf import train as train_lib
+    from robustdet_tf import initial_model as starts
 
     config = _tiny_demo_config()
-    ssd = train_lib.initial_model(config)
-    ssd_at = train_lib.model_from_ssd(ssd, demo.stage_config(config, dict(config.ssd_at.model), {}))
-    robustdet = train_lib.model_from_ssd(ssd, demo.stage_config(config, dict(config.robustdet.model), {}))
+    ssd = starts.initial_model(config)
+    ssd_at = starts.model_from_ssd(ssd, demo.stage_config(config, dict(config.ssd_at.model), {}))
+    robustdet = starts.model_from_ssd(ssd, demo.stage_config(config, dict(config.robustdet.model), {}))
     for name, model in (("ssd_at", ssd_at), ("robustdet", robustdet), ("ssd", ssd)):
         (workdir / name).mkdir()
         model.save(workdir / name / "model.keras")

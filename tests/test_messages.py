@@ -50,6 +50,7 @@ def test_a_workdir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
 def test_the_shapes_set_on_a_voc_config_is_refused_with_the_missing_keys_before_any_write(tmp_path):
     from configs import ssd300_voc
     from robustdet_tf import train as train_lib
+    from robustdet_tf.workdir import MODEL_RECORD
 
     config = ssd300_voc.get_config()
     with config.unlocked():
@@ -60,7 +61,7 @@ def test_the_shapes_set_on_a_voc_config_is_refused_with_the_missing_keys_before_
     with pytest.raises(ValueError, match=r"dataset='shapes' needs the synthetic set's keys.*data\.train_images.*"
                                          r"configs/demo\.py"):
         trainer.run(printer=lambda *_: None)
-    assert not (tmp_path / train_lib.MODEL_RECORD).exists()
+    assert not (tmp_path / MODEL_RECORD).exists()
 
 
 def test_model_steps_none_as_the_readme_documents_it_uses_the_feature_map_sizes():

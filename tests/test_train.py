@@ -11,6 +11,8 @@ from ml_collections import ConfigDict
 from configs import demo
 from robustdet_tf import train as train_lib
 from robustdet_tf.checkpoints.saving import CheckpointWriteError
+from robustdet_tf.initial_model import initial_model, model_from_ssd
+from robustdet_tf.workdir import IncompatibleWorkdirError, save_model_atomically, write_json_atomically
 from tests.conftest import TINY_SSD
 
 
@@ -79,7 +81,7 @@ def test_incompatible_workdir_is_refused_and_untouched(tmp_path):
     before = {p: os.path.getmtime(p) for p in tmp_path.rglob("*") if p.is_file()}
     other = tiny_config()
     other.model.width = 0.125
-    with pytest.raises(train_lib.IncompatibleWorkdirError, match="width"):
+    with pytest.raises(IncompatibleWorkdirError, match="width"):
         train_lib.Trainer(other, str(tmp_path))
     after = {p: os.path.getmtime(p) for p in tmp_path.rglob("*") if p.is_file()}
     assert before == after
@@ -101,10 +103,10 @@ def test_failed_model_save_keeps_the_previous_archive(tmp_path):
     path = tmp_path / "model.keras"
     path.write_bytes(b"previous archive")
     with pytest.raises(OSError, match="disk full"):
-        train_lib.save_model_atomically(Unsaveable(), str(path))
+        save_model_atomically(Unsaveable(), str(path))
     assert path.read_bytes() == b"previous archive"
     assert sorted(os.listdir(tmp_path)) == ["model.keras"]
-    train_lib.write_json_atomically({"kind": "ssd"}, str(tmp_path / "record.json"))
+    write_json_atomically({"kind": "ssd"}, str(tmp_path / "record.json"))
     assert (tmp_path / "record.json").read_text() == '{\n "kind": "ssd"\n}'
     assert sorted(os.listdir(tmp_path)) == ["model.keras", "record.json"]
 
@@ -118,13 +120,13 @@ def test_robustdet_stage_expands_an_ssd_with_its_label_map(tmp_path):
     with config.unlocked():
         config.model.update(kind="robustdet", num_classes=4, num_kernels=2, cfr=False, aid_width=4, decoder_width=16,
                             backbone_init="none", class_names=("a", "b", "c"))
-    robust = train_lib.model_from_ssd(ssd, config)
+    robust = model_from_ssd(ssd, config)
     assert robust.num_kernels == 2 and robust.class_names == ("a", "b", "c")
     with config.unlocked():
         config.model.backbone_init = "imagenet"
         config.train.init_from = str(tmp_path / "ssd.keras")
     with pytest.raises(ValueError, match="keep one of them"):
-        train_lib.initial_model(config)
+        initial_model(config)
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from robustdet_tf import train as train_lib
 from robustdet_tf.checkpoints.saving import NonFiniteWeightsError, save_checkpoint
+from robustdet_tf.workdir import IncompatibleWorkdirError
 from tests.test_train import tiny_config
 
 
@@ -73,6 +74,6 @@ def test_settings_changed_on_resume_are_said_applied_to_the_optimiser_or_refused
     other = tiny_config()
     other.train.steps = 6
     other.train.optimizer = "sgd"
-    with pytest.raises(train_lib.IncompatibleWorkdirError,
+    with pytest.raises(IncompatibleWorkdirError,
                        match=r"trained with train\.optimizer='adam'; a resume cannot change train\.optimizer"):
         train_lib.Trainer(other, str(tmp_path))

@@ -15,9 +15,6 @@ from matplotlib.figure import Figure
 
 from robustdet_tf.evaluation.report import save_figure_atomic
 
-CHANGE_TITLES = {"clean_to_clean": "trained clean → measured clean", "clean_to_adv": "trained clean → measured adv",
-                 "adv_to_clean": "trained adv → measured clean", "adv_to_adv": "trained adv → measured adv"}
-
 
 def _histograms(axes, series: Mapping[str, np.ndarray], bins: int = 30, zero_line: bool = False) -> None:
     """Overlaid step histograms on shared bins, one per named series (empty series are listed as such)."""

@@ -20,40 +20,12 @@ from robustdet_tf import distribution
 from robustdet_tf.layers.cfr import CFRDecoder
 from robustdet_tf.losses.aid_triplet import aid_triplet_loss
 from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
+from robustdet_tf.losses.total import LOSS_WEIGHTINGS, total_loss
 from robustdet_tf.models.adversarial import AdversarialBatch, AdversarialSchedule, concat_targets
 from robustdet_tf.models.base import DetectionModelBase, TrainingData
 from robustdet_tf.models.detector import CONV4_3_INDEX, Detector
 from robustdet_tf.models.discriminator import build_discriminator
 from robustdet_tf.models.ssd import SSD
-
-LOSS_WEIGHTINGS = ("reference", "paper")
-
-
-def total_loss(
-    loss_l: tf.Tensor,
-    loss_c: tf.Tensor,
-    loss_aid: tf.Tensor,
-    loss_re: tf.Tensor | None = None,
-    loss_kld: tf.Tensor | None = None,
-    weighting: str = "reference",
-    beta: float = 0.75,
-    aid_weight: float = 3.0,
-    re_weight: float = 0.16,
-    kld_weight: float = 5.0,
-) -> tf.Tensor:
-    """Eq. 5: ``β(L_loc + L_conf + a·L_aid) + b·L_re + c·L_kld``.
-
-    ``weighting="reference"`` divides the CFR terms by a further 255 as the official code does
-    (docs/reference.md#total-loss-eq-5);
-    ``"paper"`` uses the weights as printed.
-    """
-    if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
-    loss = beta * (loss_l + loss_c + aid_weight * loss_aid)
-    if loss_re is not None:
-        cfr = re_weight * loss_re + kld_weight * loss_kld
-        loss = loss + (cfr / 255.0 if weighting == "reference" else cfr)
-    return loss
 
 
 @keras.saving.register_keras_serializable(package="robustdet_tf")
