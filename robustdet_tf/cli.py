@@ -137,7 +137,8 @@ def workdir_models(workdir: str, config) -> dict[str, keras.Model]:
 
     def rank(item):
         name, model = item
-        kind = 2 if hasattr(model, "aid") else 1 if getattr(model, "adversarial", None) else 0
+        can = model.capabilities()
+        kind = 2 if can.routed else 1 if can.adversarial else 0
         return kind, name
 
     return dict(sorted(models.items(), key=rank))

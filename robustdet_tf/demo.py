@@ -32,6 +32,7 @@ from robustdet_tf.checkpoints import integrity
 from robustdet_tf.data.sources import load_source
 from robustdet_tf.evaluation.from_config import evaluate_models
 from robustdet_tf.evaluation.table_spec import TableSpec
+from robustdet_tf.models.factory import is_routed
 from robustdet_tf.workdir import check_training_settings
 
 
@@ -122,7 +123,7 @@ def _train_from_ssd(config, stage, stage_dir: str, ssd, source, printer, prepare
     init = starts.model_from_ssd(ssd, stage_cfg) if fresh else None
     if init is not None and prepare is not None:
         prepare(init)
-    how = "K copies of every kernel" if stage_cfg.model.get("kind", "ssd") == "robustdet" else "its weights copied"
+    how = "K copies of every kernel" if is_routed(stage_cfg.model) else "its weights copied"
     return train_lib.train_in_workdir(stage_cfg, stage_dir, model=init, source=source, printer=printer,
                                       origin=f"the demo's clean SSD ({how})")
 

@@ -14,7 +14,7 @@ import keras
 
 from robustdet_tf.checkpoints import integrity
 from robustdet_tf.checkpoints.backbone import start_backbone
-from robustdet_tf.models.factory import INIT_KEYS, build_model
+from robustdet_tf.models.factory import INIT_KEYS, build_model, is_routed
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.workdir import model_config_dict
 
@@ -58,13 +58,13 @@ def initial_model_and_origin(config) -> tuple[keras.Model, str]:
             f"config.train.init_from={init_from!r} does not exist: give a trained SSD saved as .keras (e.g. "
             "runs/ssd300_voc/model.keras), or import the official checkpoint with --mode=import first"
         )
-    how = "K copies of every kernel" if config.model.get("kind", "ssd") == "robustdet" else "its weights copied"
+    how = "K copies of every kernel" if is_routed(config.model) else "its weights copied"
     return model_from_ssd(integrity.load_model_file(init_from), config), f"the trained SSD {init_from} ({how})"
 
 
 def model_from_ssd(ssd: keras.Model, config) -> keras.Model:
     """The configured model started from a trained SSD: K-fold expansion for RobustDet, a weight copy otherwise."""
-    if config.model.get("kind", "ssd") == "robustdet":
+    if is_routed(config.model):
         settings = {k: v for k, v in model_config_dict(config).items() if k != "kind" and k not in INIT_KEYS}
         return RobustDet.from_ssd(ssd, **settings)
     model = build_model(config.model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 
 from robustdet_tf.data.contract import DetectionSource
+from robustdet_tf.models.factory import is_routed
 
 
 def data_lines(source: DetectionSource, role: str = "training") -> list[str]:
@@ -32,7 +33,7 @@ def model_line(model: keras.Model, config) -> str:
     kind = config.model.get("kind", "ssd")
     params = model.count_params() if model.built else 0
     extra = ""
-    if kind == "robustdet":
+    if is_routed(config.model):
         extra = (f", K = {config.model.num_kernels} kernels per convolution, AID width {config.model.aid_width}, "
                  f"CFR {'on' if config.model.get('cfr', False) else 'off'}")
     size = int(config.model.image_size)

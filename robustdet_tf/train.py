@@ -158,14 +158,14 @@ class Progress(keras.callbacks.Callback):
 def adopt_class_names(model: keras.Model, source: DetectionSource) -> None:
     """Refuse a source the model cannot learn (more classes, other names) before a step runs; a model built without
     a label map takes the source's, so the saved model knows its classes."""
-    check_labels_fit(source, model.num_classes, getattr(model, "class_names", None), f"the model {model.name!r}")
-    if getattr(model, "class_names", None) is None:
+    check_labels_fit(source, model.num_classes, model.class_names, f"the model {model.name!r}")
+    if model.class_names is None:
         model.class_names = tuple(source.class_names)
 
 
 def held_batches_of(model: keras.Model, strategy: tf.distribute.Strategy) -> HeldBatches | None:
     """The checkpointed global held batch of an interleaved adversarial schedule (``None`` for other models)."""
-    schedule = getattr(model, "adversary", None)
+    schedule = model.adversary
     return None if schedule is None else schedule.checkpoint_state(strategy)
 
 

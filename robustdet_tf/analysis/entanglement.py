@@ -24,16 +24,16 @@ import tensorflow as tf
 from robustdet_tf.analysis.per_image import detection_loss_fn, entanglement_ratio, pair_gradient_stats
 from robustdet_tf.analysis.records import jsonable, nan_stat
 from robustdet_tf.compiled import traced_once
+from robustdet_tf.models.base import DetectionModelBase
 
 
 def conv_kernels(model: keras.Model) -> dict[str, tf.Variable]:
     """Every convolution kernel of a detector by layer name (for RobustDet* the CFR layer's mean convolution)."""
-    detector = getattr(model, "detector", None)
-    if detector is None or not hasattr(detector, "all_convs"):
+    if not isinstance(model, DetectionModelBase):
         raise ValueError(f"gradient entanglement needs a robustdet_tf detector (SSD or RobustDet) with "
                          f"model.detector.all_convs(); got {type(model).__name__}.")
     kernels = {}
-    for name, layer in detector.all_convs().items():
+    for name, layer in model.detector.all_convs().items():
         layer = getattr(layer, "conv_mean", layer)
         kernels[name] = layer.kernel
     return kernels

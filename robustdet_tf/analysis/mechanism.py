@@ -96,7 +96,7 @@ def kernel_spread(model: Any) -> dict[str, Any]:
         flat = kernel.reshape(kernel.shape[0], -1)
         mean = flat.mean(axis=0)
         norm = np.linalg.norm(mean)
-        layers[layer.path if hasattr(layer, "path") else layer.name] = (
+        layers[layer.path] = (
             float(np.mean(np.linalg.norm(flat - mean, axis=1)) / norm) if norm > 0 else None)
     values = [v for v in layers.values() if v is not None]
     return {"layers": layers, "mean": float(np.mean(values)) if values else None}

@@ -129,7 +129,7 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
     size, count = int(settings["batch_size"]), int(settings["images"])
     source, batches = _batches(config, "eval", size, count, image_size)
     for name, model in models.items():
-        check_labels_fit(source, model.num_classes, getattr(model, "class_names", None), f"the model {name!r}")
+        check_labels_fit(source, model.num_classes, model.class_names, f"the model {name!r}")
     attack = make_attack(settings["attack"], protocol)
     if attack is None:
         raise ValueError("config.analysis.attack must be an attack (e.g. 'A_cls'), not 'clean'.")

@@ -186,7 +186,7 @@ def load_trunk(model: keras.Model, arrays: TrunkArrays, source: str) -> keras.Mo
     if wrong:
         raise BackboneWeightsError(
             f"{source} does not fit the model's VGG16 trunk ({'; '.join(wrong)}); the ImageNet trunk needs the full "
-            f"SSD300 channels: config.model.width=1.0 (got {getattr(model, 'width', '?')})."
+            f"SSD300 channels: config.model.width=1.0 (got {model.width})."
         )
     for name, (kernel, bias) in arrays.items():
         layer = targets[name]

@@ -140,16 +140,16 @@ def official_weight_map(model: keras.Model) -> dict[str, tuple[Any, str]]:
         if not model.built:
             model.build()
         entries = _detector_entries(model.detector)
-        aid = getattr(model, "aid", None)
-        if aid is not None:
-            entries.update(resnet_entries(aid, AID_PREFIX))
-        decoder = getattr(model, "decoder", None)
-        if decoder is not None:
-            entries.update(_decoder_entries(decoder))
+        can = model.capabilities()
+        if can.routed:
+            entries.update(resnet_entries(model.aid, AID_PREFIX))
+        if can.cfr:
+            entries.update(_decoder_entries(model.decoder))
         return entries
     if isinstance(model, keras.Model) and any(layer.name == "layer1_0_conv1" for layer in model.layers):
         return resnet_entries(model, "")
+    name = model.name if isinstance(model, keras.layers.Layer) else ""
     raise TypeError(
-        f"official_weight_map: {type(model).__name__} {getattr(model, 'name', '')!r} is neither an SSD/RobustDet "
-        "nor an AID built by robustdet_tf.models.discriminator.build_discriminator"
+        f"official_weight_map: {type(model).__name__} {name!r} is neither an SSD/RobustDet nor an AID built by "
+        "robustdet_tf.models.discriminator.build_discriminator"
     )

@@ -45,7 +45,7 @@ def _checked_batches(config, models: Mapping[str, keras.Model]) -> tuple[Detecti
         raise ValueError(f"the models take different input sizes {sorted(sizes)}; evaluate them separately.")
     source, batches = eval_batches(config, image_size=sizes.pop())
     for name, model in models.items():
-        check_labels_fit(source, model.num_classes, getattr(model, "class_names", None), f"the model {name!r}")
+        check_labels_fit(source, model.num_classes, model.class_names, f"the model {name!r}")
     return source, batches
 
 

@@ -145,7 +145,7 @@ def export_tflite(
         "batch_size": int(batch_size),
         "input": {"name": "images", "shape": [int(batch_size), model.image_size, model.image_size, 3],
                   "dtype": "float32", "range": "RGB pixels [0, 255]"},
-        "outputs": [key for key in ("loc", "logits", "pi") if key != "pi" or hasattr(model, "aid")],
+        "outputs": [key for key in ("loc", "logits", "pi") if key != "pi" or model.capabilities().routed],
         "priors": model.prior_spec.to_dict(),
         "postprocess": model.postprocess_settings(),
         "class_names": None if model.class_names is None else list(model.class_names),  # network class c: [c - 1]

@@ -56,6 +56,19 @@ def unpack_training_data(data, adversarial: bool) -> TrainingData:
                         training.as_targets(to_attack_targets))
 
 
+class Capabilities(NamedTuple):
+    """What a detector can do, asked in one place instead of by probing its attributes.
+
+    ``routed``: an AID mixes K kernels in every convolution (the model outputs π; the adaptive attacks, the
+    mechanism diagnostics and the π output of the exports apply).  ``cfr``: conv4_3 is the probabilistic CFR layer
+    with its decoder.  ``adversarial``: the model carries an adversarial-training schedule (SSD-AT, MTD, CWAT,
+    RobustDet)."""
+
+    routed: bool
+    cfr: bool
+    adversarial: bool
+
+
 class DetectionModelBase(keras.Model):
     """Config → priors, pixels → preprocessed input, NMS, the MultiBox loss and the training step.
 
@@ -128,6 +141,15 @@ class DetectionModelBase(keras.Model):
     def preprocess(self, images: tf.Tensor) -> tf.Tensor:
         """Pixel-space RGB → the network input the reference feeds its first convolution."""
         return preprocess(images, self.mean)
+
+    ROUTED = False
+    """Whether the class routes its convolutions through an AID (``Capabilities.routed``; a class constant, so a
+    config's ``kind`` answers it before a model exists: ``models.factory.is_routed``)."""
+
+    def capabilities(self) -> Capabilities:
+        """This model's ``Capabilities``."""
+        return Capabilities(routed=self.ROUTED, cfr=bool(getattr(self, "cfr", False)),
+                            adversarial=self.adversary is not None)
 
     def detector_kwargs(self) -> dict:
         return dict(

@@ -43,6 +43,19 @@ def resolved_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+def model_class(config: Mapping[str, Any]) -> type:
+    """The class a model config's ``kind`` names (``"ssd"`` by default)."""
+    kind = config.get("kind", "ssd")
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"unknown model kind {kind!r} in the model config; choose one of {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[kind]
+
+
+def is_routed(config: Mapping[str, Any]) -> bool:
+    """Whether a model config builds a detector routed by an AID (RobustDet, RobustDet*)."""
+    return bool(model_class(config).ROUTED)
+
+
 def build_model(config: Mapping[str, Any]) -> keras.Model:
     """Build any model from its config (``config.model`` of a file in ``configs/``).
 

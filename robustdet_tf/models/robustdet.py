@@ -50,6 +50,8 @@ class RobustDet(DetectionModelBase):
     ``"reconstruction"`` when training with CFR.
     """
 
+    ROUTED = True
+
     def __init__(
         self,
         *args,
