@@ -59,23 +59,26 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def chosen(records: list[dict]) -> dict | None:
-    """The cheapest base-variant setting that meets the aim (``None`` if none does)."""
+def chosen(records: list[dict]) -> list[dict]:
+    """The base-variant settings that meet the aim at the lowest cost (several when they tie; none if none does)."""
     meeting = [r for r in records if r["meets_aim"] and r.get("variant", "base") == "base"]
-    return min(meeting, key=cost) if meeting else None
+    if not meeting:
+        return []
+    lowest = min(cost(r) for r in meeting)
+    return [r for r in meeting if cost(r) == lowest]
 
 
 def main(argv=None) -> None:
     path = (argv or sys.argv[1:] or [DEFAULT])[0]
     records = load(path)
     print(table(records))
-    pick = chosen(records)
+    picks = chosen(records)
     print()
-    if pick is None:
+    if not picks:
         print("No setting meets both aims.")
-    else:
-        print(f"Chosen: ε = {pick['epsilon']:g}, {pick['adversarial_steps']} adversarial steps, width "
-              f"{pick['width']:g} (AID AUC {pick['aid_auc']:.3f}, SSD-AT − SSD under A_cls "
+    for pick in picks:
+        print(f"Cheapest meeting both aims: ε = {pick['epsilon']:g}, {pick['adversarial_steps']} adversarial steps, "
+              f"width {pick['width']:g} (AID AUC {pick['aid_auc']:.3f}, SSD-AT − SSD under A_cls "
               f"{_diff(pick['ssd_at_minus_ssd_A_cls'])}).")
     versions = sorted({r.get("version", "unknown") for r in records})
     machines = sorted({r.get("machine", "unknown") for r in records})
