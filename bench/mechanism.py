@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 
@@ -43,7 +41,9 @@ import tensorflow as tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_record, beside this script
 
+import run_record  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
@@ -202,8 +202,8 @@ def run_setting(setting: dict, workdir: str, seconds_so_far: dict, controls: dic
     record.update(controls.get(_control_key(setting)) or start_control(setting, workdir))
     record["meets_aim"] = bool(record["aid_auc"] >= AUC_AIM and difference["ssd_at_minus_ssd_A_cls"]["ci_low"] > 0)
     record["seconds"] = {k: round(v, 1) for k, v in timings.items()}
-    record["version"] = _version()
-    record["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    record["version"] = run_record.version()
+    record["machine"] = run_record.machine()
     return record
 
 
@@ -231,26 +231,9 @@ def start_control(setting: dict, workdir: str) -> dict:
             "aid_auc_at_start_ci_high": diag.get("aid_auc_ci_high"), "pi_shift_at_start": diag["pi_shift"]}
 
 
-def _version() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def recorded(path: str) -> dict[tuple, dict]:
     """The finished settings of ``path`` by ``setting_key`` (a torn last line is ignored: it is run again)."""
-    done = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[setting_key(record)] = record
-    return done
+    return {setting_key(record): record for record in run_record.read_lines(path)}
 
 
 def transfer_separation(setting: dict, workdir: str) -> dict | None:

@@ -32,15 +32,15 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run_record, beside this script
 
+import run_record  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -144,27 +144,10 @@ def tradeoff_figure(per_seed: list[dict], path: str, title: str) -> None:
     save_figure_atomic(figure, path)
 
 
-def _version() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def recorded_seeds(path: str | None, regime: dict, models: list[str], attacks: list[str]) -> dict[int, dict]:
     """The seeds ``path`` already holds for this regime, model set and table (torn lines are ignored)."""
-    found = {}
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if (record.get("regime"), record.get("models"), record.get("attacks")) == (regime, models, attacks):
-                    found[int(record["seed"])] = record
-    return found
+    return {int(r["seed"]): r for r in run_record.read_lines(path)
+            if (r.get("regime"), r.get("models"), r.get("attacks")) == (regime, models, attacks)}
 
 
 def main(argv=None) -> dict:
@@ -210,8 +193,8 @@ def main(argv=None) -> dict:
             "claims": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                        for k, v in out["phenomenon"].items()},
             "mechanism": mechanism_of(seed_config, trained, os.path.join(folder, "mechanism")),
-            "seconds": round(time.time() - began, 1), "version": _version(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "seconds": round(time.time() - began, 1), "version": run_record.version(),
+            "machine": run_record.machine(),
         }
         if args.out:
             with open(args.out, "a", encoding="utf-8") as handle:

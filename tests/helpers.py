@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -95,3 +99,20 @@ def assert_keras_round_trip(model_or_layer, inputs, tmp_path, atol=1e-6, rtol=0.
     assert_same_model(obj, loaded, inputs, atol=atol, rtol=rtol, call_kwargs=call_kwargs,
                       compare_config=compare_config)
     return loaded
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(folder):
+    """A second process that holds ``folder``'s workdir lock until the block ends, then is killed (SIGKILL: no
+    clean-up of its own runs); yields its pid."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom robustdet_tf.io import workdir_lock\n"
+         f"with workdir_lock({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
+        cwd=root, stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

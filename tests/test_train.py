@@ -163,27 +163,16 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resumes(tmp_pa
 
 
 def test_a_second_run_into_a_busy_workdir_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
-    import subprocess
-    import sys
-
     from robustdet_tf.io import WorkdirLockedError
+    from tests.helpers import lock_held_by_another_process
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom robustdet_tf.io import workdir_lock\n"
-         f"with workdir_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
-        cwd=root, stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_by_another_process(tmp_path) as pid:
         config = tiny_config()
         config.train.steps = 1
         trainer = train_lib.Trainer(config, str(tmp_path))
-        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {holder.pid} "):
+        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {pid} "):
             trainer.run(printer=lambda *_: None)
         assert not (tmp_path / "checkpoints").exists()
-    finally:
-        holder.kill()  # SIGKILL: no clean-up code runs in the holder
-        holder.wait()
     trainer.run(printer=lambda *_: None)
     assert trainer.start_step == 1
 

@@ -17,6 +17,7 @@ from robustdet_tf import train as train_lib
 from robustdet_tf.evaluation.table_spec import TableSpec
 from robustdet_tf.io import WorkdirLockedError, atomic_output, workdir_lock
 from robustdet_tf.workdir import BadTrainingSettingError, ForeignFolderError
+from tests.helpers import lock_held_by_another_process
 from tests.test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,21 +81,13 @@ def test_a_second_train_on_a_busy_workdir_is_refused_before_it_reads_anything(in
     workdir = tmp_path / "busy"
     _train(config, workdir)
     before = _snapshot(workdir)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time\nfrom robustdet_tf.io import workdir_lock\n"
-         f"with workdir_lock({str(workdir)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_by_another_process(workdir) as pid:
         longer = tiny_config()
         longer.train.update(steps=4, checkpoint_every=2, init_from=config.train.init_from)
         printed = []
-        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {holder.pid} "):
+        with pytest.raises(WorkdirLockedError, match=f"in use by another run \\(pid {pid} "):
             train_lib.train_in_workdir(longer, str(workdir), printer=printed.append)
         assert printed == []  # no "resuming", no report: refused before it looked
-    finally:
-        holder.kill()
-        holder.wait()
     after = _snapshot(workdir)
     after.pop(".lock"), before.pop(".lock")  # the holder wrote its name into the lock file
     assert after == before
