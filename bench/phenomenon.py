@@ -46,9 +46,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
 from robustdet_tf import demo  # noqa: E402
+from robustdet_tf.analysis.records import jsonable  # noqa: E402
 from robustdet_tf.analysis.run import analyze_models  # noqa: E402
 from robustdet_tf.checkpoints.integrity import load_model_file  # noqa: E402
 from robustdet_tf.evaluation.report import save_figure_atomic  # noqa: E402
+from robustdet_tf.evaluation.table_spec import TableSpec  # noqa: E402
 
 ROBUSTDET_VARIANTS = ("robustdet", "robustdet_no_aid", "robustdet_paper")
 
@@ -116,8 +118,23 @@ def mechanism_of(config, models: dict, folder: str) -> dict:
         os.makedirs(folder, exist_ok=True)
         found = analyze_models(config, chosen, folder, figures=("mechanism",),
                                printer=lambda _line: None)["summaries"]["mechanism"]
-    return {name: {k: v for k, v in diag.items() if k != "kernel_spread_layers"} for name, diag in found.items()
-            if name != "ssd"}
+    return jsonable({name: {k: v for k, v in diag.items() if k != "kernel_spread_layers"}
+                     for name, diag in found.items() if name != "ssd"})
+
+
+def finished_run(config, folder: str, models: list[str]) -> dict | None:
+    """The results and claims of a seed whose demo run finished its table in ``folder`` for this config and these
+    models (a study interrupted after the table resumes without evaluating again); ``None`` otherwise."""
+    path = os.path.join(folder, "robustness.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        results = json.load(handle)
+    if list(results.get("models", {})) != models or results.get("table_spec") != json.loads(
+            json.dumps(TableSpec.from_config(config.eval).to_dict())):
+        return None
+    print(f"{folder}: the table is there already; its claims are read back", file=sys.stderr, flush=True)
+    return {"results": results, "phenomenon": demo.phenomenon(results)}
 
 
 def tradeoff_figure(per_seed: list[dict], path: str, title: str) -> None:
@@ -181,8 +198,9 @@ def main(argv=None) -> dict:
         began = time.time()
         seed_config = study_config(seed, regime, args.paper_variant, attacks)
         folder = os.path.join(args.workdir, f"seed_{seed}")
-        out = demo.run(seed_config, folder, printer=lambda line: print(line, file=sys.stderr, flush=True),
-                       diagnostics_stage=False)
+        out = finished_run(seed_config, folder, models) or demo.run(
+            seed_config, folder, printer=lambda line: print(line, file=sys.stderr, flush=True),
+            diagnostics_stage=False)
         trained = {name: load_model_file(os.path.join(folder, name, "model.keras"))
                    for name in ("ssd", *ROBUSTDET_VARIANTS) if name == "ssd" or name in seed_config}
         record = {

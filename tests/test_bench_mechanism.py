@@ -128,3 +128,25 @@ def test_variants_change_only_robustdet_and_kernels_apart_start_apart():
     # u uniform in [-1, 1]: each kernel's relative deviation from the mean is about 0.1 * sqrt(1/3 * 3/4) = 0.05
     assert 0.04 < kernel_spread(model)["mean"] < 0.06
     assert bench._prepare({**bench.DEFAULT_SETTING}) is None
+
+
+def test_a_seed_whose_table_is_finished_is_read_back_not_evaluated_again(tmp_path):
+    from robustdet_tf.evaluation.table_spec import TableSpec
+
+    study = _load("phenomenon")
+    config = study.study_config(0, attacks=("clean", "A_cls"))
+    models = ["ssd", "ssd_at", "robustdet", "robustdet_no_aid"]
+    table = {m: {"clean": 0.3, "A_cls": 0.1} for m in models}
+    differences = [{"attack": a, "model_a": x, "model_b": y, "difference": 0.01, "ci_low": 0.0, "ci_high": 0.02}
+                   for a in ("clean", "A_cls", "Lowest") for x, y in (("ssd_at", "ssd"), ("robustdet", "ssd_at"),
+                                                                      ("robustdet", "robustdet_no_aid"))]
+    results = {"models": table, "differences": differences,
+               "table_spec": TableSpec.from_config(config.eval).to_dict()}
+    (tmp_path / "robustness.json").write_text(json.dumps(results))
+    out = study.finished_run(config, str(tmp_path), models)
+    assert out["results"] == json.loads(json.dumps(results))
+    assert out["phenomenon"]["adversarial_training_helps"]["value"] == pytest.approx(1.0)
+    assert study.finished_run(config, str(tmp_path), models[:3]) is None  # other models: evaluate again
+    other = study.study_config(0, {"epsilon": 4}, attacks=("clean", "A_cls"))
+    assert study.finished_run(other, str(tmp_path), models) is None  # another protocol: evaluate again
+    assert study.finished_run(config, str(tmp_path / "none"), models) is None
