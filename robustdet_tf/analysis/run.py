@@ -52,7 +52,9 @@ from robustdet_tf.evaluation.table_spec import TableSpec
 
 FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "step_sweep", "mechanism", "gradient_check")
 CHEAP_FIGURES = ("loss_conflict", "entanglement", "attack_statistics", "mechanism", "gradient_check")
-"""What the demo runs: one attack per image and model; the step sweep costs max(sweep_steps) steps per attack."""
+"""What the demo runs: one attack per image and model (the mechanism's on every evaluation image, for the models
+with an AID and the transfer source; the gradient check's one PGD run step by step); the step sweep, left out,
+costs max(sweep_steps) steps per attack."""
 
 DEFAULT_SETTINGS: dict[str, Any] = dict(
     figures=FIGURES,
