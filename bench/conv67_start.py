@@ -47,9 +47,10 @@ from configs import demo as demo_config  # noqa: E402
 from robustdet_tf import demo  # noqa: E402
 from robustdet_tf import initial_model as starts  # noqa: E402
 from robustdet_tf import train as train_lib  # noqa: E402
-from robustdet_tf.checkpoints import backbone, integrity  # noqa: E402
+from robustdet_tf.checkpoints import integrity  # noqa: E402
 from robustdet_tf.data.sources import load_source  # noqa: E402
 from robustdet_tf.evaluation.from_config import eval_batches, evaluate_models  # noqa: E402
+from robustdet_tf.importers import backbone  # noqa: E402
 from robustdet_tf.models.factory import build_model  # noqa: E402
 
 ARMS = ("initialiser", "torch_default", "fc_subsampled", "source")

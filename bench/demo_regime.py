@@ -2,7 +2,7 @@
 
 For each candidate setting this trains SSD-AT(A_cls) from one clean SSD (trained once per distinct clean-SSD setting)
 and evaluates the clean SSD and SSD-AT under clean and A_cls on the demo's synthetic evaluation images, with paired
-bootstrap intervals (``evaluation/bootstrap.py``).  It prints one JSON line per setting and a last JSON line with all
+bootstrap intervals (``metrics/bootstrap.py``).  It prints one JSON line per setting and a last JSON line with all
 of them: the settings, the four cells with their 95 % intervals, SSD-AT − SSD under A_cls with its interval, and
 the seconds each part took.  The table of docs/results/regime.md comes from its output.
 

@@ -166,7 +166,7 @@ def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
             shard_timeout=3600.0,
             strategy="auto",
             # Paired percentile bootstrap over images on every cell and every difference of two models
-            # (evaluation/bootstrap.py); resamples=0 writes no intervals.
+            # (metrics/bootstrap.py); resamples=0 writes no intervals.
             bootstrap=dict(resamples=1000, seed=0, level=0.95),
             # The model whose A_cls images the 'Transfer' column evaluates every model on; '' = the first model.
             transfer_source="",

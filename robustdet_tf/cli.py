@@ -24,12 +24,13 @@ from robustdet_tf import demo
 from robustdet_tf import train as train_lib
 from robustdet_tf import workdir as workdir_lib
 from robustdet_tf.analysis.run import analyze_models
-from robustdet_tf.checkpoints import backbone, integrity
-from robustdet_tf.checkpoints.torch_import import CheckpointMismatchError, import_checkpoint, read_state_dict
+from robustdet_tf.checkpoints import integrity
 from robustdet_tf.distribution import num_workers
 from robustdet_tf.evaluation.from_config import attack_dataset, eval_strategy, evaluate_models
 from robustdet_tf.evaluation.sharded import is_unfinished
 from robustdet_tf.export import export_all
+from robustdet_tf.importers import backbone
+from robustdet_tf.importers.torch_import import CheckpointMismatchError, import_checkpoint, read_state_dict
 from robustdet_tf.io import DestinationExistsError, new_output_dir
 
 load_trained_model = train_lib.load_trained_model

@@ -13,7 +13,7 @@ import os
 import keras
 
 from robustdet_tf.checkpoints import integrity
-from robustdet_tf.checkpoints.backbone import start_backbone
+from robustdet_tf.importers.backbone import start_backbone
 from robustdet_tf.models.factory import INIT_KEYS, build_model, is_routed
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.workdir import model_config_dict

@@ -10,12 +10,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "robustdet_tf"
 # Rank of each room; a module may import only rooms of a lower or equal rank, and equal ranks only without circles.
 RANKS = {
     "boxes": 0, "priors": 0, "io": 0, "detections": 0, "labels": 0, "distribution": 0, "compiled": 0,
-    "layers": 1, "losses": 1,
+    "layers": 1, "losses": 1, "metrics": 1,
     "attacks": 2,
     "models": 3,
     "data": 4,
-    "evaluation": 5, "export": 5, "checkpoints": 5, "analysis": 5, "interop": 5, "run_report": 5, "workdir": 5,
-    "initial_model": 5,
+    "evaluation": 5, "export": 5, "checkpoints": 5, "importers": 5, "analysis": 5, "interop": 5, "run_report": 5,
+    "workdir": 5, "initial_model": 5,
     "train": 6,
     "demo": 7,
     "cli": 8,

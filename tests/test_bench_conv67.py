@@ -8,7 +8,7 @@ import os
 import keras
 import numpy as np
 
-from robustdet_tf.checkpoints import backbone
+from robustdet_tf.importers import backbone
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 

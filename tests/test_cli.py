@@ -9,7 +9,7 @@ import tensorflow as tf
 from ml_collections import ConfigDict
 
 from robustdet_tf import cli
-from robustdet_tf.checkpoints.torch_import import to_state_dict
+from robustdet_tf.importers.torch_import import to_state_dict
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 

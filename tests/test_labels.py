@@ -52,7 +52,7 @@ def test_one_voc_class_list():
     from configs import common
     from robustdet_tf import labels
     from robustdet_tf.data import voc
-    from robustdet_tf.evaluation import voc_metric
+    from robustdet_tf.metrics import voc as voc_metric
 
     assert voc.VOC_CLASSES is labels.VOC_CLASSES and voc_metric.VOC_CLASSES is labels.VOC_CLASSES
     assert common.VOC_CLASS_NAMES is labels.VOC_CLASSES and len(labels.VOC_CLASSES) == 20

@@ -127,7 +127,7 @@ def test_more_coco_categories_than_classes_is_refused_before_training(tmp_path):
 
 
 def test_an_imported_model_is_where_training_starts_and_is_kept(tmp_path):
-    from robustdet_tf.checkpoints.torch_import import to_state_dict
+    from robustdet_tf.importers.torch_import import to_state_dict
     from robustdet_tf.models.ssd import SSD
 
     config = _tiny(ssd300_voc.get_config(), steps=1)

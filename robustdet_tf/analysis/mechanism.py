@@ -29,8 +29,8 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.model_protocol import has_aid
 from robustdet_tf.compiled import traced_once
-from robustdet_tf.evaluation.bootstrap import BootstrapSpec, percentile_interval, resample_weights
 from robustdet_tf.layers.aaconv import AAConv2D
+from robustdet_tf.metrics.bootstrap import BootstrapSpec, percentile_interval, resample_weights
 
 SCORE = "JS(pi(x) || mean clean pi), nats"
 """The separation score, as ``analysis.json`` and the bench's JSON lines name it."""

@@ -13,8 +13,8 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.compiled import traced_once
-from robustdet_tf.evaluation.coco_metric import COCOMetric
-from robustdet_tf.evaluation.voc_metric import VOCMetric
+from robustdet_tf.metrics.coco import COCOMetric
+from robustdet_tf.metrics.voc import VOCMetric
 
 AttackFn = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
 

@@ -17,7 +17,7 @@ Outputs (``evaluation.report``, each written atomically):
   (``bootstrap.resamples > 0``, the default) also ``"cells": {name: {attack: {"mAP", "ci_low", "ci_high"}}}``,
   ``ci_low``/``ci_high`` in each ``worst_case`` entry, ``"differences": [{"attack", "model_a", "model_b",
   "difference", "ci_low", "ci_high"}]`` (model_a − model_b for every pair of models under every attack) and
-  ``"bootstrap"`` (its settings): paired percentile bootstrap over images (``evaluation.bootstrap``);
+  ``"bootstrap"`` (its settings): paired percentile bootstrap over images (``metrics.bootstrap``);
 * ``robustness.md`` — a Markdown table laid out like the paper's Table 1 (rows models, columns attacks, mAP in %,
   intervals in brackets), then the paired differences;
 * ``pr_<model>_<attack>.png`` — per-class precision/recall curves of every cell (VOC metrics only);
@@ -39,7 +39,6 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf.evaluation import shard_plan, sharded
-from robustdet_tf.evaluation.bootstrap import table_intervals, with_intervals
 from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, make_metric
 from robustdet_tf.evaluation.progress import TableProgress
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
@@ -66,6 +65,7 @@ from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.evaluation.transfer import TRANSFER_BASE, same_cell, transfer_attack
 from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
 from robustdet_tf.io import workdir_lock, write_text
+from robustdet_tf.metrics.bootstrap import table_intervals, with_intervals
 
 
 def save_sample_detections(

@@ -17,7 +17,6 @@ from typing import Any
 
 import tensorflow as tf
 
-from robustdet_tf.evaluation.bootstrap import BootstrapSpec
 from robustdet_tf.evaluation.protocol import (
     ATTACKS,
     PAPER_ATTACKS,
@@ -26,6 +25,7 @@ from robustdet_tf.evaluation.protocol import (
     dag_spec,
     make_protocol,
 )
+from robustdet_tf.metrics.bootstrap import BootstrapSpec
 
 CONFIG_KEYS = ("attacks", "protocol", "overrides", "sample_images", "sample_score_threshold", "sample_top_n",
                "shard_batches", "shard_timeout", "bootstrap", "transfer_source")

@@ -18,7 +18,7 @@ from robustdet_tf.models.ssd import SSD
 
 MODEL_CLASSES: dict[str, type] = {"ssd": SSD, "robustdet": RobustDet}
 INIT_KEYS = ("backbone_init",)
-"""Model-config keys that say how a fresh model's weights start (``checkpoints/backbone.py``), not what it is."""
+"""Model-config keys that say how a fresh model's weights start (``importers/backbone.py``), not what it is."""
 
 
 def constructor_keys(cls: type) -> set[str]:

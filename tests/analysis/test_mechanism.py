@@ -8,8 +8,8 @@ import tensorflow as tf
 from robustdet_tf.analysis import mechanism
 from robustdet_tf.analysis.findings import findings
 from robustdet_tf.analysis.run import DEFAULT_SETTINGS
-from robustdet_tf.evaluation.bootstrap import BootstrapSpec, resample_weights
 from robustdet_tf.layers.aaconv import AAConv2D
+from robustdet_tf.metrics.bootstrap import BootstrapSpec, resample_weights
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from ml_collections import ConfigDict  # noqa: E402
 
 from robustdet_tf import cli  # noqa: E402
-from robustdet_tf.checkpoints.torch_import import read_state_dict  # noqa: E402
+from robustdet_tf.importers.torch_import import read_state_dict  # noqa: E402
 
 
 class _RunsCode:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustdet_tf.evaluation.coco_metric import COCOMetric
 from robustdet_tf.evaluation.evaluate import detection_step, evaluate_detections, make_metric
-from robustdet_tf.evaluation.voc_metric import VOCMetric
+from robustdet_tf.metrics.coco import COCOMetric
+from robustdet_tf.metrics.voc import VOCMetric
 
 NAMES = ("a", "b", "c")
 NUM = 6

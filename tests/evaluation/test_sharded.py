@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 from robustdet_tf.evaluation import robustness, sharded
-from robustdet_tf.evaluation.bootstrap import BootstrapSpec, table_intervals
 from robustdet_tf.evaluation.evaluate import evaluate_detections, make_metric
 from robustdet_tf.evaluation.shard_plan import PlanMismatchError
 from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
+from robustdet_tf.metrics.bootstrap import BootstrapSpec, table_intervals
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 from tests.evaluation.test_robustness import CLASS_NAMES, SIZE, rectangles

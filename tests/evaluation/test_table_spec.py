@@ -7,9 +7,9 @@ import pytest
 
 from configs import demo, ssd300_voc
 from robustdet_tf.evaluation import robustness
-from robustdet_tf.evaluation.bootstrap import BootstrapSpec
 from robustdet_tf.evaluation.from_config import DEFAULT_ATTACKS
 from robustdet_tf.evaluation.table_spec import TableSpec
+from robustdet_tf.metrics.bootstrap import BootstrapSpec
 
 
 def test_built_once_from_config_eval_with_the_metric_in_the_protocol():

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from robustdet_tf.models.discriminator import PaddedMaxPool2D, build_discriminator, torchvision_weight_map
-from tests.checkpoints.official_reference import resnet18_state_shapes
 from tests.helpers import assert_keras_round_trip
+from tests.importers.official_reference import resnet18_state_shapes
 
 
 def _torch_to_keras_shape(shape):

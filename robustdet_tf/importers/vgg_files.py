@@ -25,8 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from robustdet_tf.checkpoints.key_maps import to_keras_layout
-from robustdet_tf.checkpoints.torch_import import read_state_dict
+from robustdet_tf.importers.key_maps import to_keras_layout
+from robustdet_tf.importers.torch_import import read_state_dict
 
 KERAS_LAYERS = ("block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2", "block3_conv1", "block3_conv2",
                 "block3_conv3", "block4_conv1", "block4_conv2", "block4_conv3", "block5_conv1", "block5_conv2",

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from robustdet_tf.checkpoints.key_maps import (
+from robustdet_tf.importers.key_maps import (
     AID_PREFIX,
     NUM_BATCHES_TRACKED,
     PERMUTATIONS,
@@ -17,8 +17,8 @@ from robustdet_tf.checkpoints.key_maps import (
 from robustdet_tf.models.discriminator import build_discriminator
 from robustdet_tf.models.robustdet import RobustDet
 from robustdet_tf.models.ssd import SSD
-from tests.checkpoints import official_reference as ref
 from tests.conftest import TINY_SSD
+from tests.importers import official_reference as ref
 
 # PyTorch layout → Keras layout written as index equations, independently of PERMUTATIONS.
 EINSUM = {

@@ -8,8 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from robustdet_tf.evaluation.coco_annotations import contiguous_category_ids
-from robustdet_tf.evaluation.coco_metric import COCO_STAT_NAMES, COCOMetric
+from robustdet_tf.metrics.coco import COCO_STAT_NAMES, COCOMetric
+from robustdet_tf.metrics.coco_annotations import contiguous_category_ids
 
 
 def make_batch(images, size=None, image_ids=None):

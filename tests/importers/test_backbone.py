@@ -9,7 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from robustdet_tf.checkpoints import backbone  # noqa: E402
+from robustdet_tf.importers import backbone  # noqa: E402
 from robustdet_tf.models.robustdet import RobustDet  # noqa: E402
 from robustdet_tf.models.ssd import SSD  # noqa: E402
 

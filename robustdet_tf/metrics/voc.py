@@ -53,10 +53,10 @@ import numpy as np
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
-from robustdet_tf.evaluation.bootstrap import RankedMatches
-from robustdet_tf.evaluation.metric_state import MetricStateError, checked, concatenated, envelope, split_by_counts
-from robustdet_tf.evaluation.per_image import unbatch_pair
 from robustdet_tf.labels import VOC_CLASSES
+from robustdet_tf.metrics.bootstrap import RankedMatches
+from robustdet_tf.metrics.per_image import unbatch_pair
+from robustdet_tf.metrics.state import MetricStateError, checked, concatenated, envelope, split_by_counts
 
 # Thresholds of the VOC07 11-point AP exactly as the reference builds them: np.arange accumulates 0.1, so the
 # 4th, 7th and 8th values are 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001, and a recall of

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from robustdet_tf.checkpoints.key_maps import (
+from robustdet_tf.importers.key_maps import (
     NUM_BATCHES_TRACKED,
     official_weight_map,
     resnet_entries,

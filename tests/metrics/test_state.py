@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from robustdet_tf.evaluation.coco_metric import COCOMetric
-from robustdet_tf.evaluation.metric_state import MetricStateError
-from robustdet_tf.evaluation.voc_metric import VOCMetric
+from robustdet_tf.metrics.coco import COCOMetric
+from robustdet_tf.metrics.state import MetricStateError
+from robustdet_tf.metrics.voc import VOCMetric
 
 CLASSES = ("a", "b", "c")
 

@@ -8,15 +8,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from robustdet_tf.evaluation.bootstrap import (
+from robustdet_tf.metrics.bootstrap import (
     BootstrapSpec,
     percentile_interval,
     resample_weights,
     resampled_map,
     table_intervals,
 )
-from robustdet_tf.evaluation.coco_metric import COCOMetric
-from robustdet_tf.evaluation.voc_metric import VOCMetric
+from robustdet_tf.metrics.coco import COCOMetric
+from robustdet_tf.metrics.voc import VOCMetric
 
 NAMES = ("a", "b", "c")
 MAX_GT, MAX_DET = 3, 6

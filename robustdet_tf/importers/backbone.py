@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 import keras
 import numpy as np
 
-from robustdet_tf.checkpoints import vgg_files
-from robustdet_tf.checkpoints.key_maps import to_keras_layout
+from robustdet_tf.importers import vgg_files
+from robustdet_tf.importers.key_maps import to_keras_layout
 from robustdet_tf.layers.aaconv import AAConv2D
 from robustdet_tf.layers.cfr import ProbConv
 from robustdet_tf.models.factory import build_model

@@ -11,7 +11,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from robustdet_tf.checkpoints import backbone, vgg_files  # noqa: E402
+from robustdet_tf.importers import backbone, vgg_files  # noqa: E402
 from robustdet_tf.models.ssd import SSD  # noqa: E402
 
 pytestmark = pytest.mark.slow  # among the slowest files of the suite; the quick loop (-m "not slow") leaves it out

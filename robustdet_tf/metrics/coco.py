@@ -37,10 +37,10 @@ from pycocotools.cocoeval import COCOeval
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
-from robustdet_tf.evaluation.bootstrap import RankedMatches
-from robustdet_tf.evaluation.coco_annotations import load_coco, quiet
-from robustdet_tf.evaluation.metric_state import MetricStateError, checked, envelope
-from robustdet_tf.evaluation.per_image import unbatch_pair
+from robustdet_tf.metrics.bootstrap import RankedMatches
+from robustdet_tf.metrics.coco_annotations import load_coco, quiet
+from robustdet_tf.metrics.per_image import unbatch_pair
+from robustdet_tf.metrics.state import MetricStateError, checked, envelope
 
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",

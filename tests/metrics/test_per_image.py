@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustdet_tf.evaluation.per_image import (
+from robustdet_tf.metrics.per_image import (
     ImageDetections,
     ImageGroundTruth,
     unbatch_detections,

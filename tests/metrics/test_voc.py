@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from robustdet_tf.evaluation.voc_metric import VOC_CLASSES, VOCMetric, compute_ap
+from robustdet_tf.metrics.voc import VOC_CLASSES, VOCMetric, compute_ap
 
 NAMES = ("a", "b", "c")
 

@@ -14,11 +14,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from robustdet_tf.checkpoints import torch_import as ti  # noqa: E402
+from robustdet_tf.importers import torch_import as ti  # noqa: E402
 from robustdet_tf.models.robustdet import RobustDet  # noqa: E402
 from robustdet_tf.models.ssd import SSD  # noqa: E402
-from tests.checkpoints import official_reference as ref  # noqa: E402
 from tests.conftest import TINY_SSD  # noqa: E402
+from tests.importers import official_reference as ref  # noqa: E402
 
 KEYS_FILE = os.path.join(os.path.dirname(__file__), "official_state_dict_keys.txt")
 SSD300_VOC = dict(

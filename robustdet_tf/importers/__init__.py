@@ -1,0 +1,1 @@
+"""Importers of other people's weights: the official PyTorch checkpoints, torchvision/Caffe VGG16 files."""
