@@ -68,8 +68,15 @@ def _unknown_key_exit(err: Exception, argv) -> None:
     detail = re.sub(r"\\+n|\n", " ", str(err.args[0] if err.args else err))
     detail = detail.replace("\\", "").replace("'", "").strip("\" ")
     overrides = [a for a in argv if a.startswith("--config.")]
-    print(f"main.py: unknown config key {detail} (in {' '.join(overrides)}); nothing was run. See README "
-          "'Configuration keys'.", file=sys.stderr)
+    from robustdet_tf.behaviour import renamed_key_message
+
+    for override in overrides:
+        message = renamed_key_message(override[2:].split("=", 1)[0])
+        if message:
+            print(f"main.py: {override}: {message} Nothing was run.", file=sys.stderr)
+            sys.exit(2)
+    print(f"main.py: unknown config key {detail} (in {' '.join(overrides)}); nothing was run. Every key: "
+          "docs/configuration.md.", file=sys.stderr)
     sys.exit(2)
 
 

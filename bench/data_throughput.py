@@ -5,7 +5,7 @@ Prints ONE JSON line with, for the demo size and for 300x300:
 * ``generation_<S>``: generating the synthetic examples alone (``shapes_dataset``, images batched so that the
   per-element Python overhead of iteration does not count);
 * ``train_<S>``: the full training pipeline on that source (drop difficult, per-epoch shuffle, SSD augmentation
-  in its faithful form, resize to S, pad targets, batch), i.e. what ``model.fit`` consumes;
+  in its reference form, resize to S, pad targets, batch), i.e. what ``model.fit`` consumes;
 * ``train_noaug_<S>``: the same pipeline with augmentation off (only the resize), to show the augmentation's cost.
 
 Each figure is the median over ``--repeats`` interleaved measurements of images / second over ``--seconds`` of
@@ -59,7 +59,7 @@ def pipelines(size: int, args: argparse.Namespace) -> dict[str, tf.data.Dataset]
             max_boxes=args.max_boxes,
             shuffle_buffer=args.shuffle_buffer,
             augment_examples=augment_examples,
-            faithful=True,
+            chain="reference",
         )
     return named
 

@@ -7,7 +7,7 @@ pipeline (``robustdet_tf/demo.py`` with ``configs/demo.py``, at the regime ``--r
 * ``robustdet_no_aid``: the paper's ablation "RobustDet without L_aid" (the same model and schedule with the AID loss
   weight set to 0), so the discriminator's share of the effect is measured;
 * ``robustdet_paper`` (``--paper-variant``): RobustDet as the paper writes it where the official code departs from
-  it: the JS divergence inside the triplet hinge (``triplet_hinge="js"``) and Eq. 5's printed weights
+  it: the JS divergence inside the triplet hinge (``triplet_hinge="paper"``) and Eq. 5's printed weights
   (``loss_weighting="paper"``, which changes only the CFR terms, so nothing for a RobustDet without CFR).
 
 A seed sets ``config.train.seed`` of every stage (initial weights, data order, the attacks' and the triplets' draws)
@@ -68,7 +68,7 @@ def study_config(seed: int, regime: dict | None = None, paper_variant: bool = Fa
         config.robustdet_no_aid.model.aid_weight = 0.0
         if paper_variant:
             config.robustdet_paper = copy.deepcopy(config.robustdet)
-            config.robustdet_paper.model.triplet_hinge = "js"
+            config.robustdet_paper.model.triplet_hinge = "paper"
             config.robustdet_paper.model.loss_weighting = "paper"
         overrides = config.eval.overrides.to_dict()
         overrides["seed"] = int(seed)

@@ -112,7 +112,7 @@ def voc_data(train: str = "2007+2012", test: str = "2007") -> ml_collections.Con
             background_images="keep",
             max_boxes=64,
             augment=True,
-            faithful_augment=True,
+            augment_chain="reference",
             skip_bad=False,
             cache=False,
         )
@@ -136,7 +136,7 @@ def coco_data() -> ml_collections.ConfigDict:
             background_images="drop",
             max_boxes=100,
             augment=True,
-            faithful_augment=True,
+            augment_chain="reference",
             skip_bad=False,
             cache=False,
         )
@@ -153,7 +153,7 @@ def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
         dict(
             batch_size=8,
             metric=metric,
-            reference_offsets=True,
+            voc_offsets="reference",
             protocol="reference",
             overrides={},
             attacks=DEFAULT_ATTACKS,

@@ -48,7 +48,7 @@ def shapes_data() -> ml_collections.ConfigDict:
             eval_seed=1,
             max_boxes=8,
             augment=False,
-            faithful_augment=False,
+            augment_chain="corrected",
             cache=True,
         )
     )
@@ -140,7 +140,7 @@ def get_config() -> ml_collections.ConfigDict:
     # optimising a graph took about as long as running it; 25 left a last batch of 5 and a second trace per cell).
     # The table does not depend on the batch size: every attack treats each image as if alone.
     config.eval.batch_size = 40
-    config.eval.reference_offsets = False
+    config.eval.voc_offsets = "corrected"
     # "Adaptive": A_cls − λ·KL(π_clean ‖ π_adv), the attack that keeps RobustDet's kernel mixture clean (issue 14);
     # "Transfer": A_cls made against the clean SSD, evaluated on every model (the check for gradient masking).
     config.eval.attacks = ("clean", "A_cls", "A_loc", "CWA", "DAG", "Adaptive", "Transfer")

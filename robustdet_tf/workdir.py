@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf.behaviour import migrated_model_settings
 from robustdet_tf.io import atomic_output, write_text
 from robustdet_tf.models.factory import resolved_model_config
 
@@ -136,7 +137,7 @@ def check_workdir(workdir: str, config) -> None:
             )
         return
     with open(path) as f:
-        recorded = json.load(f)
+        recorded = migrated_model_settings(json.load(f))  # a record of an earlier version in today's spelling
     wanted = model_config_dict(config)
     # A key the record lacks (a workdir of an earlier version) is not compared.
     diff = {k: (recorded[k], wanted.get(k)) for k in ARCHITECTURE_KEYS

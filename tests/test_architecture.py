@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "robustdet_tf"
 
 # Rank of each room; a module may import only rooms of a lower or equal rank, and equal ranks only without circles.
 RANKS = {
-    "boxes": 0, "priors": 0, "io": 0, "detections": 0, "labels": 0, "distribution": 0, "compiled": 0,
+    "boxes": 0, "priors": 0, "io": 0, "detections": 0, "labels": 0, "distribution": 0, "compiled": 0, "behaviour": 0,
     "layers": 1, "losses": 1, "metrics": 1,
     "attacks": 2,
     "models": 3,

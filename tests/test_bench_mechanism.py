@@ -40,8 +40,8 @@ def test_with_regime_reaches_every_adversarial_stage_the_table_and_the_diagnosti
 def test_the_paper_variant_differs_from_robustdet_by_its_two_switches_only():
     config = _load("phenomenon").study_config(0, paper_variant=True)
     paper, coded = config.robustdet_paper.model.to_dict(), config.robustdet.model.to_dict()
-    assert (paper["triplet_hinge"], paper["loss_weighting"]) == ("js", "paper")
-    assert (coded["triplet_hinge"], coded["loss_weighting"]) == ("euclidean", "reference")
+    assert (paper["triplet_hinge"], paper["loss_weighting"]) == ("paper", "paper")
+    assert (coded["triplet_hinge"], coded["loss_weighting"]) == ("reference", "reference")
     assert {k for k in paper if paper[k] != coded[k]} == {"triplet_hinge", "loss_weighting"}
     assert "robustdet_paper" not in _load("phenomenon").study_config(0)
     assert config.robustdet_no_aid.model.aid_weight == 0.0

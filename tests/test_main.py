@@ -120,7 +120,7 @@ def _check_table_equals_a_fresh_evaluation(workdir, results):
     for name, row in results["models"].items():
         model = keras.saving.load_model(workdir / name / "model.keras")
         fresh = evaluate_detections(model, batches, make_metric(config.eval.metric, source.class_names,
-                                                                 reference_offsets=config.eval.reference_offsets))["mAP"]
+                                                                 offsets=config.eval.voc_offsets))["mAP"]
         assert abs(fresh - row["clean"]) < 1e-9, name
     assert any(row["A_cls"] != row["clean"] for row in results["models"].values())
 
@@ -130,6 +130,13 @@ def test_wrong_config_key_is_refused(tmp_path):
     assert proc.returncode == 2
     assert 'unknown config key stpes Did you mean "steps"' in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_an_old_spelling_of_a_switch_is_refused_with_its_new_name(tmp_path):
+    proc = run_main(f"--workdir={tmp_path}", "--config.data.faithful_augment=False")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "data.faithful_augment was renamed data.augment_chain" in proc.stderr and "'corrected'" in proc.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_bad_flag_values_name_the_flag_the_value_and_what_is_accepted(tmp_path):

@@ -163,7 +163,7 @@ def analyze_models(config, models: Mapping[str, keras.Model], output_dir: str,
             summaries["attack_statistics"][name] = confidence.summarize(result)
         if "step_sweep" in figures:
             metric = partial(make_metric, protocol["metric"], source.class_names,
-                             reference_offsets=protocol["reference_offsets"])
+                             offsets=protocol["voc_offsets"])
             specs = {a: attack_spec(a, protocol) for a in settings["sweep_attacks"]}
             summaries["step_sweep"][name] = step_sweep.step_sweep(model, batches, specs, settings["sweep_steps"],
                                                                   metric)

@@ -5,12 +5,12 @@ DAG does not ascend a detection loss; it pushes *every* prior towards its own ra
 arg-max class differs from its adversarial label.  Each iteration adds ``r = γ · g / ‖g‖∞`` (``g`` = ∇ of that
 loss with respect to the pixels), so every step moves the image by exactly γ in its largest component.
 
-Two variants, selected by ``faithful``:
+Two variants, selected by ``DAGSpec.variant``:
 
-* ``faithful=True`` (the reference ``attack/DAG.py``, used for the paper's numbers): the gradient of step ``t`` is
+* ``variant="reference"`` (the reference ``attack/DAG.py``, used for the paper's numbers): the gradient of step ``t`` is
   taken at ``clip(x0 + r_{t−1})`` — the clean image plus only the *previous single* step — while the output is
   ``clip(x0 + Σ r)``.  There is no ε bound (with γ = 0.5 and 150 steps ``‖R‖∞`` can reach 75) and no early stop.
-* ``faithful=False`` (corrected): the gradient is taken at the accumulated adversarial image, the perturbation is
+* ``variant="corrected"``: the gradient is taken at the accumulated adversarial image, the perturbation is
   projected onto the ε-ball (``‖R‖∞ ≤ epsilon``) and ``[0, 255]`` after each step, and an image stops changing as
   soon as none of its priors is active (the original DAG stopping rule); the loop ends when every image is done.
 
@@ -44,10 +44,11 @@ from robustdet_tf import boxes as box_ops
 from robustdet_tf.attacks.budget import in_graph
 from robustdet_tf.attacks.model_protocol import MatchingDetector, check_attackable
 from robustdet_tf.attacks.spec import DAGSpec
+from robustdet_tf.behaviour import REFERENCE
 from robustdet_tf.losses.multibox import per_prior_cross_entropy
 
 REFERENCE_DAG = DAGSpec()
-"""The reference's DAG: 150 steps of γ = 0.5, faithful (unbounded), labels from seed 0."""
+"""The reference's DAG: 150 steps of γ = 0.5, the reference's variant (unbounded), labels from seed 0."""
 
 _SEED_WORD = 0xDA6  # second word of the base stateless seed; separates DAG's stream from other users of `seed`
 
@@ -120,7 +121,7 @@ def dag(
     check_attackable(model, "dag", MatchingDetector)  # priors match the ground truth; num_classes draws the labels
     num_classes = model.num_classes
     threshold = model.match_threshold if spec.match_threshold is None else spec.match_threshold
-    steps, gamma, faithful, epsilon, seed = spec.steps, spec.gamma, spec.faithful, spec.epsilon, spec.seed
+    steps, gamma, epsilon, seed = spec.steps, spec.gamma, spec.epsilon, spec.seed
     clean = tf.convert_to_tensor(images, tf.float32)
     _, target_labels, _ = box_ops.match(targets["boxes"], targets["labels"], model.priors, threshold)
     seeds = image_seeds(seed, tf.shape(clean)[0], index_offset)
@@ -135,16 +136,16 @@ def dag(
         return tape.gradient(loss, x), tf.reduce_any(active, axis=1)
 
     total = tf.zeros_like(clean)
-    if faithful:
+    if spec.variant == REFERENCE:
 
-        def faithful_body(t, current, accumulated):
+        def reference_body(t, current, accumulated):
             grad, _ = gradient_and_active(current)
             r = normalised_step(grad, gamma)
             # The reference restarts from the clean image each step: next = clip(x0 + r), not clip(x_t + r).
             return t + 1, tf.clip_by_value(clean + r, 0.0, 255.0), accumulated + r
 
         _, _, total = tf.while_loop(
-            lambda t, *_: t < steps, faithful_body, (tf.constant(0), clean, total), parallel_iterations=1
+            lambda t, *_: t < steps, reference_body, (tf.constant(0), clean, total), parallel_iterations=1
         )
         return tf.stop_gradient(tf.clip_by_value(clean + total, 0.0, 255.0))
 

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from robustdet_tf.behaviour import CORRECTED, REFERENCE, checked
+
 METHODS = ("clean", "cls", "loc", "con", "cwa", "mtd", "adaptive", "fixed_pi", "aid")
 """``clean`` = no attack; ``cls``/``loc``/``con``/``cwa`` = PGD on that objective; ``mtd`` = the MTD step; the
 attacks that adapt to RobustDet's discriminator (``attacks/adaptive.py``): ``adaptive`` = ``base`` loss − λ·D(π),
@@ -130,16 +132,16 @@ class DAGSpec:
     Attributes:
       steps: iterations (reference 150).
       gamma: the max-norm of each step's perturbation (reference 0.5).
-      faithful: the reference's behaviour (gradient at the clean image plus the last step, no bound, no early stop)
-        or the corrected, ε-bounded, early-stopping variant.
-      epsilon: ``‖R‖∞`` bound of the corrected variant (``None`` with ``faithful``).
+      variant: ``"reference"`` (the official code: gradient at the clean image plus the last step, no bound, no
+        early stop) or ``"corrected"`` (ε-bounded, early stopping); ``robustdet_tf.behaviour``'s vocabulary.
+      epsilon: ``‖R‖∞`` bound of the corrected variant (``None`` with ``"reference"``).
       seed: the stateless seed of the adversarial labels.
       match_threshold: IoU of the ground truth → prior match (``None``: the model's).
     """
 
     steps: int = 150
     gamma: float = 0.5
-    faithful: bool = True
+    variant: str = REFERENCE
     epsilon: float | None = None
     seed: int = 0
     match_threshold: float | None = None
@@ -148,14 +150,14 @@ class DAGSpec:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
         set_("steps", int(self.steps))
         set_("gamma", float(self.gamma))
-        set_("faithful", bool(self.faithful))
+        checked("dag variant", self.variant)
         set_("seed", int(self.seed))
         if self.epsilon is not None:
             set_("epsilon", float(self.epsilon))
         if self.steps < 0:
             raise ValueError(f"dag: steps must be >= 0, got {self.steps}.")
-        if not self.faithful and (self.epsilon is None or self.epsilon < 0):
-            raise ValueError(f"dag: the bounded variant (faithful=False) needs epsilon >= 0, got {self.epsilon}.")
+        if self.variant == CORRECTED and (self.epsilon is None or self.epsilon < 0):
+            raise ValueError(f"dag: the bounded variant (variant='corrected') needs epsilon >= 0, got {self.epsilon}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,7 @@ mirror -> resize.  Boxes enter and leave in the package format ``rel_xyxy``; in 
 absolute pixels exactly as the reference does (integer paste offsets and crop rectangles), so boxes move with
 the pixels.
 
-``faithful=True`` reproduces the reference including its quirks (docs/reference.md#augmentation):
+``chain="reference"`` reproduces the reference including its quirks (docs/reference.md#augmentation):
 
 * pixel values are never clipped, so they may leave [0, 255] after brightness/contrast/saturation; the HSV round
   trip (always run, as in the reference) is then not the identity for negative values, as in OpenCV;
@@ -17,7 +17,7 @@ the pixels.
   ``overlap.min() < min_iou and max_iou < overlap.max()`` with ``max_iou = inf``);
 * crop offsets follow NumPy's ``uniform(W - w)``, i.e. ``uniform(low=W - w, high=1.0)``.
 
-``faithful=False`` is the corrected chain: values clipped to [0, 255] after every photometric step (and the
+``chain="corrected"`` is the corrected chain: values clipped to [0, 255] after every photometric step (and the
 saturation to [0, 1]), a candidate crop is accepted only if some ground-truth box overlaps it with IoU >= the mode's
 minimum (the original Caffe SSD rule), and offsets are uniform in [0, W - w].
 
@@ -25,7 +25,7 @@ Colour conventions.  The reference works on BGR images; here images are RGB.  Br
 hue act identically on either order, and the channel-permutation noise draws uniformly from all six permutations, so
 the distribution is the same.  HSV follows OpenCV's float conversion (H in degrees [0, 360), S = range / (|V| + eps),
 V in pixel units); ``tf.image.rgb_to_hsv`` agrees with it (with H / 360) for values in [0, 255] but not for the
-negative values the faithful chain can produce.  The expand canvas is filled with the reference's mean
+negative values the reference chain can produce.  The expand canvas is filled with the reference's mean
 (104, 117, 123) given in B, G, R order, i.e. ``EXPAND_FILL_RGB = (123, 117, 104)`` in R, G, B.  Note that the
 model subtracts (104, 117, 123) from R, G, B (docs/reference.md#preprocessing), so the fill does not become zero at the
 network input; this
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from robustdet_tf.behaviour import REFERENCE, checked
 from robustdet_tf.data.photometric import photometric_distort
 from robustdet_tf.data.random_draws import as_seed, coin, key, uniform
 
@@ -123,7 +124,7 @@ def _box_iou_with_rects(boxes: tf.Tensor, rects: tf.Tensor) -> tf.Tensor:
     return inter / (rect_area[:, None] + box_area[None, :] - inter)
 
 
-def _crop_candidates(seed, width, height, boxes, min_iou, faithful: bool, trials: int):
+def _crop_candidates(seed, width, height, boxes, min_iou, reference: bool, trials: int):
     """One round of the reference's 50-trial loop, vectorised: returns (rects [T, 4] int-valued float, valid [T],
     centre_inside [T, n]).  ``boxes`` are absolute xyxy."""
     draws = tf.random.stateless_uniform([4, trials], seed, dtype=tf.float32)
@@ -131,7 +132,7 @@ def _crop_candidates(seed, width, height, boxes, min_iou, faithful: bool, trials
     crop_h = 0.3 * height + 0.7 * height * draws[1]
     aspect = crop_h / crop_w
     aspect_ok = (aspect >= 0.5) & (aspect <= 2.0)
-    if faithful:  # NumPy uniform(W - w) == uniform(low=W - w, high=1.0)
+    if reference:  # NumPy uniform(W - w) == uniform(low=W - w, high=1.0)
         left = (width - crop_w) + (1.0 - (width - crop_w)) * draws[2]
         top = (height - crop_h) + (1.0 - (height - crop_h)) * draws[3]
     else:
@@ -148,13 +149,13 @@ def _crop_candidates(seed, width, height, boxes, min_iou, faithful: bool, trials
         & (rects[:, None, 3] > centres[None, :, 1])
     )
     valid = aspect_ok & tf.reduce_any(centre_inside, axis=1)
-    if not faithful:
+    if not reference:
         best_iou = tf.reduce_max(_box_iou_with_rects(boxes, rects), axis=1)  # -inf when there are no boxes
         valid &= best_iou >= min_iou
     return rects, valid, centre_inside
 
 
-def _draw_crop(seed: tf.Tensor, height, width, abs_boxes, faithful: bool, max_trials: int, max_rounds: int):
+def _draw_crop(seed: tf.Tensor, height, width, abs_boxes, reference: bool, max_trials: int, max_rounds: int):
     """Reference ``RandomSampleCrop`` parameters: (rect [4] float x0, y0, x1, y1 whole pixels, keep [n] bool)."""
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     whole_rect = tf.stack([0.0, 0.0, w, h])
@@ -170,7 +171,7 @@ def _draw_crop(seed: tf.Tensor, height, width, abs_boxes, faithful: bool, max_tr
         round_seed = key(seed, round_index)
         mode = tf.random.stateless_uniform([], key(round_seed, 0), minval=0, maxval=6, dtype=tf.int32)
         rects, valid, centre_inside = _crop_candidates(
-            key(round_seed, 1), w, h, abs_boxes, tf.gather(min_ious, mode), faithful, max_trials
+            key(round_seed, 1), w, h, abs_boxes, tf.gather(min_ious, mode), reference, max_trials
         )
         first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
         use_whole = tf.equal(mode, 0)
@@ -199,7 +200,7 @@ def random_sample_crop(
     labels: tf.Tensor,
     seed,
     *,
-    faithful: bool = True,
+    chain: str = REFERENCE,
     max_trials: int = 50,
     max_rounds: int = 100,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -218,7 +219,8 @@ def random_sample_crop(
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     height, width = _image_size(image)
     abs_boxes = boxes * _scale(width, height)
-    rect, keep = _draw_crop(seed, height, width, abs_boxes, faithful, max_trials, max_rounds)
+    rect, keep = _draw_crop(seed, height, width, abs_boxes, checked("chain", chain) == REFERENCE, max_trials,
+                            max_rounds)
     rect_i = tf.cast(rect, tf.int32)
     cropped = image[rect_i[1] : rect_i[3], rect_i[0] : rect_i[2], :]
     boxes, labels = _crop_boxes(abs_boxes, tf.convert_to_tensor(labels), rect, keep)
@@ -299,7 +301,7 @@ def ssd_augment(
     seed,
     image_size,
     *,
-    faithful: bool = True,
+    chain: str = REFERENCE,
     photometric: bool = True,
     expand: bool = True,
     crop: bool = True,
@@ -318,7 +320,7 @@ def ssd_augment(
       labels: [n] int labels (returned for the boxes that survive the crop).
       seed: stateless seed [2]; the result is a pure function of the inputs and the seed.
       image_size: output size (int or (height, width)).
-      faithful: reproduce the reference's quirks (see the module docstring) or use the corrected chain.
+      chain: ``"reference"`` (the reference's quirks, see the module docstring) or ``"corrected"``.
       photometric, expand, crop, mirror: switch steps off (tests, ablations).
     Returns:
       (image float32 [S, S, 3] in pixel space, boxes [m, 4] rel_xyxy, labels [m]).
@@ -327,8 +329,9 @@ def ssd_augment(
     image = tf.cast(image, tf.float32)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     labels = tf.convert_to_tensor(labels)
+    reference = checked("chain", chain) == REFERENCE
     if photometric:
-        image = photometric_distort(image, key(seed, 1), faithful=faithful)
+        image = photometric_distort(image, key(seed, 1), chain=chain)
     height, width = _image_size(image)
     canvas_h, canvas_w, top, left = height, width, tf.constant(0), tf.constant(0)
     if expand:
@@ -337,7 +340,7 @@ def ssd_augment(
     rect = tf.cast(tf.stack([0, 0, canvas_w, canvas_h]), tf.float32)
     if crop:
         abs_boxes = boxes * _scale(canvas_w, canvas_h)
-        rect, keep = _draw_crop(key(seed, 3), canvas_h, canvas_w, abs_boxes, faithful, 50, 100)
+        rect, keep = _draw_crop(key(seed, 3), canvas_h, canvas_w, abs_boxes, reference, 50, 100)
         boxes, labels = _crop_boxes(abs_boxes, labels, rect, keep)
     flip = tf.constant(False)
     if mirror:

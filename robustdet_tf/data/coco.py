@@ -18,7 +18,7 @@ Boxes.  COCO ``[x, y, w, h]`` in pixels becomes ``[x / W, y / H, (x + w) / W, (y
 the decoded image (no 1-pixel offset: COCO coordinates are continuous).
 
 Crowd boxes (``iscrowd=1``).  The reference keeps them as ordinary objects, for training and as attack
-targets, so ``crowd="keep"`` (default, faithful) gives them ``difficult=False``.  ``crowd="difficult"`` marks
+targets, so ``crowd="keep"`` (default, as the reference) gives them ``difficult=False``.  ``crowd="difficult"`` marks
 them ``difficult=True`` instead: the training pipeline then drops them, as it drops VOC difficult objects,
 and a VOC-style metric ignores detections matching them, which is what COCO's own evaluation does with crowd
 regions (pycocotools reads ``iscrowd`` from the json itself, so the official COCO metric is unaffected).

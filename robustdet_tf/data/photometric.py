@@ -5,13 +5,14 @@ The first step of the SSD augmentation chain (``augment.ssd_augment``).  Brightn
 act identically on RGB or BGR, and the channel-permutation noise draws uniformly from all six permutations, so the
 reference's BGR distribution is reproduced on RGB images.  HSV follows OpenCV's float conversion (H in degrees
 [0, 360), S = range / (|V| + eps), V in pixel units); ``tf.image.rgb_to_hsv`` agrees with it (with H / 360) for
-values in [0, 255] but not for the negative values the faithful chain can produce (it never clips).
+values in [0, 255] but not for the negative values the reference chain can produce (it never clips).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from robustdet_tf.behaviour import REFERENCE, checked
 from robustdet_tf.data.random_draws import as_seed, coin, key, uniform
 
 _CHANNEL_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
@@ -49,14 +50,16 @@ def hsv_degrees_to_rgb(hsv: tf.Tensor) -> tf.Tensor:
     return tf.stack([red, green, blue], axis=-1)
 
 
-def photometric_distort(image: tf.Tensor, seed, *, faithful: bool = True) -> tf.Tensor:
+def photometric_distort(image: tf.Tensor, seed, *, chain: str = REFERENCE) -> tf.Tensor:
     """Reference ``PhotometricDistort``: brightness, then contrast before or after (saturation, hue), then a
-    random channel permutation.  Each step fires with probability 0.5.  ``image`` is float32 [H, W, 3]."""
+    random channel permutation.  Each step fires with probability 0.5.  ``image`` is float32 [H, W, 3]; ``chain`` is
+    ``"reference"`` (never clips) or ``"corrected"`` (clips after every step)."""
+    reference = checked("chain", chain) == REFERENCE
     seed = as_seed(seed)
     image = tf.cast(image, tf.float32)
 
     def clip(x):
-        return x if faithful else tf.clip_by_value(x, 0.0, 255.0)
+        return x if reference else tf.clip_by_value(x, 0.0, 255.0)
 
     delta = uniform(seed, 1, low=-32.0, high=32.0)
     image = clip(image + tf.where(coin(seed, 0), delta, 0.0))
@@ -68,7 +71,7 @@ def photometric_distort(image: tf.Tensor, seed, *, faithful: bool = True) -> tf.
     hsv = rgb_to_hsv_degrees(image)
     hue, saturation, value = tf.unstack(hsv, axis=-1)
     saturation *= tf.where(coin(seed, 5), uniform(seed, 6, low=0.5, high=1.5), 1.0)
-    if not faithful:
+    if not reference:
         saturation = tf.clip_by_value(saturation, 0.0, 1.0)
     hue += tf.where(coin(seed, 7), uniform(seed, 8, low=-18.0, high=18.0), 0.0)
     hue = tf.where(hue > 360.0, hue - 360.0, hue)

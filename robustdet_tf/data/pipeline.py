@@ -33,6 +33,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from robustdet_tf.behaviour import REFERENCE
 from robustdet_tf.data import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -112,7 +113,7 @@ def train_batches(
     max_boxes: int = 100,
     shuffle_buffer: int = 512,
     augment_examples: bool = True,
-    faithful: bool = True,
+    chain: str = REFERENCE,
     num_parallel_calls: int | None = AUTOTUNE,
     prefetch: int | None = AUTOTUNE,
     cache: bool | str = False,
@@ -132,7 +133,7 @@ def train_batches(
       seed, stream: the stream is a pure function of (source, seed, stream); ``two_streams`` uses streams 0 and 1.
       max_boxes: N, the padded object dimension (extra objects are truncated, see the module docstring).
       shuffle_buffer: elements held by the per-epoch shuffle (decoded images: mind the memory); 0 or 1 = no shuffle.
-      faithful: passed to ``ssd_augment``.
+      chain: ``"reference"`` or ``"corrected"`` augmentation, passed to ``ssd_augment``.
       cache: False, True (in memory) or a file path prefix; caches the filtered source before shuffling.
       drop_remainder: drop the last incomplete batch (only matters with ``repeat=False``).
       repeat: infinite stream of epochs (True) or a single epoch (False).
@@ -191,7 +192,7 @@ def train_batches(
         if augment_examples:
             example_seed = tf.random.experimental.stateless_fold_in(stream_seed, position)
             image, boxes, labels = augment.ssd_augment(
-                example["image"], example["boxes"], example["labels"], example_seed, image_size, faithful=faithful
+                example["image"], example["boxes"], example["labels"], example_seed, image_size, chain=chain
             )
         else:
             image = augment.resize_image(example["image"], image_size)

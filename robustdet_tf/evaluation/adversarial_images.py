@@ -28,10 +28,10 @@ from robustdet_tf.io import write_text
 
 
 def attack_bound(attack_name: str, protocol: Mapping[str, Any]) -> float | None:
-    """The L∞ bound the attack promises (``None`` for the faithful, unbounded DAG)."""
+    """The L∞ bound the attack promises (``None`` for the reference's unbounded DAG)."""
     if attack_name == "DAG":
         d = protocol["dag"]
-        return None if d["faithful"] else float(d["epsilon"])
+        return None if d["variant"] == "reference" else float(d["epsilon"])
     return float(protocol["pgd"]["epsilon"])
 
 

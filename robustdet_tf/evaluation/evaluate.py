@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from robustdet_tf.behaviour import REFERENCE
 from robustdet_tf.compiled import traced_once
 from robustdet_tf.metrics.coco import COCOMetric
 from robustdet_tf.metrics.voc import VOCMetric
@@ -19,10 +20,10 @@ from robustdet_tf.metrics.voc import VOCMetric
 AttackFn = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
 
 
-def make_metric(kind: str, class_names: Sequence[str], reference_offsets: bool = True, **kwargs):
+def make_metric(kind: str, class_names: Sequence[str], offsets: str = REFERENCE, **kwargs):
     """``voc07`` (11-point), ``voc`` (all-point) or ``coco`` accumulator."""
     if kind in ("voc07", "voc"):
-        return VOCMetric(class_names, use_07_metric=kind == "voc07", reference_offsets=reference_offsets)
+        return VOCMetric(class_names, use_07_metric=kind == "voc07", offsets=offsets)
     if kind == "coco":
         return COCOMetric(class_names=class_names, **kwargs)
     raise ValueError(f"unknown metric {kind!r}; use 'voc07', 'voc' or 'coco'")

@@ -95,7 +95,7 @@ def attack_dataset(config, model: keras.Model, output_dir: str, printer=print) -
     protocol = TableSpec.from_config(settings).resolved_protocol()
     limit = int(settings.attack_images) or None
     metric_factory = partial(make_metric, protocol["metric"], source.class_names,
-                             reference_offsets=protocol["reference_offsets"])
+                             offsets=protocol["voc_offsets"])
     attack_name = settings.attack
     summary = write_adversarial_set(model, batches, attack_name, protocol, metric_factory, output_dir, limit)
     bound = "unbounded" if summary["epsilon"] is None else f"ε = {summary['epsilon']:g}"

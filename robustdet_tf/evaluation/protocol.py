@@ -8,10 +8,10 @@ described in one sentence for the table caption, and turned into attack function
 * ``"reference"`` — what ``eval_attack.py`` does: PGD-20 with ε = α = 8 and no random start for A_cls, A_loc,
   con, MTD and CWA, each image attacked as if alone (the reference runs batch size 1: MTD's loc/cls choice and CWA's
   class averages are per image, so a table does not depend on ``eval.batch_size``); DAG with 150 steps of
-  γ = 0.5, faithful (unbounded, gradient at the clean image + last step); VOC07 11-point AP with the reference's
-  coordinate offsets.
+  γ = 0.5, ``variant="reference"`` (unbounded, gradient at the clean image + last step); VOC07 11-point AP with
+  the reference's coordinate offsets (``voc_offsets="reference"``).
 * ``"strong"`` — a stronger, corrected evaluation: PGD with a random start, α = 2 and 50 steps (ε = 8), MTD's choice
-  per image, and the ε-bounded, early-stopping DAG.
+  per image, and the ε-bounded, early-stopping DAG (``variant="corrected"``).
 * ``"adaptive"`` — ``strong`` made stronger still: APGD's step schedule from 2ε with two restarts and the best
   iterate per image for every PGD column, and the columns that attack RobustDet's discriminator
   (``attacks/adaptive.py``).  Use it with the ``Adaptive``, ``FixedPi``, ``AID`` and ``Worst`` columns.
@@ -35,6 +35,7 @@ from robustdet_tf.attacks.adaptive import applies_to
 from robustdet_tf.attacks.dag import dag
 from robustdet_tf.attacks.pgd import pgd
 from robustdet_tf.attacks.spec import AttackSpec, DAGSpec
+from robustdet_tf.behaviour import CORRECTED, REFERENCE, checked, migrated_protocol, refuse_renamed_keys
 from robustdet_tf.evaluation.evaluate import AttackFn
 
 PAPER_ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
@@ -57,7 +58,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "reference": {
         "name": "reference",
         "metric": "voc07",
-        "reference_offsets": True,
+        "voc_offsets": REFERENCE,
         "seed": 0,
         "pgd": {
             "epsilon": 8.0,
@@ -69,13 +70,13 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "cwa_per_image": True,
             **_REFERENCE_PGD,
         },
-        "dag": {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None},
+        "dag": {"steps": 150, "gamma": 0.5, "variant": REFERENCE, "epsilon": None},
         "adaptive": dict(_ADAPTIVE_DEFAULTS),
     },
     "strong": {
         "name": "strong",
         "metric": "voc07",
-        "reference_offsets": True,
+        "voc_offsets": REFERENCE,
         "seed": 0,
         "pgd": {
             "epsilon": 8.0,
@@ -87,7 +88,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "cwa_per_image": True,
             **_REFERENCE_PGD,
         },
-        "dag": {"steps": 150, "gamma": 0.5, "faithful": False, "epsilon": 8.0},
+        "dag": {"steps": 150, "gamma": 0.5, "variant": CORRECTED, "epsilon": 8.0},
         "adaptive": dict(_ADAPTIVE_DEFAULTS),
     },
 }
@@ -103,6 +104,7 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any], where: str) -> di
     out = dict(base)
     for key, value in overrides.items():
         if key not in base:
+            refuse_renamed_keys({key: value}, where.rstrip("."))
             raise KeyError(f"protocol override '{where}{key}' is not a protocol key; accepted keys at this level: "
                            f"{sorted(base)}.")
         if isinstance(base[key], dict):
@@ -127,7 +129,7 @@ def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Ma
                              "protocol dict.")
         base = copy.deepcopy(PROTOCOLS[protocol])
     else:
-        base = _merge(copy.deepcopy(PROTOCOLS["reference"]), protocol, "")
+        base = _merge(copy.deepcopy(PROTOCOLS["reference"]), migrated_protocol(protocol), "")  # older files too
     result = _merge(base, overrides or {}, "")
     if result["pgd"]["steps"] < 0 or result["dag"]["steps"] < 0:
         raise ValueError(f"protocol steps must be >= 0; got pgd.steps={result['pgd']['steps']}, "
@@ -137,13 +139,16 @@ def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Ma
         raise ValueError(f"protocol {', '.join(negative)} is negative: the L∞ budget and step of every PGD column "
                          "must be >= 0 (the paper: pgd.epsilon = pgd.step_size = 8; set them with "
                          "--config.eval.overrides='{\"pgd\": {\"epsilon\": 8, \"step_size\": 8}}').")
-    if not result["dag"]["faithful"] and result["dag"]["epsilon"] is None:
-        raise ValueError("protocol dag.faithful=False (bounded DAG) needs dag.epsilon, e.g. 8.0.")
+    checked("protocol voc_offsets", result["voc_offsets"])
+    checked("protocol dag.variant", result["dag"]["variant"])
+    if result["dag"]["variant"] == CORRECTED and result["dag"]["epsilon"] is None:
+        raise ValueError("protocol dag.variant='corrected' (bounded DAG) needs dag.epsilon, e.g. 8.0.")
     return result
 
 
 def describe_protocol(protocol: Mapping[str, Any]) -> str:
     """One sentence describing a protocol, for the Markdown caption."""
+    protocol = migrated_protocol(protocol)  # results files of older versions
     p, d = protocol["pgd"], protocol["dag"]
     start = "random start" if p["random_start"] else "no random start"
     restarts, schedule = p.get("restarts", 1), p.get("step_schedule", "constant")  # results files of older versions
@@ -158,8 +163,8 @@ def describe_protocol(protocol: Mapping[str, Any]) -> str:
     mtd, cwa = bool(p["mtd_per_image"]), bool(p.get("cwa_per_image", False))  # results files of older versions
     coupling = (f"MTD choice and CWA classes {scope[mtd]}" if mtd == cwa else
                 f"MTD choice {scope[mtd]}, CWA classes {scope[cwa]}")
-    if d["faithful"]:
-        dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, faithful (unbounded)"
+    if d["variant"] == REFERENCE:
+        dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, as the reference (unbounded)"
     else:
         dag_text = f"DAG {d['steps']} steps, γ = {d['gamma']}, bounded ε = {d['epsilon']:g}, early stop"
     return (f"PGD-{p['steps']}, ε = {p['epsilon']:g}, {start}; {coupling}; "
@@ -181,8 +186,8 @@ def attack_spec(name: str, protocol: Mapping[str, Any]) -> AttackSpec:
 def dag_spec(protocol: Mapping[str, Any]) -> DAGSpec:
     """The ``DAGSpec`` of a protocol's DAG column."""
     d = protocol["dag"]
-    return DAGSpec(steps=d["steps"], gamma=d["gamma"], faithful=d["faithful"],
-                   epsilon=None if d["faithful"] else d["epsilon"], seed=int(protocol["seed"]))
+    return DAGSpec(steps=d["steps"], gamma=d["gamma"], variant=d["variant"],
+                   epsilon=None if d["variant"] == REFERENCE else d["epsilon"], seed=int(protocol["seed"]))
 
 
 def column_applies(name: str, model) -> bool:

@@ -149,7 +149,7 @@ def evaluate_robustness(
       models: name → detector (any model of the package: pixel input, ``detect``, ``detection_loss``); under a
         strategy with several replicas, built or loaded under its scope.
       batches: evaluation batches ``(images, targets)`` as ``data.pipeline.eval_batches`` yields them (targets with
-        ``difficult`` and ``original_size`` for the faithful VOC metric).  Iterated once per (model, attack).
+        ``difficult`` and ``original_size`` for the reference's VOC metric).  Iterated once per (model, attack).
       class_names: object class names (label ``k`` ↔ name ``k``).
       spec: the table (``TableSpec``: columns, protocol, samples, shards, intervals, transfer source), recorded in
         ``robustness.json`` as ``table_spec``.
@@ -222,7 +222,7 @@ def _plan(models, batches, class_names, output_dir, spec: TableSpec, run: TableR
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     metric_factory = run.metric_factory or partial(make_metric, protocol["metric"], class_names,
-                                                   reference_offsets=protocol["reference_offsets"])
+                                                   offsets=protocol["voc_offsets"])
     if spec.max_batches is not None:
         batches = batches.take(spec.max_batches)
     cells = [(m, a) for m in models for a in spec.attacks if column_applies(a, models[m])]

@@ -18,8 +18,10 @@ from typing import Any
 import keras
 import numpy as np
 
+from robustdet_tf.behaviour import migrated_protocol
 from robustdet_tf.evaluation.sharded import shards_root
 from robustdet_tf.io import write_text
+from robustdet_tf.metrics.voc import migrated_settings
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = 1
@@ -69,6 +71,16 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def _migrated(saved: dict[str, Any]) -> dict[str, Any]:
+    """A plan written by an older version in today's spelling (``robustdet_tf.behaviour``), so its run resumes."""
+    if isinstance(saved.get("protocol"), Mapping):
+        saved["protocol"] = migrated_protocol(saved["protocol"])
+    settings = saved.get("metric", {}).get("settings") if isinstance(saved.get("metric"), Mapping) else None
+    if isinstance(settings, dict) and saved["metric"].get("kind") == "voc":
+        saved["metric"]["settings"] = migrated_settings(settings)
+    return saved
+
+
 def check_plan(output_dir: str | os.PathLike, plan: Mapping[str, Any]) -> bool:
     """Write ``plan`` into ``output_dir/shards`` if there is none; otherwise refuse a different one.
 
@@ -81,7 +93,7 @@ def check_plan(output_dir: str | os.PathLike, plan: Mapping[str, Any]) -> bool:
         write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
         return False
     with open(path, encoding="utf-8") as handle:
-        saved = json.load(handle)
+        saved = _migrated(json.load(handle))
     ours, theirs = _flat(plan), _flat(saved)
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
     if differ:

@@ -17,6 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from robustdet_tf.behaviour import refuse_renamed_keys
 from robustdet_tf.evaluation.protocol import (
     ATTACKS,
     PAPER_ATTACKS,
@@ -103,9 +104,11 @@ class TableSpec:
     @classmethod
     def from_config(cls, settings: Mapping[str, Any], **changes) -> TableSpec:
         """From ``config.eval``: the keys of ``CONFIG_KEYS`` it has (a missing key keeps the default written here),
-        its ``metric`` and ``reference_offsets`` merged into the protocol overrides; ``changes`` replace fields."""
+        its ``metric`` and ``voc_offsets`` merged into the protocol overrides (a renamed key is refused); ``changes``
+        replace fields."""
+        refuse_renamed_keys(settings, "eval")
         values = {key: _plain(settings[key]) for key in CONFIG_KEYS if key in settings}
-        metric = {key: settings[key] for key in ("metric", "reference_offsets") if key in settings}
+        metric = {key: settings[key] for key in ("metric", "voc_offsets") if key in settings}
         values["overrides"] = {**(values.get("overrides") or {}), **metric}
         if "attacks" in values and not values["attacks"]:
             del values["attacks"]

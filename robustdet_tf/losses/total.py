@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-LOSS_WEIGHTINGS = ("reference", "paper")
+from robustdet_tf.behaviour import PAPER, REFERENCE
+
+LOSS_WEIGHTINGS = (REFERENCE, PAPER)
 """``reference``: the CFR terms divided by a further 255 as the official code does; ``paper``: the printed weights."""
 
 
@@ -19,7 +21,7 @@ def total_loss(
     loss_aid: tf.Tensor,
     loss_re: tf.Tensor | None = None,
     loss_kld: tf.Tensor | None = None,
-    weighting: str = "reference",
+    weighting: str = REFERENCE,
     beta: float = 0.75,
     aid_weight: float = 3.0,
     re_weight: float = 0.16,
@@ -35,5 +37,5 @@ def total_loss(
     loss = beta * (loss_l + loss_c + aid_weight * loss_aid)
     if loss_re is not None:
         cfr = re_weight * loss_re + kld_weight * loss_kld
-        loss = loss + (cfr / 255.0 if weighting == "reference" else cfr)
+        loss = loss + (cfr / 255.0 if weighting == REFERENCE else cfr)
     return loss

@@ -16,7 +16,7 @@ times contributes each of its detections ``w`` times with the same true/false-po
 ``w`` times.  One matching per cell (``ranked_matches()`` of ``VOCMetric`` / ``COCOMetric``) then gives every
 resample's AP as weighted cumulative sums over the detections sorted once: thousands of resamples cost seconds.  It
 equals recomputing the metric on the resampled set, except for the order of detections with *tied* scores (the
-faithful VOC mode rounds scores to 3 decimals), where the resampled set's order is itself arbitrary.
+reference VOC mode rounds scores to 3 decimals), where the resampled set's order is itself arbitrary.
 
 Intervals are percentile intervals (the 2.5 and 97.5 percentiles of the resampled values for a 95 % level).  The
 headline number of each cell is the one-pass metric, not the resamples' mean.

@@ -11,7 +11,7 @@ without pickling.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,10 @@ def concatenated(parts: Sequence[np.ndarray], empty: np.ndarray) -> np.ndarray:
     return np.concatenate(list(parts)) if parts else empty
 
 
-def checked(state: Mapping[str, Any], kind: str, settings: Mapping[str, Any],
-            keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """``state`` as NumPy arrays after checking its kind, its settings and that it has every key in ``keys``."""
+def checked(state: Mapping[str, Any], kind: str, settings: Mapping[str, Any], keys: Sequence[str],
+            migrate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
+    """``state`` as NumPy arrays after checking its kind, its settings and that it has every key in ``keys``;
+    ``migrate`` brings the settings of a state written by an older version into today's spelling first."""
     def require(names: Sequence[str]) -> None:
         missing = [k for k in names if k not in state]
         if missing:
@@ -46,6 +47,8 @@ def checked(state: Mapping[str, Any], kind: str, settings: Mapping[str, Any],
         raise MetricStateError(f"a {arrays['metric']} metric state cannot be merged into a {kind} metric.")
     require(keys)
     theirs = json.loads(str(arrays["settings"]))
+    if migrate is not None:
+        theirs = migrate(theirs)
     ours = json.loads(json.dumps(dict(settings), sort_keys=True))
     if theirs != ours:
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))

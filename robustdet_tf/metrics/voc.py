@@ -8,7 +8,7 @@ nor a false positive; a second match on an already matched GT is a false positiv
 false positive.  ``npos`` counts the non-difficult GT.  AP is the VOC2007 11-point interpolation
 (``use_07_metric=True``, what the paper reports) or the VOC2010+ area under the monotone precision envelope.
 
-Coordinate convention (``reference_offsets``)
+Coordinate convention (``offsets``)
 ---------------------------------------------
 The reference writes detections to text files and re-reads them, and parses GT from the XML:
 
@@ -18,15 +18,15 @@ The reference writes detections to text files and re-reads them, and parses GT f
 
 The package's data readers already turn a VOC XML box into relative coordinates as ``(x − 1) / W``
 (docs/reference.md#voc-data), so
-``rel × W`` *is* the reference's GT (XML − 1).  The faithful mode (``reference_offsets=True``, the default, for
+``rel × W`` *is* the reference's GT (XML − 1).  The reference mode (``offsets="reference"``, the default, for
 paper reproduction) therefore adds +1 to the detections only and rounds scores to 3 and detection coordinates
 to 1 decimal exactly as the text files do (for float32 inputs ``np.round`` gives the same digits as Python's
 ``'{:.1f}'`` formatting).  GT pixel coordinates are rounded to 1 decimal as well: this restores the XML integers
 exactly, which ``float32(rel) × W`` only approximates (by ~1e-5), and moves non-integer synthetic GT by at most
 0.05 px.  The net effect is the reference's 2-pixel offset between detections and GT (det +1 vs. XML −1), which
-costs a little AP; ``reference_offsets=False`` is the corrected mode: no offsets, no rounding, float64 throughout,
+costs a little AP; ``offsets="corrected"`` is the corrected mode: no offsets, no rounding, float64 throughout,
 and a stable sort so that tied scores keep their input order.  IoU is scale-invariant per axis, so the exact mode
-does not need the original image size (relative coordinates are used if it is absent); the faithful mode does.
+does not need the original image size (relative coordinates are used if it is absent); the reference mode does.
 
 Other definitions
 -----------------
@@ -36,7 +36,7 @@ Other definitions
   test every class has GT, so the paper's numbers are unaffected.)
 * Detections with score ≤ 0 are skipped (the reference's filter of Detect's zero padding); rows past
   ``num_detections`` are padding and are never read.
-* Sort order: NumPy's default ``argsort`` of the negated rounded scores in the faithful mode, like the reference.
+* Sort order: NumPy's default ``argsort`` of the negated rounded scores in the reference mode, like the reference.
   Tied scores then come out in an order that depends on NumPy's sorting kernel (version and CPU); the reference's
   order among ties is not reproducible bit for bit anyway.
 
@@ -51,16 +51,18 @@ from typing import Any
 
 import numpy as np
 
+from robustdet_tf.behaviour import REFERENCE, RENAMED_KEYS, checked
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
 from robustdet_tf.labels import VOC_CLASSES
 from robustdet_tf.metrics.bootstrap import RankedMatches
 from robustdet_tf.metrics.per_image import unbatch_pair
-from robustdet_tf.metrics.state import MetricStateError, checked, concatenated, envelope, split_by_counts
+from robustdet_tf.metrics.state import MetricStateError, concatenated, envelope, split_by_counts
+from robustdet_tf.metrics.state import checked as checked_state
 
 # Thresholds of the VOC07 11-point AP exactly as the reference builds them: np.arange accumulates 0.1, so the
 # 4th, 7th and 8th values are 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001, and a recall of
-# exactly 3/10 does not reach the "0.3" point.  Kept on purpose for faithful numbers.
+# exactly 3/10 does not reach the "0.3" point.  Kept on purpose for the reference's numbers.
 _VOC07_RECALL_POINTS = np.arange(0.0, 1.1, 0.1)
 
 # Upper bound on the number of float64 IoU entries computed at once (about 16 MB), to bound memory on big sets.
@@ -106,6 +108,14 @@ def _iou_rows(det: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, iou, -np.inf)
 
 
+
+def migrated_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of a state written before ``reference_offsets`` (yes/no) became ``offsets`` (reference/corrected)."""
+    if "reference_offsets" in settings:
+        settings = dict(settings)
+        settings["offsets"] = RENAMED_KEYS["reference_offsets"][1][bool(settings.pop("reference_offsets"))]
+    return settings
+
 class VOCMetric:
     """Accumulates detections and GT batch by batch; ``result()`` gives VOC mAP, per-class AP and PR curves.
 
@@ -113,9 +123,10 @@ class VOCMetric:
       class_names: object class names; name ``k`` belongs to label ``k`` / network class ``k + 1``.
       use_07_metric: 11-point VOC2007 AP (paper) or VOC2010+ all-point AP.
       iou_threshold: a detection matches if its best IoU is strictly greater than this.
-      reference_offsets: faithful ssd.pytorch coordinates and rounding (see the module docstring) or exact.
+      offsets: ``"reference"`` (ssd.pytorch's coordinates and rounding, see the module docstring) or
+        ``"corrected"`` (exact).
       default_image_size: (height, width) used when a GT batch has no ``original_size``.  If both are missing,
-        the exact mode works in relative coordinates and the faithful mode raises (its +1 offset is in pixels).
+        the corrected mode works in relative coordinates and the reference mode raises (its +1 offset is in pixels).
     """
 
     def __init__(
@@ -123,7 +134,7 @@ class VOCMetric:
         class_names: Sequence[str] = VOC_CLASSES,
         use_07_metric: bool = True,
         iou_threshold: float = 0.5,
-        reference_offsets: bool = True,
+        offsets: str = REFERENCE,
         default_image_size: tuple[int, int] | None = None,
     ) -> None:
         self.class_names = tuple(class_names)
@@ -131,7 +142,8 @@ class VOCMetric:
             raise ValueError("VOCMetric needs at least one class name.")
         self.use_07_metric = bool(use_07_metric)
         self.iou_threshold = float(iou_threshold)
-        self.reference_offsets = bool(reference_offsets)
+        self.offsets = checked("VOCMetric offsets", offsets)
+        self._reference = self.offsets == REFERENCE
         if default_image_size is not None:
             h, w = (int(v) for v in default_image_size)
             if h <= 0 or w <= 0:
@@ -162,15 +174,15 @@ class VOCMetric:
         if size is None:
             size = self.default_image_size
         if size is None:
-            if self.reference_offsets:
-                raise ValueError("VOCMetric(reference_offsets=True) needs image sizes: the reference adds 1 pixel "
+            if self._reference:
+                raise ValueError("VOCMetric(offsets='reference') needs image sizes: the reference adds 1 pixel "
                                  "to detections.  Put 'original_size' ([B, 2] height, width) in the ground truth "
                                  "batch or pass default_image_size=(H, W).")
             return 1.0, 1.0
         return float(size[0]), float(size[1])
 
     def _detection_pixels(self, boxes: np.ndarray, height: float, width: float) -> np.ndarray:
-        if not self.reference_offsets:
+        if not self._reference:
             return convert_format(boxes.astype(np.float64), DETECTION_BOX_FORMAT, "xyxy", height, width)
         # float32 product like the reference's in-place tensor scaling, then "+1" and the 1-decimal text file.
         pixels = convert_format(boxes.astype(np.float32), DETECTION_BOX_FORMAT, "xyxy", np.float32(height),
@@ -179,7 +191,7 @@ class VOCMetric:
 
     def _gt_pixels(self, boxes: np.ndarray, height: float, width: float) -> np.ndarray:
         pixels = convert_format(boxes.astype(np.float64), BOX_FORMAT, "xyxy", height, width)
-        return np.round(pixels, 1) if self.reference_offsets else pixels
+        return np.round(pixels, 1) if self._reference else pixels
 
     def update(self, detections: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> None:
         """Adds one batch: OD-API ``detections`` and padded ``ground_truth`` of the same B images, in order."""
@@ -206,7 +218,7 @@ class VOCMetric:
             self._gt_labels.append(gt.labels)
             self._gt_difficult.append(gt.difficult)
             scores = det.scores[keep].astype(np.float64)
-            self._det_score.append(np.round(scores, 3) if self.reference_offsets else scores)
+            self._det_score.append(np.round(scores, 3) if self._reference else scores)
             self._det_box.append(self._detection_pixels(det.boxes[keep], height, width))
             self._det_class.append(det.classes[keep])
             self._det_image.append(np.full(int(keep.sum()), image_index, np.int64))
@@ -217,7 +229,7 @@ class VOCMetric:
 
     def _settings(self) -> dict[str, Any]:
         return {"class_names": list(self.class_names), "use_07_metric": self.use_07_metric,
-                "iou_threshold": self.iou_threshold, "reference_offsets": self.reference_offsets}
+                "iou_threshold": self.iou_threshold, "offsets": self.offsets}
 
     def state(self) -> dict[str, np.ndarray]:
         """Everything accumulated, per image in update order, as NumPy arrays (``merge`` takes it back exactly).
@@ -243,7 +255,7 @@ class VOCMetric:
         Merging the states of consecutive parts in their order gives bit for bit the ``result()`` of one pass over
         the whole set.  A state of other settings (classes, AP kind, IoU threshold, offsets) is refused.
         """
-        s = checked(state, "voc", self._settings(), self._STATE_KEYS)
+        s = checked_state(state, "voc", self._settings(), self._STATE_KEYS, migrate=migrated_settings)
         if len(s["gt_counts"]) != len(s["det_counts"]):
             raise MetricStateError(f"the VOC metric state is inconsistent: {len(s['gt_counts'])} images of GT "
                                    f"but {len(s['det_counts'])} of detections.")
@@ -262,9 +274,9 @@ class VOCMetric:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> VOCMetric:
         """A metric built with the settings a ``state()`` records, holding its images."""
-        settings = json.loads(str(np.asarray(state["settings"])))
+        settings = migrated_settings(json.loads(str(np.asarray(state["settings"]))))
         metric = cls(settings["class_names"], settings["use_07_metric"], settings["iou_threshold"],
-                     settings["reference_offsets"])
+                     settings["offsets"])
         metric.merge(state)
         return metric
 
@@ -277,7 +289,7 @@ class VOCMetric:
         npos = int(np.sum(~c_difficult))
         mine = det_class == label + 1
         scores, images, boxes = det_score[mine], det_image[mine], det_box[mine]
-        order = np.argsort(-scores) if self.reference_offsets else np.argsort(-scores, kind="stable")
+        order = np.argsort(-scores) if self._reference else np.argsort(-scores, kind="stable")
         scores, images, boxes = scores[order], images[order], boxes[order]
         nd = scores.size
         # Pad each image's GT of this class to G rows so that all detections are matched in one vectorised pass.

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from robustdet_tf import distribution
+from robustdet_tf.behaviour import PAPER, REFERENCE, REFERENCE_OR_PAPER, checked, migrated_model_settings
 from robustdet_tf.layers.cfr import CFRDecoder
 from robustdet_tf.losses.aid_triplet import aid_triplet_loss
 from robustdet_tf.losses.cfr import kl_divergence, reconstruction_loss
@@ -26,6 +27,9 @@ from robustdet_tf.models.base import DetectionModelBase, TrainingData
 from robustdet_tf.models.detector import CONV4_3_INDEX, Detector
 from robustdet_tf.models.discriminator import build_discriminator
 from robustdet_tf.models.ssd import SSD
+
+HINGE_DISTANCES = {REFERENCE: "euclidean", PAPER: "js"}
+"""``triplet_hinge`` → the distance ``aid_triplet_loss`` measures the hinge with."""
 
 
 @keras.saving.register_keras_serializable(package="robustdet_tf")
@@ -41,8 +45,9 @@ class RobustDet(DetectionModelBase):
       adversarial: ``AdversarialSchedule`` arguments for ``fit`` (default: MTD, PGD-20, ε = α = 8, interleaved).
       adc: size of the clean sub-batch re-run with the adversarial images' mixture; 0 = all clean images (the
         reference's default), negative = no such sub-batch.
-      triplet_margin, triplet_hinge: AID loss settings (0.6, ``euclidean`` as coded; ``js`` as in the paper).
-      loss_weighting: ``reference`` (CFR terms /255 as coded) or ``paper``.
+      triplet_margin, triplet_hinge: AID loss settings: margin 0.6; the hinge's distance ``"reference"`` (squared
+        Euclidean, as coded) or ``"paper"`` (the JS-type distance the paper writes).
+      loss_weighting: ``"reference"`` (CFR terms /255 as coded) or ``"paper"``.
       aid_weight: the weight of L_aid inside Eq. 5's β(·) (3 in the reference); 0 is the paper's ablation
         "without L_aid": the AID still mixes the kernels but learns only through the detection loss.
 
@@ -63,15 +68,15 @@ class RobustDet(DetectionModelBase):
         adversarial: Mapping | None = None,
         adc: int = 0,
         triplet_margin: float = 0.6,
-        triplet_hinge: str = "euclidean",
-        loss_weighting: str = "reference",
+        triplet_hinge: str = REFERENCE,
+        loss_weighting: str = REFERENCE,
         aid_weight: float = 3.0,
         seed: int | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        checked("model.loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
+        checked("model.triplet_hinge", triplet_hinge, REFERENCE_OR_PAPER)
         self.num_kernels = int(num_kernels)
         self.cfr = bool(cfr)
         self.aid_width = int(aid_width)
@@ -154,7 +159,8 @@ class RobustDet(DetectionModelBase):
         clean = distribution.gather_replicas(pi[:n_clean])
         adv = distribution.gather_replicas(pi[n_clean:])
         labels = tf.concat([tf.zeros([tf.shape(clean)[0]], tf.int32), tf.ones([tf.shape(adv)[0]], tf.int32)], 0)
-        return aid_triplet_loss(tf.concat([clean, adv], 0), labels, self.triplet_margin, self.triplet_hinge,
+        return aid_triplet_loss(tf.concat([clean, adv], 0), labels, self.triplet_margin,
+                                HINGE_DISTANCES[self.triplet_hinge],
                                 seed=self.seed_generator)
 
     def compute_losses(self, data: TrainingData, adversarial: AdversarialBatch | None) -> dict[str, tf.Tensor]:
@@ -234,3 +240,8 @@ class RobustDet(DetectionModelBase):
             "aid_weight": self.aid_weight,
             "seed": self.seed,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        """A model saved by any version (older ``.keras`` files spell ``triplet_hinge`` ``"euclidean"``/``"js"``)."""
+        return super().from_config(migrated_model_settings(config))

@@ -34,7 +34,7 @@ def test_each_iterate_is_the_pgd_run_of_that_many_steps(trained_ssd, protocol, a
 def test_sweep_map_equals_separate_evaluations(trained_ssd):
     model, batches = trained_ssd
     protocol = make_protocol("reference")
-    metric = partial(make_metric, "voc07", CLASS_NAMES, reference_offsets=False)
+    metric = partial(make_metric, "voc07", CLASS_NAMES, offsets="corrected")
     specs = {name: attack_spec(name, protocol) for name in ("A_cls", "A_loc")}
     sweep = step_sweep(model, batches, specs, (3, 0, 1, 1), metric)  # unsorted, repeated: cleaned up
     assert list(sweep) == ["A_cls", "A_loc"] and all(list(v) == list(COUNTS) for v in sweep.values())

@@ -1,4 +1,4 @@
-"""DAG: the reference's faithful algorithm, the bounded variant, seeding, batching and the no-active-prior guard."""
+"""DAG: the reference's algorithm, the bounded variant, seeding, batching and the no-active-prior guard."""
 
 import keras
 import numpy as np
@@ -14,8 +14,8 @@ from tests.conftest import TINY_SSD
 run_dag = tf.function(dag_lib.dag)  # one traced graph per (shape, spec), like evaluation uses it
 
 # Shared settings; index offsets passed as tensors: the tests reuse a handful of traced graphs (keeps the file fast).
-FAITHFUL = dict(steps=4, gamma=3.0, faithful=True)
-BOUNDED = dict(steps=4, gamma=3.0, faithful=False, epsilon=6.0)
+REFERENCE = dict(steps=4, gamma=3.0, variant="reference")
+BOUNDED = dict(steps=4, gamma=3.0, variant="corrected", epsilon=6.0)
 
 
 def seed(value):
@@ -38,7 +38,7 @@ TARGETS = {
 @pytest.fixture(scope="module")
 def model():
     # Keras' own seed: tf.random.set_seed alone left the weights to whatever tests ran before in the worker, and one
-    # such draw put a prior of the faithful variant on the edge of its active set (batched vs alone: mean gap 0.024).
+    # such draw put a prior of the reference variant on the edge of its active set (batched vs alone: mean gap 0.024).
     keras.utils.set_random_seed(0)
     net = SSD(**TINY_SSD)
     net.build()
@@ -75,9 +75,9 @@ def reference_dag(model, x0, targets, steps, gamma, seed):
     return tf.clip_by_value(x0 + total, 0.0, 255.0)
 
 
-def test_faithful_matches_the_reference_loop_and_is_unbounded(model, images):
+def test_the_reference_variant_matches_the_reference_loop_and_is_unbounded(model, images):
     x0, t = images[:1], take(TARGETS, 1)
-    ours = run_dag(model, x0, t, spec(5, **FAITHFUL), index_offset=seed(0))
+    ours = run_dag(model, x0, t, spec(5, **REFERENCE), index_offset=seed(0))
     ref = reference_dag(model, x0, t, steps=4, gamma=3.0, seed=5)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-3)
     linf = float(tf.reduce_max(tf.abs(ours - x0)))
@@ -89,8 +89,8 @@ def test_bounded_variant_respects_epsilon_and_raises_the_dag_objective(model, im
     bounded = run_dag(model, images, TARGETS, spec(5, **BOUNDED))
     linf = tf.reduce_max(tf.abs(bounded - images), axis=[1, 2, 3]).numpy()
     assert np.all(linf <= 6.0 + 1e-3) and np.all(linf > 5.0)
-    faithful = run_dag(model, images, TARGETS, spec(5, **FAITHFUL))
-    assert float(tf.reduce_max(tf.abs(faithful - bounded))) > 1.0
+    reference = run_dag(model, images, TARGETS, spec(5, **REFERENCE))
+    assert float(tf.reduce_max(tf.abs(reference - bounded))) > 1.0
 
     # The attack ascends Σ CE(target) − CE(adversarial) over the priors.
     _, target, _ = box_ops.match(TARGETS["boxes"], TARGETS["labels"], model.priors, 0.5)
@@ -108,10 +108,10 @@ def test_bounded_variant_respects_epsilon_and_raises_the_dag_objective(model, im
 
 
 def test_seed_repeats_and_different_seeds_differ(model, images):
-    eleven = spec(11, **FAITHFUL)  # one spec, one traced graph, as one table cell has
+    eleven = spec(11, **REFERENCE)  # one spec, one traced graph, as one table cell has
     a = run_dag(model, images, TARGETS, eleven)
     b = run_dag(model, images, TARGETS, eleven)
-    c = run_dag(model, images, TARGETS, spec(12, **FAITHFUL))
+    c = run_dag(model, images, TARGETS, spec(12, **REFERENCE))
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert float(tf.reduce_max(tf.abs(a - c))) > 0.1
 
@@ -130,14 +130,14 @@ def test_adversarial_labels_are_uniform_over_the_wrong_classes():
         dag_lib.adversarial_labels(target, 1, dag_lib.image_seeds(3, 2))
 
 
-@pytest.mark.parametrize("settings", [FAITHFUL, BOUNDED], ids=["faithful", "bounded"])
+@pytest.mark.parametrize("settings", [REFERENCE, BOUNDED], ids=["reference", "bounded"])
 def test_batched_equals_one_image_at_a_time(model, images, settings):
     batched = run_dag(model, images, TARGETS, spec(7, **settings))
     for i in range(3):
         alone = run_dag(model, images[i : i + 1], take(TARGETS, i), spec(7, **settings), index_offset=seed(i))
         gap = np.abs(alone[0].numpy() - batched[i].numpy())
         # Batch 3 and batch 1 take different oneDNN kernels, so float sums differ (seen: one pixel of 12288 off by
-        # 0.0102 after 4 steps; the faithful variant, whose step is scaled by the whole tensor's norm, had a mean gap
+        # 0.0102 after 4 steps; the reference variant, whose step is scaled by the whole tensor's norm, had a mean gap
         # of 0.0037 in one full-suite run). A coupling of the images (a batch-wide norm, shared labels or masks) moves
         # pixels by whole steps of size ~gamma: bound the mean by gamma / 300 and the worst pixel by gamma / 30.
         assert gap.mean() < settings["gamma"] / 300, gap.mean()
@@ -173,16 +173,16 @@ def test_no_active_prior_gives_no_nan_and_stops_early():
     favoured = tf.stack([adv_labels[0], target[1]])
     x0 = tf.fill([2, 8, 8, 3], 100.0)
 
-    for faithful in (True, False):
+    for variant in ("reference", "corrected"):
         fake = LogitsFromLabels(priors, favoured)
-        adv = run_dag(fake, x0, targets, spec(0, steps=5, gamma=1.0, faithful=faithful, epsilon=8.0))
+        adv = run_dag(fake, x0, targets, spec(0, steps=5, gamma=1.0, variant=variant, epsilon=8.0))
         assert np.all(np.isfinite(adv.numpy()))
         np.testing.assert_array_equal(adv[0].numpy(), x0[0].numpy())  # g = 0 → r = 0 (the reference: 0/0 = NaN)
         assert float(tf.reduce_max(tf.abs(adv[1] - x0[1]))) >= 1.0 - 1e-4  # the active image moved
         assert int(fake.calls.numpy()) == 5  # image 1 stays active: all 5 steps run
 
     alone = LogitsFromLabels(priors, favoured[:1])
-    adv = run_dag(alone, x0[:1], take(targets, 0), spec(0, steps=5, gamma=1.0, faithful=False, epsilon=8.0))
+    adv = run_dag(alone, x0[:1], take(targets, 0), spec(0, steps=5, gamma=1.0, variant="corrected", epsilon=8.0))
     np.testing.assert_array_equal(adv.numpy(), x0[:1].numpy())
     assert int(alone.calls.numpy()) == 1  # bounded variant: stops after the first forward pass finds nothing active
 
@@ -191,9 +191,9 @@ def test_bad_arguments_are_refused(model, images):
     with pytest.raises(ValueError, match="steps must be >= 0"):
         DAGSpec(steps=-1)
     with pytest.raises(ValueError, match="needs epsilon >= 0, got -1.0"):
-        DAGSpec(faithful=False, epsilon=-1.0)
+        DAGSpec(variant="corrected", epsilon=-1.0)
     with pytest.raises(ValueError, match="needs epsilon >= 0, got None"):
-        DAGSpec(faithful=False)
+        DAGSpec(variant="corrected")
     with pytest.raises(AttributeError, match="dag: the model function has no 'priors', 'num_classes', "
                                              "'match_threshold' attributes; dag needs"):
         dag_lib.dag(lambda x, training=None: {"logits": x}, images, TARGETS)

@@ -1,5 +1,5 @@
-"""Tests of the SSD augmentation chain: determinism, boxes that move with the pixels, faithful vs corrected
-behaviour (the photometric step is tested in test_photometric.py)."""
+"""Tests of the SSD augmentation chain: determinism, boxes that move with the pixels, the reference's chain vs the
+corrected one (the photometric step is tested in test_photometric.py)."""
 
 import os
 
@@ -82,13 +82,11 @@ def test_crop_keeps_boxes_consistent_and_drops_labels():
     image, boxes, labels = _painted_scene()
     cropped_count, dropped_count = 0, 0
     for k in range(60):
-        for faithful in (True, False):
-            out, out_boxes, out_labels = augment.random_sample_crop(
-                image, boxes, labels, _seed(8, k), faithful=faithful
-            )
+        for chain in ("reference", "corrected"):
+            out, out_boxes, out_labels = augment.random_sample_crop(image, boxes, labels, _seed(8, k), chain=chain)
             out = out.numpy()
             assert out_boxes.shape[0] == out_labels.shape[0] >= 1
-            _check_boxes_cover_their_rectangles(out, out_boxes, out_labels, what=f"crop {k} {faithful}")
+            _check_boxes_cover_their_rectangles(out, out_boxes, out_labels, what=f"crop {k} {chain}")
             # A dropped label's colour has its centre outside the crop: at most a sliver of it may remain.
             for label in set(range(3)) - set(out_labels.numpy().tolist()):
                 pure = np.all(np.abs(out - np.array(COLOURS[label])) < 2.0, axis=-1)
@@ -101,22 +99,22 @@ def test_crop_keeps_boxes_consistent_and_drops_labels():
     assert cropped_count > 60 and dropped_count > 5
 
 
-def test_crop_faithful_quirks_versus_corrected():
+def test_crop_reference_quirks_versus_corrected():
     boxes = tf.constant([[30.0, 30.0, 50.0, 50.0]])
     width = height = tf.constant(100.0)
-    # min IoU 0.7: the faithful test never rejects, the corrected one enforces IoU >= 0.7.
-    for faithful in (True, False):
-        rects, valid, _ = augment._crop_candidates(_seed(1), width, height, boxes, tf.constant(0.7), faithful, 500)
+    # min IoU 0.7: the reference's test never rejects, the corrected one enforces IoU >= 0.7.
+    for reference in (True, False):
+        rects, valid, _ = augment._crop_candidates(_seed(1), width, height, boxes, tf.constant(0.7), reference, 500)
         ious = augment._box_iou_with_rects(boxes, rects)[:, 0].numpy()
         valid = valid.numpy()
-        if faithful:
+        if reference:
             assert np.any(valid & (ious < 0.7))
         else:
             assert np.all(ious[valid] >= 0.7)
         lefts = rects[:, 0].numpy()
         widths = (rects[:, 2] - rects[:, 0]).numpy()
         narrow = widths < 99.0
-        if faithful:  # NumPy uniform(W - w) = uniform(W - w, 1): left >= 1 whenever W - w > 1
+        if reference:  # NumPy uniform(W - w) = uniform(W - w, 1): left >= 1 whenever W - w > 1
             assert np.all(lefts[narrow] >= 1.0)
         else:  # uniform in [0, W - w]: offsets near 0 appear, and the rect stays inside the image
             assert np.any(lefts[narrow] == 0.0)
@@ -148,7 +146,7 @@ def test_whole_chain_without_photometric_keeps_boxes_on_their_rectangles():
     shrunk = 0
     for k in range(40):
         out, out_boxes, out_labels = augment.ssd_augment(
-            image, boxes, labels, _seed(11, k), 64, photometric=False, faithful=bool(k % 2)
+            image, boxes, labels, _seed(11, k), 64, photometric=False, chain=("corrected", "reference")[k % 2]
         )
         assert out.shape == (64, 64, 3) and out_boxes.shape[0] == out_labels.shape[0] >= 1
         _check_boxes_cover_their_rectangles(out.numpy(), out_boxes, out_labels, what=f"chain {k}")
@@ -164,11 +162,11 @@ def test_fused_chain_equals_the_composed_steps():
     key = tf.random.experimental.stateless_fold_in
     for k in range(12):
         seed = _seed(2, k)
-        faithful = k % 2 == 0
-        fused = augment.ssd_augment(image, boxes, labels, seed, (17, 19), faithful=faithful)
-        x = photometric.photometric_distort(image, key(seed, 1), faithful=faithful)
+        chain = "reference" if k % 2 == 0 else "corrected"
+        fused = augment.ssd_augment(image, boxes, labels, seed, (17, 19), chain=chain)
+        x = photometric.photometric_distort(image, key(seed, 1), chain=chain)
         x, b = augment.random_expand(x, boxes, key(seed, 2))
-        x, b, kept_labels = augment.random_sample_crop(x, b, labels, key(seed, 3), faithful=faithful)
+        x, b, kept_labels = augment.random_sample_crop(x, b, labels, key(seed, 3), chain=chain)
         x, b = augment.random_mirror(x, b, key(seed, 4))
         x = augment.resize_image(x, (17, 19))
         np.testing.assert_allclose(fused[0], x, atol=1e-3)

@@ -1,4 +1,5 @@
-"""Tests of the photometric step: OpenCV-float HSV maths, determinism per seed, faithful vs corrected clipping."""
+"""Tests of the photometric step: OpenCV-float HSV maths, determinism per seed, the reference's
+chain vs the corrected clipping."""
 
 import os
 
@@ -69,7 +70,7 @@ def test_hsv_matches_tf_image_in_range_and_round_trips():
 
 
 def test_hsv_follows_opencv_float_semantics_out_of_range():
-    """The faithful chain feeds values outside [0, 255] (negative after brightness, S > 1 after saturation)."""
+    """The reference chain feeds values outside [0, 255] (negative after brightness, S > 1 after saturation)."""
     rng = np.random.default_rng(0)
     # Half of the pixels are dark enough for all channels to be negative after a brightness shift.
     rgb = np.concatenate([rng.uniform(-60.0, 320.0, (3, 8, 3)), rng.uniform(-40.0, 5.0, (3, 8, 3))]).astype(np.float32)
@@ -94,16 +95,16 @@ def test_photometric_is_deterministic_and_seed_dependent():
     assert any(changed)
 
 
-def test_faithful_photometric_leaves_range_and_corrected_clips():
+def test_the_reference_photometric_leaves_range_and_corrected_clips():
     image = tf.random.stateless_uniform([16, 16, 3], _seed(3), maxval=255.0)
-    faithful_out_of_range = 0
+    reference_out_of_range = 0
     for k in range(40):
-        faithful = photometric.photometric_distort(image, _seed(9, k), faithful=True)
-        corrected = photometric.photometric_distort(image, _seed(9, k), faithful=False)
+        reference = photometric.photometric_distort(image, _seed(9, k), chain="reference")
+        corrected = photometric.photometric_distort(image, _seed(9, k), chain="corrected")
         assert float(tf.reduce_min(corrected)) >= 0.0 and float(tf.reduce_max(corrected)) <= 255.0
-        if float(tf.reduce_min(faithful)) < 0.0 or float(tf.reduce_max(faithful)) > 255.0:
-            faithful_out_of_range += 1
-    assert faithful_out_of_range >= 10  # brightness/contrast/saturation fire half of the time each
+        if float(tf.reduce_min(reference)) < 0.0 or float(tf.reduce_max(reference)) > 255.0:
+            reference_out_of_range += 1
+    assert reference_out_of_range >= 10  # brightness/contrast/saturation fire half of the time each
 
 
 def test_photometric_draws_every_step():

@@ -52,9 +52,9 @@ def shift(model, images, targets):
 
 
 def test_make_metric_kinds():
-    voc07, voc = make_metric("voc07", NAMES), make_metric("voc", NAMES, reference_offsets=False)
-    assert isinstance(voc07, VOCMetric) and voc07.use_07_metric and voc07.reference_offsets
-    assert isinstance(voc, VOCMetric) and not voc.use_07_metric and not voc.reference_offsets
+    voc07, voc = make_metric("voc07", NAMES), make_metric("voc", NAMES, offsets="corrected")
+    assert isinstance(voc07, VOCMetric) and voc07.use_07_metric and voc07.offsets == "reference"
+    assert isinstance(voc, VOCMetric) and not voc.use_07_metric and voc.offsets == "corrected"
     coco = make_metric("coco", NAMES)
     assert isinstance(coco, COCOMetric) and coco.class_names == NAMES
     with pytest.raises(ValueError, match="unknown metric 'map'; use 'voc07', 'voc' or 'coco'"):
@@ -63,7 +63,7 @@ def test_make_metric_kinds():
 
 def test_clean_detections_are_accumulated_over_every_batch():
     seen = []
-    result = evaluate_detections(Oracle(), batches(), make_metric("voc", NAMES, reference_offsets=False),
+    result = evaluate_detections(Oracle(), batches(), make_metric("voc", NAMES, offsets="corrected"),
                                  on_batch=lambda clean, adv, dets: seen.append((clean, adv, dets)))
     assert result["mAP"] == pytest.approx(1.0) and result["num_images"] == NUM
     assert [int(d["num_detections"].shape[0]) for _, _, d in seen] == [2, 2, 2]
@@ -73,7 +73,7 @@ def test_clean_detections_are_accumulated_over_every_batch():
 
 def test_the_attack_runs_on_every_batch_and_lowers_the_metric():
     seen = []
-    result = evaluate_detections(Oracle(), batches(), make_metric("voc", NAMES, reference_offsets=False),
+    result = evaluate_detections(Oracle(), batches(), make_metric("voc", NAMES, offsets="corrected"),
                                  attack=shift, on_batch=lambda clean, adv, dets: seen.append((clean, adv)))
     assert result["mAP"] == pytest.approx(0.0)  # every detection is the next image's box: all false positives
     for clean, adv in seen:
@@ -81,7 +81,7 @@ def test_the_attack_runs_on_every_batch_and_lowers_the_metric():
 
 
 def test_max_batches_stops_early():
-    result = evaluate_detections(Oracle(), batches(), make_metric("voc", NAMES, reference_offsets=False),
+    result = evaluate_detections(Oracle(), batches(), make_metric("voc", NAMES, offsets="corrected"),
                                  max_batches=2)
     assert result["num_images"] == 4
 

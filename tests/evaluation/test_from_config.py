@@ -57,12 +57,12 @@ def test_the_config_protocol_merges_the_metric_settings_and_leaves_the_config_al
     """``--mode=evaluate``, ``--mode=attack`` and ``--mode=analyze`` read one protocol: the table spec's."""
     settings = tiny_config().eval
     spec = TableSpec.from_config(settings)
-    assert spec.overrides == {"pgd": {"steps": 1, "epsilon": 4.0}, "metric": "voc", "reference_offsets": False}
+    assert spec.overrides == {"pgd": {"steps": 1, "epsilon": 4.0}, "metric": "voc", "voc_offsets": "corrected"}
     assert settings.overrides.to_dict() == {"pgd": {"steps": 1, "epsilon": 4.0}}
-    plain = TableSpec.from_config(ConfigDict({"metric": "coco", "reference_offsets": True}))  # no overrides key
-    assert plain.overrides == {"metric": "coco", "reference_offsets": True}
+    plain = TableSpec.from_config(ConfigDict({"metric": "coco", "voc_offsets": "reference"}))  # no overrides key
+    assert plain.overrides == {"metric": "coco", "voc_offsets": "reference"}
     merged = spec.resolved_protocol()
-    assert merged["pgd"]["epsilon"] == 4.0 and merged["metric"] == "voc" and merged["reference_offsets"] is False
+    assert merged["pgd"]["epsilon"] == 4.0 and merged["metric"] == "voc" and merged["voc_offsets"] == "corrected"
 
 
 def test_evaluate_models_writes_and_prints_the_table_of_the_config(tmp_path):
@@ -75,7 +75,7 @@ def test_evaluate_models_writes_and_prints_the_table_of_the_config(tmp_path):
     assert results["num_images"] == NUM_EVAL
     protocol = results["protocol"]
     assert protocol["pgd"]["steps"] == 1 and protocol["pgd"]["epsilon"] == 4.0 and protocol["metric"] == "voc"
-    assert protocol["reference_offsets"] is False and protocol["name"] == "reference"
+    assert protocol["voc_offsets"] == "corrected" and protocol["name"] == "reference"
     assert json.loads((tmp_path / "robustness.json").read_text()) == results
     assert printed[-1] == robustness.markdown_table(results)  # after a progress line per cell
     assert [line.split(":")[0] for line in printed[:-1]] == ["cell 1/2 (tiny, clean)", "cell 2/2 (tiny, A_cls)"]

@@ -13,10 +13,10 @@ def test_predefined_protocols():
     ref = P.make_protocol("reference")
     assert ref["pgd"]["steps"] == 20 and ref["pgd"]["epsilon"] == ref["pgd"]["step_size"] == 8.0
     assert ref["pgd"]["random_start"] is False and ref["metric"] == "voc07"
-    assert ref["dag"] == {"steps": 150, "gamma": 0.5, "faithful": True, "epsilon": None}
+    assert ref["dag"] == {"steps": 150, "gamma": 0.5, "variant": "reference", "epsilon": None}
     strong = P.make_protocol("strong")
     assert strong["pgd"]["random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
-    assert strong["dag"]["faithful"] is False and strong["dag"]["epsilon"] == 8.0
+    assert strong["dag"]["variant"] == "corrected" and strong["dag"]["epsilon"] == 8.0
     assert set(P.ATTACKS) == {"clean", "DAG", "Transfer", "Worst", *P.PGD_METHODS}
     assert set(P.PAPER_ATTACKS) == {"clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"}
     adaptive = P.make_protocol("adaptive")
@@ -50,7 +50,7 @@ def test_overrides_are_deep_merged_and_checked():
                                          r"'reference', 'strong'\]"):
         P.make_protocol("weak")
     with pytest.raises(ValueError, match="needs dag.epsilon"):
-        P.make_protocol("reference", {"dag": {"faithful": False}})
+        P.make_protocol("reference", {"dag": {"variant": "corrected"}})
     with pytest.raises(ValueError, match=r"steps must be >= 0; got pgd.steps=-1"):
         P.make_protocol("reference", {"pgd": {"steps": -1}})
 
@@ -77,12 +77,12 @@ def test_pgd_columns_differ_only_in_their_objective():
     assert len({s.replace(method="cls") for s in specs.values()}) == 1
 
 
-def test_dag_column_is_faithful_or_bounded_as_the_protocol_says():
-    faithful = P.make_attack("DAG", P.make_protocol("reference", {"dag": {"steps": 7}, "seed": 2}))
-    assert faithful.func is dag
-    assert faithful.keywords == {"spec": DAGSpec(steps=7, gamma=0.5, faithful=True, epsilon=None, seed=2)}
+def test_dag_column_is_the_reference_or_bounded_as_the_protocol_says():
+    reference = P.make_attack("DAG", P.make_protocol("reference", {"dag": {"steps": 7}, "seed": 2}))
+    assert reference.func is dag
+    assert reference.keywords == {"spec": DAGSpec(steps=7, gamma=0.5, variant="reference", epsilon=None, seed=2)}
     bounded = P.make_attack("DAG", P.make_protocol("strong", {"dag": {"epsilon": 4, "gamma": 0.25}}))
-    assert bounded.keywords == {"spec": DAGSpec(steps=150, gamma=0.25, faithful=False, epsilon=4.0, seed=0)}
+    assert bounded.keywords == {"spec": DAGSpec(steps=150, gamma=0.25, variant="corrected", epsilon=4.0, seed=0)}
 
 
 def test_clean_is_no_attack_and_unknown_columns_are_refused():
@@ -98,7 +98,7 @@ def test_clean_is_no_attack_and_unknown_columns_are_refused():
 def test_description_names_every_setting():
     assert P.describe_protocol(P.make_protocol("reference")) == (
         "PGD-20, ε = 8, α = 8, no random start; MTD choice and CWA classes per image; DAG 150 steps, γ = 0.5, "
-        "faithful (unbounded); adaptive attacks on cls − 1·KL(π); metric voc07.")
+        "as the reference (unbounded); adaptive attacks on cls − 1·KL(π); metric voc07.")
     coupled = P.make_protocol("reference", {"pgd": {"cwa_per_image": False}})
     assert "MTD choice per image, CWA classes per batch;" in P.describe_protocol(coupled)
     strong = P.describe_protocol(P.make_protocol("strong", {"pgd": {"steps": 9, "epsilon": 4}, "metric": "coco"}))

@@ -73,7 +73,7 @@ def test_table_json_markdown_and_figures(trained, tmp_path):
     assert proto["pgd"] == {"epsilon": 8.0, "step_size": 8.0, "steps": 2, "random_start": False,
                             "con_weights": [1.0, 1.0], "mtd_per_image": True, "cwa_per_image": True, "restarts": 1,
                             "step_schedule": "constant"}
-    assert proto["dag"] == {"steps": 10, "gamma": 0.5, "faithful": True, "epsilon": None}
+    assert proto["dag"] == {"steps": 10, "gamma": 0.5, "variant": "reference", "epsilon": None}
     cells = written["models"]["SSD (tiny)"]
     assert list(cells) == list(robustness.PAPER_ATTACKS)
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in cells.values())

@@ -17,11 +17,11 @@ def test_built_once_from_config_eval_with_the_metric_in_the_protocol():
     spec = TableSpec.from_config(settings)
     assert spec.attacks == DEFAULT_ATTACKS and spec.shard_batches == 8 and spec.sample_images == 4
     assert spec.bootstrap == BootstrapSpec(1000, 0, 0.95) and spec.transfer_source is None
-    assert spec.overrides == {"metric": "voc07", "reference_offsets": True}
+    assert spec.overrides == {"metric": "voc07", "voc_offsets": "reference"}
     assert spec.resolved_protocol()["metric"] == "voc07" and spec.resolved_protocol()["pgd"]["steps"] == 20
     demo_spec = TableSpec.from_config(demo.get_config().eval)
     assert demo_spec.transfer_source == "ssd" and demo_spec.overrides["pgd"]["steps"] == 10
-    assert demo_spec.overrides["reference_offsets"] is False
+    assert demo_spec.overrides["voc_offsets"] == "corrected"
     with settings.unlocked():
         settings.shard_batches = 0
     assert TableSpec.from_config(settings).shard_batches is None  # 0: the whole set is one shard

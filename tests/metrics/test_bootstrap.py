@@ -64,8 +64,8 @@ def as_batch(records: list[dict]) -> tuple[dict, dict]:
 
 
 METRICS = {
-    "voc07": (lambda: VOCMetric(NAMES, use_07_metric=True, reference_offsets=False), "mAP"),
-    "voc": (lambda: VOCMetric(NAMES, use_07_metric=False, reference_offsets=False), "mAP"),
+    "voc07": (lambda: VOCMetric(NAMES, use_07_metric=True, offsets="corrected"), "mAP"),
+    "voc": (lambda: VOCMetric(NAMES, use_07_metric=False, offsets="corrected"), "mAP"),
     "coco": (lambda: COCOMetric(class_names=NAMES), "AP50"),
 }
 

@@ -50,18 +50,18 @@ def assert_same_result(got, want):
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(value), err_msg=key)
 
 
-@pytest.mark.parametrize("offsets", [True, False])
+@pytest.mark.parametrize("offsets", ["reference", "corrected"])
 def test_voc_states_of_parts_merge_into_the_one_pass_result(offsets, tmp_path):
     batches = random_batches()
-    single = VOCMetric(CLASSES, reference_offsets=offsets)
+    single = VOCMetric(CLASSES, offsets=offsets)
     for dets, gts in batches:
         single.update(dets, gts)
     want = single.result()
     assert 0.0 < want["mAP"] < 1.0 and want["num_images"] == 18
 
-    merged = VOCMetric(CLASSES, reference_offsets=offsets)
+    merged = VOCMetric(CLASSES, offsets=offsets)
     for i, part in enumerate((batches[:1], batches[1:1], batches[1:4], batches[4:])):  # an empty part too
-        metric = VOCMetric(CLASSES, reference_offsets=offsets)
+        metric = VOCMetric(CLASSES, offsets=offsets)
         for dets, gts in part:
             metric.update(dets, gts)
         merged.merge(saved_and_loaded(metric.state(), tmp_path / f"part{i}.npz"))

@@ -71,13 +71,13 @@ def test_compute_ap_by_hand():
 
 
 @pytest.mark.parametrize("use_07", [True, False])
-@pytest.mark.parametrize("reference", [True, False])
-def test_perfect_detections_give_ap_one(use_07, reference):
+@pytest.mark.parametrize("offsets", ["reference", "corrected"])
+def test_perfect_detections_give_ap_one(use_07, offsets):
     images = [
         {"gt": [(0, A0, False), (1, B0, False)], "det": [(1, 0.9, A0), (2, 0.8, B0)]},
         {"gt": [(0, A1, False)], "det": [(1, 0.7, A1)]},
     ]
-    metric = VOCMetric(NAMES, use_07_metric=use_07, reference_offsets=reference)
+    metric = VOCMetric(NAMES, use_07_metric=use_07, offsets=offsets)
     metric.update(*make_batch(images, size=(100, 100)))
     res = metric.result()
     assert res["AP"]["a"] == pytest.approx(1.0)
@@ -94,7 +94,7 @@ def test_duplicate_detection_is_false_positive(use_07, expected):
     g1, g2 = (0.1, 0.1, 0.3, 0.3), (0.6, 0.6, 0.9, 0.9)
     dup = (0.11, 0.1, 0.31, 0.3)  # IoU with g1 ≈ 0.9
     images = [{"gt": [(0, g1, False), (0, g2, False)], "det": [(1, 0.9, g1), (1, 0.8, dup), (1, 0.7, g2)]}]
-    metric = VOCMetric(NAMES, use_07_metric=use_07, reference_offsets=False)
+    metric = VOCMetric(NAMES, use_07_metric=use_07, offsets="corrected")
     metric.update(*make_batch(images))
     res = metric.result()
     np.testing.assert_array_equal(res["tp"]["a"], [1, 0, 1])
@@ -113,7 +113,7 @@ def test_match_on_difficult_object_is_ignored():
     hard, easy = (0.1, 0.1, 0.4, 0.4), (0.5, 0.5, 0.9, 0.9)
     images = [{"gt": [(0, hard, True), (0, easy, False)],
                "det": [(1, 0.9, hard), (1, 0.85, hard), (1, 0.8, easy)]}]
-    metric = VOCMetric(NAMES, reference_offsets=False)
+    metric = VOCMetric(NAMES, offsets="corrected")
     metric.update(*make_batch(images))
     res = metric.result()
     assert res["npos"]["a"] == 1  # the difficult object does not count
@@ -126,14 +126,14 @@ def test_match_on_difficult_object_is_ignored():
 def test_iou_must_exceed_threshold_strictly():
     # IoU exactly 0.5 (half of the GT box, all values exact in float32) is not a match.
     images = [{"gt": [(0, (0.0, 0.0, 1.0, 1.0), False)], "det": [(1, 0.9, (0.0, 0.0, 0.5, 1.0))]}]
-    metric = VOCMetric(NAMES, reference_offsets=False)
+    metric = VOCMetric(NAMES, offsets="corrected")
     metric.update(*make_batch(images))
     res = metric.result()
     np.testing.assert_array_equal(res["fp"]["a"], [1])
     assert res["AP"]["a"] == 0.0
 
 
-def test_reference_offsets_change_a_borderline_match():
+def test_the_reference_coordinates_change_a_borderline_match():
     # Image 200 wide, 100 high; GT from XML (21, 11, 121, 61) → relative (x-1)/W → pixels x 20..120, y 10..60.
     gt_box = (20 / 200, 10 / 100, 120 / 200, 60 / 100)
     # Detection = GT shifted right by 32.5 px.  Exact: overlap 67.5·50 = 3375, IoU = 3375/(10000-3375) = 0.5094 → TP.
@@ -141,24 +141,24 @@ def test_reference_offsets_change_a_borderline_match():
     det_box = (52.5 / 200, 10 / 100, 152.5 / 200, 60 / 100)
     images = [{"gt": [(0, gt_box, False)], "det": [(1, 0.87654, det_box)]}]
     batch = make_batch(images, size=(100, 200))
-    exact = VOCMetric(NAMES, reference_offsets=False)
+    exact = VOCMetric(NAMES, offsets="corrected")
     exact.update(*batch)
-    faithful = VOCMetric(NAMES, reference_offsets=True)
-    faithful.update(*batch)
-    r_exact, r_ref = exact.result(), faithful.result()
+    reference = VOCMetric(NAMES, offsets="reference")
+    reference.update(*batch)
+    r_exact, r_ref = exact.result(), reference.result()
     assert r_exact["AP"]["a"] == pytest.approx(1.0)
     assert r_ref["AP"]["a"] == 0.0
     np.testing.assert_array_equal(r_ref["fp"]["a"], [1])
-    # Scores are rounded to 3 decimals only in the faithful mode (the reference's text files).
+    # Scores are rounded to 3 decimals only in the reference mode (the reference's text files).
     assert r_ref["scores"]["a"][0] == 0.877
     assert r_exact["scores"]["a"][0] == pytest.approx(0.87654, abs=1e-6)
 
 
-def test_reference_offsets_need_image_size():
+def test_the_reference_coordinates_need_image_size():
     images = [{"gt": [(0, A0, False)], "det": [(1, 0.9, A0)]}]
     with pytest.raises(ValueError, match="original_size"):
-        VOCMetric(NAMES, reference_offsets=True).update(*make_batch(images))
-    metric = VOCMetric(NAMES, reference_offsets=True, default_image_size=(100, 100))
+        VOCMetric(NAMES, offsets="reference").update(*make_batch(images))
+    metric = VOCMetric(NAMES, offsets="reference", default_image_size=(100, 100))
     metric.update(*make_batch(images))
     assert metric.result()["AP"]["a"] == pytest.approx(1.0)
 
@@ -176,7 +176,7 @@ def multi_image_case():
 
 @pytest.mark.parametrize("use_07, expected_a", [(True, AP07_DUP), (False, AP_ALL_DUP)])
 def test_multi_image_batch_with_padding(use_07, expected_a):
-    metric = VOCMetric(NAMES, use_07_metric=use_07, reference_offsets=False)
+    metric = VOCMetric(NAMES, use_07_metric=use_07, offsets="corrected")
     metric.update(*make_batch(multi_image_case()))
     res = metric.result()
     # Class a, sorted: .9 TP (img 0), .8 FP (img 1, other image's box), .7 TP (img 1), .5 FP (padding box).
@@ -193,9 +193,9 @@ def test_multi_image_batch_with_padding(use_07, expected_a):
 
 
 def test_updates_accumulate_like_one_batch():
-    one = VOCMetric(NAMES, reference_offsets=True, default_image_size=(300, 500))
+    one = VOCMetric(NAMES, offsets="reference", default_image_size=(300, 500))
     one.update(*make_batch(multi_image_case()))
-    split = VOCMetric(NAMES, reference_offsets=True, default_image_size=(300, 500))
+    split = VOCMetric(NAMES, offsets="reference", default_image_size=(300, 500))
     for image in multi_image_case():
         split.update(*make_batch([image]))
     a, b = one.result(), split.result()
@@ -207,7 +207,7 @@ def test_updates_accumulate_like_one_batch():
 
 def test_class_with_ground_truth_but_no_detections_has_ap_zero():
     images = [{"gt": [(0, A0, False), (2, B0, False)], "det": [(1, 0.9, A0)]}]
-    metric = VOCMetric(("a", "b", "c", "d"), reference_offsets=False)
+    metric = VOCMetric(("a", "b", "c", "d"), offsets="corrected")
     metric.update(*make_batch(images))
     res = metric.result()
     assert res["AP"]["c"] == 0.0 and res["npos"]["c"] == 1
@@ -301,7 +301,7 @@ def reference_style_eval(images, num_classes, use_07):
 
 
 @pytest.mark.parametrize("use_07", [True, False])
-def test_faithful_mode_matches_a_reference_style_loop_on_random_data(use_07):
+def test_reference_mode_matches_a_reference_style_loop_on_random_data(use_07):
     rng = np.random.default_rng(7)
     images = []
     for _ in range(6):
@@ -323,7 +323,7 @@ def test_faithful_mode_matches_a_reference_style_loop_on_random_data(use_07):
         images.append({"size": (h, w), "xml": xml, "det": dets})
     expected = reference_style_eval(images, 3, use_07)
 
-    metric = VOCMetric(NAMES, use_07_metric=use_07, reference_offsets=True)
+    metric = VOCMetric(NAMES, use_07_metric=use_07, offsets="reference")
     for im in images:  # one image per update, as the data reader would give it
         h, w = im["size"]
         gt = [(lab, ((x1 - 1) / w, (y1 - 1) / h, (x2 - 1) / w, (y2 - 1) / h), diff)  # the reader's (x - 1) / W
