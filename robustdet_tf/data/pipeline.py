@@ -150,22 +150,50 @@ def train_batches(
         )
     if start_step < 0:
         raise ValueError(f"train_batches: start_step must be >= 0, got {start_step}.")
-
-    examples = source.map(_drop_difficult, num_parallel_calls=num_parallel_calls, deterministic=True)
-    examples = examples.filter(_has_objects)
-    fill = None
-    if cache is not False:
-        examples = examples.cache("" if cache is True else str(cache))
-        # One complete pass fills the cache before the stream starts (it yields nothing).  Without it the first
-        # epoch fills the cache, and a run that stops inside that epoch (short runs; the slowly renewed attacked
-        # stream) leaves a partial cache behind, which tf.data discards with a warning.
-        fill = examples.filter(lambda example: False)
-
-    base_seed = tf.constant([seed, _SEED_WORD], tf.int64)
-    stream_seed = tf.random.experimental.stateless_fold_in(base_seed, stream)
+    stream_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, _SEED_WORD], tf.int64), stream)
+    examples, fill = trainable_examples(source, num_parallel_calls=num_parallel_calls, cache=cache)
     start_example = start_step * batch_size
     if start_example and num_examples is None:
         num_examples = count_training_examples(source)
+    ordered = ordered_stream(examples, stream_seed, shuffle_buffer=shuffle_buffer, start_example=start_example,
+                             num_examples=num_examples, repeat=repeat)
+    if fill is not None:
+        ordered = fill.concatenate(ordered)
+    ordered = ordered.enumerate(start=start_example)
+
+    def prepare(position, example):
+        return prepared_example(example, tf.random.experimental.stateless_fold_in(stream_seed, position),
+                                image_size=image_size, max_boxes=max_boxes, augment_examples=augment_examples,
+                                chain=chain)
+
+    batches = ordered.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
+    batches = batches.batch(batch_size, drop_remainder=drop_remainder)
+    if prefetch is not None and prefetch != 0:
+        batches = batches.prefetch(prefetch)
+    return _deterministic(batches)
+
+
+def trainable_examples(source: tf.data.Dataset, *, num_parallel_calls: int | None = AUTOTUNE,
+                       cache: bool | str = False) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    """The examples training sees: difficult objects dropped, images left without objects skipped, optionally
+    cached.  Returns ``(examples, fill)``: ``fill`` (a cached source only) is one pass that fills the cache and
+    yields nothing, to run before the stream starts."""
+    examples = source.map(_drop_difficult, num_parallel_calls=num_parallel_calls, deterministic=True)
+    examples = examples.filter(_has_objects)
+    if cache is False:
+        return examples, None
+    examples = examples.cache("" if cache is True else str(cache))
+    # One complete pass fills the cache before the stream starts.  Without it the first epoch fills the cache, and a
+    # run that stops inside that epoch (short runs; the slowly renewed attacked stream) leaves a partial cache
+    # behind, which tf.data discards with a warning.
+    return examples, examples.filter(lambda example: False)
+
+
+def ordered_stream(examples: tf.data.Dataset, stream_seed: tf.Tensor, *, shuffle_buffer: int = 512,
+                   start_example: int = 0, num_examples: int | None = None, repeat: bool = True) -> tf.data.Dataset:
+    """The examples in the order of the stream ``stream_seed``: epochs shuffled as a pure function of (seed,
+    stream, epoch), the stream starting at example number ``start_example`` (whole epochs skipped unread, which
+    needs ``num_examples``, the epoch size)."""
     if start_example and num_examples == 0:
         raise ValueError("train_batches: the source has no image with a non-difficult object; nothing to train on.")
     first_epoch, offset = divmod(start_example, num_examples) if start_example else (0, 0)
@@ -183,28 +211,21 @@ def train_batches(
         return shuffled.skip(tf.where(tf.equal(index, first_epoch), tf.constant(offset, tf.int64), 0))
 
     epochs = tf.data.Dataset.counter(first_epoch) if repeat else tf.data.Dataset.range(first_epoch, first_epoch + 1)
-    stream_ds = epochs.flat_map(epoch)
-    if fill is not None:
-        stream_ds = fill.concatenate(stream_ds)
-    stream_ds = stream_ds.enumerate(start=start_example)
+    return epochs.flat_map(epoch)
 
-    def prepare(position, example):
-        if augment_examples:
-            example_seed = tf.random.experimental.stateless_fold_in(stream_seed, position)
-            image, boxes, labels = augment.ssd_augment(
-                example["image"], example["boxes"], example["labels"], example_seed, image_size, chain=chain
-            )
-        else:
-            image = augment.resize_image(example["image"], image_size)
-            boxes, labels = example["boxes"], example["labels"]
-        return image, _pad_targets(boxes, labels, max_boxes)
 
-    batches = stream_ds.map(prepare, num_parallel_calls=num_parallel_calls, deterministic=True)
-    batches = batches.batch(batch_size, drop_remainder=drop_remainder)
-    if prefetch is not None and prefetch != 0:
-        batches = batches.prefetch(prefetch)
-    return _deterministic(batches)
-
+def prepared_example(example: dict[str, tf.Tensor], example_seed: tf.Tensor, *, image_size: int, max_boxes: int,
+                     augment_examples: bool = True, chain: str = REFERENCE) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """One training example as the network takes it: augmented with ``example_seed`` (``augment.ssd_augment``) or
+    only resized, targets padded to ``max_boxes``."""
+    if augment_examples:
+        image, boxes, labels = augment.ssd_augment(
+            example["image"], example["boxes"], example["labels"], example_seed, image_size, chain=chain
+        )
+    else:
+        image = augment.resize_image(example["image"], image_size)
+        boxes, labels = example["boxes"], example["labels"]
+    return image, _pad_targets(boxes, labels, max_boxes)
 
 def eval_batches(
     source: tf.data.Dataset,
