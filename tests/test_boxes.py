@@ -1,4 +1,4 @@
-"""Priors, IoU, box coding and matching against the numbers of spec §2.6, §2.7 and §12."""
+"""Priors, IoU, box coding and matching against the numbers of docs/reference.md#box-coding-and-matching."""
 
 import numpy as np
 import pytest

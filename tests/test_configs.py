@@ -86,7 +86,7 @@ def test_adversarial_config_keys_are_attack_spec_keys(name):
 
 def test_model_defaults_are_written_once_in_the_constructors():
     """The VOC configs take every model default from the SSD / RobustDet constructors (the values the reference
-    uses: spec §2, §3), so changing a default in one place changes it everywhere."""
+    uses: docs/reference.md#the-detector, #aaconv), so changing a default in one place changes it everywhere."""
     import inspect
 
     from configs import common, robustdet_voc, ssd300_voc

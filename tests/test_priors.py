@@ -1,4 +1,4 @@
-"""Prior boxes and the prior spec against the numbers of spec §2.6 and §12."""
+"""Prior boxes and the prior spec against the numbers of docs/reference.md#prior-boxes."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Attack objectives (spec §5.2): the scalar each PGD step ascends, computed in test mode on the raw heads."""
+"""Attack objectives (docs/reference.md#attack-objectives-and-mtd): the scalar each PGD step ascends, computed in test
+mode on the raw heads."""
 
 import keras
 import numpy as np

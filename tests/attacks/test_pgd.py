@@ -1,4 +1,4 @@
-"""PGD and MTD steps in pixel space (spec §5.1, §5.2, §12.10)."""
+"""PGD and MTD steps in pixel space (docs/reference.md#pgd, #attack-objectives-and-mtd)."""
 
 import keras
 import numpy as np

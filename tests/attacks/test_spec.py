@@ -1,4 +1,4 @@
-"""AttackSpec: one frozen, validated value for the settings of a PGD-family attack (spec §5.1, §5.2, §6.3)."""
+"""AttackSpec: one frozen, validated value for the settings of a PGD-family attack (docs/reference.md#pgd)."""
 
 import dataclasses
 import json

@@ -1,5 +1,5 @@
-"""Robustness protocols as data (spec §5, §7): predefined protocols, checked overrides, the caption sentence and the
-attack of each table column (``AttackSpec`` for the PGD family, DAG's settings)."""
+"""Robustness protocols as data (docs/reference.md#evaluation-protocol): predefined protocols, checked overrides, the
+caption sentence and the attack of each table column (``AttackSpec`` for the PGD family, DAG's settings)."""
 
 import pytest
 

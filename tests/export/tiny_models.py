@@ -2,8 +2,8 @@
 
 A RobustDet with its own random init saturates (scores of exactly 1.0, huge boxes), which makes detection
 comparisons hinge on ties.  Expanding the tiny SSD (Keras' default init) the way the reference starts RobustDet
-(spec §3.5), then perturbing each of the K kernels differently and shrinking the AID head, gives moderate
-outputs, a real mixture π and kernels that differ, so the AAconv path matters.
+(docs/reference.md#expanding-a-clean-ssd), then perturbing each of the K kernels differently and shrinking the AID
+head, gives moderate outputs, a real mixture π and kernels that differ, so the AAconv path matters.
 """
 
 from __future__ import annotations

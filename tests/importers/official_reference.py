@@ -1,10 +1,10 @@
 """An independent NCHW numpy model of the official PyTorch networks, for the checkpoint-import tests.
 
-Written from the spec tables (§2, §3), not from our Keras code: the official state-dict shapes of a (scaled)
-config, a synthetic state dict with sensible magnitudes, and the forward passes of the SSD (plain or dynamic
-convolutions, L2Norm, ceil-mode pool3, dilated conv6, head permute/flatten), torchvision's ResNet-18 (the AID) and
-the CFR decoder (ConvTranspose with output_padding), all in PyTorch layout.  If an imported Keras model computes
-the same numbers, names, layouts and orderings all agree.
+Written from the reference's tables (docs/reference.md#the-detector, #aaconv), not from our Keras code: the official
+state-dict shapes of a (scaled) config, a synthetic state dict with sensible magnitudes, and the forward passes of the
+SSD (plain or dynamic convolutions, L2Norm, ceil-mode pool3, dilated conv6, head permute/flatten), torchvision's
+ResNet-18 (the AID) and the CFR decoder (ConvTranspose with output_padding), all in PyTorch layout.  If an imported
+Keras model computes the same numbers, names, layouts and orderings all agree.
 """
 
 from __future__ import annotations

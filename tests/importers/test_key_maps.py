@@ -1,5 +1,6 @@
-"""Official state-dict keys → our variables and layouts (spec §11): the layout permutations, ``torch_shape`` and
-``official_weight_map`` checked against the official key/shape listing built by ``official_reference``."""
+"""Official state-dict keys → our variables and layouts (docs/reference.md#porting-notes): the layout permutations,
+``torch_shape`` and ``official_weight_map`` checked against the official key/shape listing built by
+``official_reference``."""
 
 import keras
 import numpy as np

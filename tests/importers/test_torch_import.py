@@ -68,7 +68,7 @@ def test_full_ssd300_voc_checkpoint_loads_exactly_and_round_trips():
     """The one full-size build of this file: every key and shape of ssd300_mAP_77.43_v2.pth's listing."""
     listing = official_listing()["ssd300 VOC"]
     assert ref.official_shapes(SSD300_VOC) == listing  # the reference helper reproduces the official listing
-    assert sum(int(np.prod(s)) for s in listing.values()) == 26_285_486  # spec §2.8
+    assert sum(int(np.prod(s)) for s in listing.values()) == 26_285_486  # docs/reference.md#parameter-counts
     state = ref.synthesize(listing, seed=5)
     model = SSD()
     ti.load_state_dict(model, state)
@@ -261,7 +261,8 @@ def test_import_checkpoint_reads_npz_unwraps_and_expands_a_clean_ssd(tmp_path):
     np.testing.assert_array_equal(robust.aid.get_layer("conv1").kernel.numpy(),
                                   aid_state["conv1.weight"].transpose(2, 3, 1, 0))
     for pi in ([[1.0, 0, 0, 0], [0, 0, 0.5, 0.5]], [[0.1, 0.2, 0.3, 0.4], [0, 1.0, 0, 0]]):
-        out = robust(images, pi=tf.constant(pi), training=False)  # spec §12.7: equals the clean SSD for any pi
+        out = robust(images, pi=tf.constant(pi), training=False)  # docs/reference.md#expanding-a-clean-ssd: equals
+                                                                  # the clean SSD for any pi
         _assert_close(out["loc"].numpy(), loc, "expanded loc")
         _assert_close(out["logits"].numpy(), logits, "expanded logits")
     with pytest.raises(ValueError, match="kind='robustdet'"):

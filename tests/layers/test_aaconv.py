@@ -195,7 +195,8 @@ def test_default_init_follows_reference_bounds():
 
 
 def test_dynamic_xavier_uses_pytorch_5d_fans():
-    # Spec §3.5: weight [K=4, out=512, in=512, 3, 3] -> fan_in 2,359,296, fan_out 18,432, bound 0.0015885.
+    # docs/reference.md#expanding-a-clean-ssd: weight [K=4, out=512, in=512, 3, 3] -> fan_in 2,359,296, fan_out
+    # 18,432, bound 0.0015885.
     assert dynamic_xavier_uniform_bound((4, 3, 3, 512, 512)) == pytest.approx(0.0015885, abs=5e-8)
     values = DynamicXavierUniform(gain=0.5, seed=1)((4, 3, 3, 8, 6)).numpy()
     bound = 0.5 * math.sqrt(6 / (6 * 8 * 9 + 4 * 8 * 9))

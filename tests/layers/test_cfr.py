@@ -73,7 +73,8 @@ def test_probconv_noise_is_graph_safe():
 
 
 def test_probconv_initial_weights_follow_reference():
-    """§3.5 step 2 / §12.11: 5-D Xavier bound 0.0015885 for [4, 512, 512, 3, 3], zero bias; std starts ~ 1."""
+    """docs/reference.md#expanding-a-clean-ssd: 5-D Xavier bound 0.0015885 for [4, 512, 512, 3, 3], zero bias; std
+    starts ~ 1."""
     layer = ProbConv(512, 3, num_kernels=4, cfr_layer=21)
     layer.build([(None, None, None, 512), (None, 4)])
     for conv in (layer.conv_std, layer.conv_mean):
@@ -101,7 +102,8 @@ def test_probconv_keras_file_round_trip(tmp_path):
 
 
 def test_decoder_full_size_parameter_count_and_shapes():
-    """§3.3 table and §12.5: 512x38² -> ... -> 3x300², 4,705,347 parameters (+2,888 BN running statistics)."""
+    """docs/reference.md#cfr and #parameter-counts: 512x38² -> ... -> 3x300², 4,705,347 parameters (+2,888 BN
+    running statistics)."""
     decoder = CFRDecoder()
     shape = (None, 38, 38, 512)
     decoder.build(shape)

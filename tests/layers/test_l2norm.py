@@ -1,4 +1,5 @@
-"""L2Norm of the conv4_3 source (spec §2.2): per-position unit L2 norm over channels times a learnable scale."""
+"""L2Norm of the conv4_3 source (docs/reference.md#the-detector): per-position unit L2 norm over channels times a
+learnable scale."""
 
 import numpy as np
 import pytest

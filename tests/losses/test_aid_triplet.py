@@ -1,4 +1,5 @@
-"""AID triplet loss (spec §4.3): mining distance, 240 triplets for 16 + 16, the hinge value, the paper option."""
+"""AID triplet loss (docs/reference.md#aid-triplet-loss): mining distance, 240 triplets for 16 + 16, the hinge value,
+the paper option."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The CFR reconstruction and KL terms as the reference codes them (spec §4.4)."""
+"""The CFR reconstruction and KL terms as the reference codes them (docs/reference.md#cfr-losses)."""
 
 import numpy as np
 import pytest

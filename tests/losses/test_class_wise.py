@@ -1,4 +1,5 @@
-"""Class-wise loss of CWAT and the CWA attack (spec §4.2): the mean over present classes of per-class means."""
+"""Class-wise loss of CWAT and the CWA attack (docs/reference.md#class-wise-loss): the mean over present classes of
+per-class means."""
 
 import numpy as np
 import tensorflow as tf

@@ -1,4 +1,5 @@
-"""The shared SSD300-VGG16 builder: parameter counts, feature-map shapes (spec §12.3) and PyTorch padding."""
+"""The shared SSD300-VGG16 builder: parameter counts, feature-map shapes (docs/reference.md#parameter-counts) and
+PyTorch padding."""
 
 import numpy as np
 import pytest

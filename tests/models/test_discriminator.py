@@ -31,7 +31,7 @@ def test_full_width_parameter_count():
 
 
 def test_full_width_shapes_on_300px():
-    """Spec §12.4: 3x300² -> 64x150² -> 64x75² -> 128x38² -> 256x19² -> 512x10² -> 512 -> K."""
+    """docs/reference.md#the-aid: 3x300² -> 64x150² -> 64x75² -> 128x38² -> 256x19² -> 512x10² -> 512 -> K."""
     model = build_discriminator(num_kernels=4)
     names = ["relu", "maxpool", "layer1_1_out", "layer2_1_out", "layer3_1_out", "layer4_1_out", "avgpool"]
     probe = keras.Model(model.input, [model.get_layer(n).output for n in names] + [model.output])

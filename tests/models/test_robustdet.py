@@ -85,9 +85,9 @@ def test_keras_round_trip(tmp_path):
 
 
 def test_nan_guard_fused_into_relu_equals_the_per_module_guard():
-    """Spec §3.4: NaN → 0 after VGG modules 0..22. The fast path guards inside the ReLUs only; the per-module
-    path (taken when intermediate features are requested) is the reference as written. Both must agree, in
-    value and gradient, when a convolution emits NaN."""
+    """docs/reference.md#forward-pass-and-nan-guard: NaN → 0 after VGG modules 0..22. The fast path guards inside the
+    ReLUs only; the per-module path (taken when intermediate features are requested) is the reference as written.
+    Both must agree, in value and gradient, when a convolution emits NaN."""
     keras.utils.set_random_seed(0)  # the weights and images (an unseeded draw once exceeded the tolerances)
     model = RobustDet(**TINY_SSD, **TINY_RD)
     x = tf.random.uniform([2, 64, 64, 3], 0, 255, seed=7)
