@@ -170,6 +170,9 @@ def eval_settings(metric: str = "voc07") -> ml_collections.ConfigDict:
             bootstrap=dict(resamples=1000, seed=0, level=0.95),
             # The model whose A_cls images the 'Transfer' column evaluates every model on; '' = the first model.
             transfer_source="",
+            # Per model, the gradient check of A_cls on this many first images (zero and NaN/inf input gradients,
+            # the loss along the steps; evaluation/gradient_check.py) in robustness.json; 0 = none.
+            gradient_check_images=64,
         )
     )
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from robustdet_tf.analysis.gradient_check import finding as gradient_finding
 from robustdet_tf.analysis.mechanism import finding as mechanism_finding
+from robustdet_tf.evaluation.gradient_check import finding as gradient_finding
 
 
 def _num(value: float | None, digits: int = 3) -> str:

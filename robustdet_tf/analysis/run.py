@@ -11,7 +11,7 @@ and one PNG:
 * ``attack_statistics.json`` / ``fig5_loss_changes.png`` and ``fig7c_confidence.png`` (``confidence.py``),
 * ``step_sweep.json`` / ``fig7ab_step_sweep.png`` (``step_sweep.py``),
 * ``gradient_check.json``: per model, the images whose input gradient is zero or NaN/inf and whether the attack's
-  loss rises along its PGD steps (``gradient_check.py``),
+  loss rises along its PGD steps (``evaluation/gradient_check.py``),
 * ``mechanism.json`` / ``mechanism_separation.png``: whether RobustDet's mechanism runs, i.e. the AID's separation
   of attacked from clean images, the kernels' spread and π's shift (``mechanism.py``), on ``mechanism_images``
   evaluation images (0: all of them) with the table's bootstrap intervals; when ``eval.transfer_source`` names one
@@ -33,7 +33,6 @@ import keras
 from robustdet_tf.analysis import (
     confidence,
     entanglement,
-    gradient_check,
     loss_conflict,
     mechanism,
     plots,
@@ -46,6 +45,7 @@ from robustdet_tf.compiled import traced_once
 from robustdet_tf.data import pipeline
 from robustdet_tf.data.contract import check_labels_fit
 from robustdet_tf.data.sources import load_source
+from robustdet_tf.evaluation import gradient_check
 from robustdet_tf.evaluation.evaluate import attack_targets, make_metric
 from robustdet_tf.evaluation.protocol import PGD_METHODS, attack_spec, make_attack
 from robustdet_tf.evaluation.table_spec import TableSpec

@@ -17,7 +17,13 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.budget import in_graph, project, random_start, repeat
 from robustdet_tf.attacks.model_protocol import check_attackable
-from robustdet_tf.attacks.objectives import Objective, detection_terms, make_objective, per_image_terms
+from robustdet_tf.attacks.objectives import (
+    Objective,
+    aimed_targets,
+    detection_terms,
+    make_objective,
+    per_image_terms,
+)
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.attacks.strong import strong_pgd
 
@@ -61,13 +67,20 @@ def attack_step(
     targets: Mapping[str, tf.Tensor],
     spec: AttackSpec = REFERENCE,
 ) -> tf.Tensor:
-    """One step of any training attack: ``cls``, ``loc``, ``con``, ``cwa`` (PGD on that objective) or ``mtd``.
+    """One step of any PGD-family attack: ``cls``, ``loc``, ``con``, ``cwa``, TOG's (PGD on that objective) or
+    ``mtd``, aimed at the ground truth ``targets``.
 
     MTD takes a loc step and a cls step from the same iterate and keeps the one with the larger total loss.  The
     reference chooses once per batch (``spec.mtd_per_image=False``): the loc candidate wins only if its batch
     ``loss_l + loss_c`` is strictly larger.  ``mtd_per_image=True`` makes the choice image by image, as the MTD
-    paper intends.
+    paper intends.  ``tog_mislabeling`` aims at the mislabelled detections of ``clean``, made here at every step
+    (a step called alone, as the step sweep does, must take the step ``pgd`` takes); ``pgd`` makes them once.
     """
+    return _aimed_step(model, images, clean, aimed_targets(spec.method, model, clean, targets), spec)
+
+
+def _aimed_step(model, images, clean, targets, spec):
+    """``attack_step`` on targets already aimed (``objectives.aimed_targets``)."""
     if spec.method == "clean":
         return clean
     if spec.method != "mtd":
@@ -100,7 +113,9 @@ def pgd(
     graph needs no AutoGraph conversion.
 
     With restarts, the ``apgd`` schedule or an adaptive method (``spec.per_image``) the attack is
-    ``strong.strong_pgd``: the best iterate per image instead of the final one.
+    ``strong.strong_pgd``: the best iterate per image instead of the final one.  TOG's attacks (``tog_*``) are
+    these steps on their objectives (``objectives``); ``tog_mislabeling`` aims at the mislabelled detections of the
+    clean images, made once here, and ignores ``targets``.
     """
     check_attackable(model, f"pgd ({spec.method})")
     if spec.per_image:
@@ -108,4 +123,5 @@ def pgd(
     clean = tf.convert_to_tensor(images, tf.float32)
     seed = seed_generator if seed_generator is not None else spec.seed
     adv = random_start(clean, spec.epsilon, seed) if spec.random_start else clean
-    return repeat(spec.steps, lambda x: attack_step(model, x, clean, targets, spec), adv)
+    aimed = aimed_targets(spec.method, model, clean, targets)  # once, from the clean images
+    return repeat(spec.steps, lambda x: _aimed_step(model, x, clean, aimed, spec), adv)

@@ -15,12 +15,17 @@ from typing import Any
 
 from robustdet_tf.behaviour import CORRECTED, REFERENCE, checked
 
-METHODS = ("clean", "cls", "loc", "con", "cwa", "mtd", "adaptive", "fixed_pi", "aid")
+METHODS = ("clean", "cls", "loc", "con", "cwa", "mtd", "adaptive", "fixed_pi", "aid", "tog_vanishing",
+           "tog_fabrication", "tog_mislabeling")
 """``clean`` = no attack; ``cls``/``loc``/``con``/``cwa`` = PGD on that objective; ``mtd`` = the MTD step; the
 attacks that adapt to RobustDet's discriminator (``attacks/adaptive.py``): ``adaptive`` = ``base`` loss − λ·D(π),
-``fixed_pi`` = ``base`` loss with π held at the clean image's mixture, ``aid`` = D(π) alone."""
+``fixed_pi`` = ``base`` loss with π held at the clean image's mixture, ``aid`` = D(π) alone; TOG's targeted attacks
+(Chow et al. 2020; objectives in ``attacks/objectives.py``): ``tog_vanishing`` = every prior towards background,
+``tog_fabrication`` = every prior away from background, ``tog_mislabeling`` = towards the clean detections with
+wrong labels."""
 
 ADAPTIVE_METHODS = ("adaptive", "fixed_pi", "aid")
+TOG_METHODS = ("tog_vanishing", "tog_fabrication", "tog_mislabeling")
 SCHEDULES = ("constant", "apgd")
 DIVERGENCES = ("kl", "js")
 BASE_OBJECTIVES = ("cls", "loc", "con", "cwa")

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.adaptive import AscentAndScore, ascent_and_score
 from robustdet_tf.attacks.budget import project, random_start, repeat
-from robustdet_tf.attacks.objectives import make_per_image_objective
+from robustdet_tf.attacks.objectives import aimed_targets, make_per_image_objective
 from robustdet_tf.attacks.spec import ADAPTIVE_METHODS, AttackSpec
 
 MOMENTUM = 0.75  # APGD's α
@@ -157,8 +157,10 @@ def strong_pgd(
 
     The first run starts at the clean image unless ``spec.random_start``; the others start from uniform noise in
     the ε-ball, drawn from ``seed_generator`` or from ``spec.seed + run`` (the same draws for the same input).
+    ``tog_mislabeling`` aims at the mislabelled detections of the clean images, made once for every run.
     """
     clean = tf.convert_to_tensor(images, tf.float32)
+    targets = aimed_targets(spec.method, model, clean, targets)
     objective = per_image_objective(spec, model, clean)
     run = _apgd_run if spec.step_schedule == "apgd" else _constant_run
     best = (tf.fill(tf.shape(clean)[:1], -np.inf), clean)

@@ -38,6 +38,14 @@ def eval_batches(config, source: DetectionSource | None = None,
     return source, batches
 
 
+def patch_training_batches(config, image_size: int) -> tf.data.Dataset:
+    """The training set the ``Patch`` column fits its patches on: the config's training source, resized like the
+    evaluation images (no augmentation), in its own order."""
+    source = load_source(config.data, "train")
+    return pipeline.eval_batches(source.dataset, image_size=int(image_size), batch_size=config.eval.batch_size,
+                                 max_boxes=config.data.max_boxes)
+
+
 def _checked_batches(config, models: Mapping[str, keras.Model]) -> tuple[DetectionSource, tf.data.Dataset]:
     """The evaluation batches at the models' own input size, after checking that every model knows these classes."""
     sizes = {int(getattr(m, "image_size", config.model.image_size)) for m in models.values()}
@@ -58,9 +66,11 @@ def evaluate_models(config, models: Mapping[str, keras.Model], output_dir: str, 
     image_size = int(getattr(next(iter(models.values())), "image_size", config.model.image_size))
     data = {"name": source.name, "num_examples": source.num_examples, "batch_size": int(settings.batch_size),
             "image_size": image_size, "max_boxes": int(config.data.max_boxes)}
-    results = robustness.evaluate_robustness(models, batches, source.class_names, output_dir,
-                                             TableSpec.from_config(settings),
-                                             TableRun(strategy=strategy, printer=printer, data=data))
+    spec = TableSpec.from_config(settings)
+    patch_batches = patch_training_batches(config, image_size) if "Patch" in spec.attacks else None
+    results = robustness.evaluate_robustness(models, batches, source.class_names, output_dir, spec,
+                                             TableRun(strategy=strategy, printer=printer, data=data,
+                                                      patch_batches=patch_batches))
     if results is not None:
         printer(robustness.markdown_table(results))
     return results

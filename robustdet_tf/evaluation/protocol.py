@@ -19,9 +19,17 @@ described in one sentence for the table caption, and turned into attack function
 The adaptive columns exist under every protocol: ``Adaptive`` (detection loss − λ·D(π_adv, π_clean): fool the
 detector, keep the AID's mixture clean), ``FixedPi`` (the gradient of the detector run with the clean image's π)
 and ``AID`` (D alone: attack the router; not applicable to models without an AID, its cell is then empty).
+``TOG_vanishing``, ``TOG_fabrication`` and ``TOG_mislabeling`` are TOG's targeted attacks (Chow et al. 2020;
+objectives in ``attacks/objectives.py``): every prior towards background, every prior away from it, the clean
+detections relabelled with their most likely wrong class.  They take the protocol's PGD settings (TOG's own are
+ε = 8/255, α = 2/255, 10 steps with a random start: ``{"pgd": {"epsilon": 8, "step_size": 2, "steps": 10,
+"random_start": true}}`` in pixels).
 ``Transfer`` is A_cls made against the table's transfer source and evaluated on every model
 (``evaluation/transfer.py``).  ``Worst`` is the per-image worst case over the table's other attack columns
-(``evaluation/worst_case.py``).
+(``evaluation/worst_case.py``).  ``Corrupt`` is mPC over the natural corruptions and severities of
+``protocol["corruptions"]`` (``evaluation/corruptions.py``): not an attack, so it joins neither the worst case nor
+the lowest cell.  ``Patch`` pastes a universal patch (``attacks/patch.py``, settings ``protocol["patch"]``) fitted
+per model on training images.
 """
 
 from __future__ import annotations
@@ -33,23 +41,31 @@ from typing import Any
 
 from robustdet_tf.attacks.adaptive import applies_to
 from robustdet_tf.attacks.dag import dag
+from robustdet_tf.attacks.patch import PatchSpec
 from robustdet_tf.attacks.pgd import pgd
 from robustdet_tf.attacks.spec import AttackSpec, DAGSpec
 from robustdet_tf.behaviour import CORRECTED, REFERENCE, checked, migrated_protocol, refuse_renamed_keys
+from robustdet_tf.evaluation import corruptions
 from robustdet_tf.evaluation.evaluate import AttackFn
 
 PAPER_ATTACKS: tuple[str, ...] = ("clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG")
 """The columns of the paper's Table 1."""
-ATTACKS: tuple[str, ...] = (*PAPER_ATTACKS, "Adaptive", "FixedPi", "AID", "Transfer", "Worst")
-"""Every column a table can have: Table 1's, the attacks on the AID, A_cls transferred from the table's source model
-and the per-image worst case."""
+ATTACKS: tuple[str, ...] = (*PAPER_ATTACKS, "Adaptive", "FixedPi", "AID", "TOG_vanishing", "TOG_fabrication",
+                             "TOG_mislabeling", "Transfer", "Worst", "Corrupt", "Patch")
+"""Every column a table can have: Table 1's, the attacks on the AID, TOG's targeted attacks, A_cls transferred from
+the table's source model and the per-image worst case."""
 
 # Table name → PGD objective of ``attacks.pgd`` (DAG, Worst and clean are handled separately).
 PGD_METHODS: dict[str, str] = {"A_cls": "cls", "A_loc": "loc", "con": "con", "MTD": "mtd", "CWA": "cwa",
-                               "Adaptive": "adaptive", "FixedPi": "fixed_pi", "AID": "aid"}
+                               "Adaptive": "adaptive", "FixedPi": "fixed_pi", "AID": "aid",
+                               "TOG_vanishing": "tog_vanishing", "TOG_fabrication": "tog_fabrication",
+                               "TOG_mislabeling": "tog_mislabeling"}
 ADAPTIVE_COLUMNS = ("Adaptive", "FixedPi", "AID")
 
-COLUMN_TITLES: dict[str, str] = {"clean": "Clean", "FixedPi": "Fixed π", "AID": "AID only", "Worst": "Worst case"}
+UNATTACKED: tuple[str, ...] = ("clean", corruptions.COLUMN)
+"""Columns that attack nothing: they join neither the per-image worst case nor the lowest attacked cell."""
+COLUMN_TITLES: dict[str, str] = {"clean": "Clean", "FixedPi": "Fixed π", "AID": "AID only", "Worst": "Worst case",
+                                 "Corrupt": "Corrupt (mPC)"}
 
 _REFERENCE_PGD = {"restarts": 1, "step_schedule": "constant"}
 _ADAPTIVE_DEFAULTS = {"aid_weight": 1.0, "divergence": "kl", "base": "cls"}
@@ -72,6 +88,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         },
         "dag": {"steps": 150, "gamma": 0.5, "variant": REFERENCE, "epsilon": None},
         "adaptive": dict(_ADAPTIVE_DEFAULTS),
+        "corruptions": copy.deepcopy(corruptions.DEFAULT_SETTINGS),
+        "patch": PatchSpec().to_dict(),
     },
     "strong": {
         "name": "strong",
@@ -90,6 +108,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         },
         "dag": {"steps": 150, "gamma": 0.5, "variant": CORRECTED, "epsilon": 8.0},
         "adaptive": dict(_ADAPTIVE_DEFAULTS),
+        "corruptions": copy.deepcopy(corruptions.DEFAULT_SETTINGS),
+        "patch": PatchSpec().to_dict(),
     },
 }
 PROTOCOLS["adaptive"] = {
@@ -139,6 +159,8 @@ def make_protocol(protocol: str | Mapping[str, Any] = "reference", overrides: Ma
         raise ValueError(f"protocol {', '.join(negative)} is negative: the L∞ budget and step of every PGD column "
                          "must be >= 0 (the paper: pgd.epsilon = pgd.step_size = 8; set them with "
                          "--config.eval.overrides='{\"pgd\": {\"epsilon\": 8, \"step_size\": 8}}').")
+    corruptions.check_settings(result["corruptions"])
+    PatchSpec.from_dict(result["patch"], where="protocol patch")
     checked("protocol voc_offsets", result["voc_offsets"])
     checked("protocol dag.variant", result["dag"]["variant"])
     if result["dag"]["variant"] == CORRECTED and result["dag"]["epsilon"] is None:
@@ -206,6 +228,13 @@ def make_attack(name: str, protocol: Mapping[str, Any]) -> AttackFn | None:
     if name == "Transfer":
         raise ValueError("the 'Transfer' column attacks a source model of the table: use "
                          "evaluation.transfer.transfer_attack(...) or evaluate_robustness(attacks=[..., 'Transfer']).")
+    if name == corruptions.COLUMN or corruptions.is_sub_column(name):
+        raise ValueError("the 'Corrupt' column evaluates corrupted images, it attacks nothing: use "
+                         "evaluate_robustness(attacks=[..., 'Corrupt']) (settings: protocol['corruptions']).")
+    if name == "Patch":
+        raise ValueError("the 'Patch' column pastes a patch fitted per model on training images: use "
+                         "evaluate_robustness(attacks=[..., 'Patch'], run=TableRun(patch_batches=...)) or "
+                         "attacks.patch.patch_attack(fit_universal_patch(model, batches, spec), spec).")
     if name == "Worst":
         raise ValueError("the 'Worst' column is built from the other columns of a table: use "
                          "evaluation.worst_case.worst_case_attack(...) or evaluate_robustness(attacks=[..., 'Worst']).")

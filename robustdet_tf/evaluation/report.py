@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 from robustdet_tf.boxes import BOX_FORMAT, convert_format
 from robustdet_tf.detections import DETECTION_BOX_FORMAT
@@ -82,6 +83,12 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         caption += (f" In brackets: {100 * boot['level']:g} % {boot['method']} ({boot['resamples']} resamples, "
                     f"seed {boot['seed']}).")
     lines = [f"# Robustness ({results['protocol']['name']} protocol)", "", caption, "", header, rule, *rows, ""]
+    if "corruptions" in results:
+        settings = results["corruptions"]["settings"]
+        rpc = "; ".join(f"{name} {_percent(r['value'], r)}" for name, r in results.get("rPC", {}).items())
+        lines += [f"Corrupt (mPC): mean mAP over {len(settings['names'])} corruptions × {len(settings['severities'])} "
+                  f"severities ({', '.join(settings['names'])}; severities "
+                  f"{', '.join(str(s) for s in settings['severities'])}). rPC = mPC / clean, in %: {rpc}.", ""]
     differences = results.get("differences") or []
     if differences:
         lines += [f"## Paired differences (mAP points, {100 * boot['level']:g} % interval)", "",
@@ -212,3 +219,10 @@ def write_sample_pngs(clean, clean_dets, adv, adv_dets, targets, output_dir: str
         save_figure_atomic(figure, path)
         paths.append(path)
     return paths
+
+
+def write_patch_png(patch, path: str) -> None:
+    """A fitted universal patch as the PNG one would print (its exact pixels, rounded to 8 bits)."""
+    pixels = np.clip(np.rint(np.asarray(patch, np.float32)), 0, 255).astype(np.uint8)
+    with atomic_output(path, overwrite=True) as temporary:
+        Image.fromarray(pixels).save(temporary, format="PNG")

@@ -36,10 +36,13 @@ from functools import partial
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from robustdet_tf.evaluation import shard_plan, sharded
-from robustdet_tf.evaluation.evaluate import AttackFn, detection_step, make_metric
+from robustdet_tf.attacks.patch import PatchSpec, fit_universal_patch, patch_attack
+from robustdet_tf.evaluation import corruptions, shard_plan, sharded
+from robustdet_tf.evaluation.evaluate import AttackFn, attack_targets, detection_step, make_metric
+from robustdet_tf.evaluation.gradient_check import gradient_check
 from robustdet_tf.evaluation.progress import TableProgress
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
     ATTACKS,
@@ -47,6 +50,8 @@ from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the 
     PAPER_ATTACKS,
     PGD_METHODS,
     PROTOCOLS,
+    UNATTACKED,
+    attack_spec,
     column_applies,
     describe_protocol,
     make_attack,
@@ -59,12 +64,13 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     markdown_table,
     plot_bars,
     plot_pr_curves,
+    write_patch_png,
     write_sample_pngs,
 )
 from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.evaluation.transfer import TRANSFER_BASE, same_cell, transfer_attack
 from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
-from robustdet_tf.io import workdir_lock, write_text
+from robustdet_tf.io import atomic_output, workdir_lock, write_text
 from robustdet_tf.metrics.bootstrap import table_intervals, with_intervals
 
 
@@ -100,17 +106,25 @@ def save_sample_detections(
 
 # -- the table ----------------------------------------------------------------------------------------------------
 def column_attack(name: str, protocol: Mapping[str, Any], columns: Sequence[str], model: keras.Model,
-                  source: keras.Model | None = None):
+                  source: keras.Model | None = None, patch: AttackFn | None = None):
     """The attack of column ``name`` for ``model``; ``Worst`` combines the other attacks of ``columns`` that apply
-    to the model; ``Transfer`` is A_cls made against ``source`` (the table's transfer source)."""
+    to the model; ``Transfer`` is A_cls made against ``source`` (the table's transfer source); a ``Corrupt`` cell
+    attacks nothing (its images are corrupted before the step); ``Patch`` is ``patch``, the attack of the patch
+    fitted for this model."""
+    if corruptions.is_sub_column(name):
+        return None
+    if name == "Patch":
+        if patch is None:
+            raise ValueError("the 'Patch' column needs the model's fitted patch (evaluate_robustness fits it).")
+        return patch
     if name == "Transfer":
         if source is None:
             raise ValueError("the 'Transfer' column needs a source model (eval.transfer_source).")
         return transfer_attack(source, make_attack(TRANSFER_BASE, protocol))
     if name != "Worst":
         return make_attack(name, protocol)
-    return worst_case_attack([column_attack(c, protocol, columns, model, source) for c in columns
-                              if c not in ("clean", "Worst") and column_applies(c, model)])
+    return worst_case_attack([column_attack(c, protocol, columns, model, source, patch) for c in columns
+                              if c not in (*UNATTACKED, "Worst") and column_applies(c, model)])
 
 
 def _headline(metric_result: Mapping[str, Any]) -> float:
@@ -170,6 +184,8 @@ def evaluate_robustness(
         if not table.workers.chief:
             return None
         results = _collect(table, first_batch)
+        if spec.gradient_check_images:
+            results["gradient_check"] = _gradient_checks(table)
         _write(table, results)
         return results
 
@@ -188,7 +204,9 @@ class _Table:
     metric_factory: Callable[[], Any]
     workers: sharded.Workers
     source_name: str | None  # the transfer source, when the table has a Transfer column
-    cells: list[tuple[str, str]]  # every (model, attack) that applies
+    cells: list[tuple[str, str]]  # every (model, attack) that applies; the Corrupt column as its pairs' cells
+    corruption_columns: list[str]  # the Corrupt column's cells, Corrupt:<name>:<severity>
+    patches: dict[str, Any] = dataclasses.field(default_factory=dict)  # model name -> fitted patch [side, side, 3]
 
     @property
     def source(self) -> keras.Model | None:
@@ -199,7 +217,28 @@ class _Table:
         return same_cell(model_name, attack_name, self.source_name, self.spec.attacks) or attack_name
 
     def attack(self, attack_name: str, model: keras.Model):
-        return column_attack(attack_name, self.protocol, self.spec.attacks, model, self.source)
+        patch = None
+        if attack_name in ("Patch", "Worst") and "Patch" in self.spec.attacks:
+            name = next(n for n, m in self.models.items() if m is model)
+            patch = patch_attack(self.patch(name), PatchSpec.from_dict(self.protocol["patch"]))
+        return column_attack(attack_name, self.protocol, self.spec.attacks, model, self.source, patch)
+
+    def patch(self, model_name: str) -> tf.Tensor:
+        """The universal patch of ``model_name``, fitted once on the training batches (``TableRun.patch_batches``)
+        and kept in ``shards/patches/`` so a resumed or sharded table pastes the very same pixels."""
+        if model_name not in self.patches:
+            path = os.path.join(sharded.shards_root(self.output_dir), "patches", f"{file_stem(model_name)}.npy")
+            if os.path.exists(path):
+                self.patches[model_name] = tf.constant(np.load(path))
+            else:
+                fitted = fit_universal_patch(self.models[model_name], self.run.patch_batches,
+                                             PatchSpec.from_dict(self.protocol["patch"]))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with atomic_output(path, overwrite=True) as temporary:
+                    with open(temporary, "wb") as handle:
+                        np.save(handle, fitted.numpy())
+                self.patches[model_name] = fitted
+        return self.patches[model_name]
 
 
 def _plan(models, batches, class_names, output_dir, spec: TableSpec, run: TableRun) -> _Table:
@@ -223,11 +262,17 @@ def _plan(models, batches, class_names, output_dir, spec: TableSpec, run: TableR
     os.makedirs(output_dir, exist_ok=True)
     metric_factory = run.metric_factory or partial(make_metric, protocol["metric"], class_names,
                                                    offsets=protocol["voc_offsets"])
+    if "Patch" in spec.attacks and run.patch_batches is None:
+        raise ValueError("evaluate_robustness: the 'Patch' column fits a patch per model on training images; pass "
+                         "them as TableRun(patch_batches=...) (--mode=evaluate reads the config's training set).")
     if spec.max_batches is not None:
         batches = batches.take(spec.max_batches)
-    cells = [(m, a) for m in models for a in spec.attacks if column_applies(a, models[m])]
+    corruption_columns = (corruptions.sub_columns(protocol["corruptions"]) if corruptions.COLUMN in spec.attacks
+                          else [])
+    columns = [c for a in spec.attacks for c in (corruption_columns if a == corruptions.COLUMN else [a])]
+    cells = [(m, a) for m in models for a in columns if column_applies(a, models[m])]
     return _Table(models, batches, class_names, output_dir, spec, run, protocol, metric_factory,
-                  run.workers or sharded.Workers.from_environment(), source_name, cells)
+                  run.workers or sharded.Workers.from_environment(), source_name, cells, corruption_columns)
 
 
 def _compute_cells(table: _Table) -> dict[str, dict[str, tuple]]:
@@ -236,13 +281,29 @@ def _compute_cells(table: _Table) -> dict[str, dict[str, tuple]]:
     spec, run, workers = table.spec, table.run, table.workers
     first_batch: dict[str, dict[str, tuple]] = {name: {} for name in table.models}
     computed_cells = [(m, a) for m, a in table.cells if table.stored(m, a) == a]
+    # Every model's cell of one corruption pair before the next pair: the pair's corrupted images are made once
+    # and removed after its last cell.
+    by_pair = sorted((c for c in computed_cells if corruptions.is_sub_column(c[1])),
+                     key=lambda cell: table.corruption_columns.index(cell[1]))
+    computed_cells = [c for c in computed_cells if not corruptions.is_sub_column(c[1])] + by_pair
+    last_of_pair = {attack: (model, attack) for model, attack in by_pair}
     known = (run.data or {}).get("num_examples") if spec.max_batches is None and workers.count == 1 else None
     progress = TableProgress(computed_cells, known, run.printer) if run.printer is not None else None
     computed = reused = 0
+    unattacked_steps: dict[str, Any] = {}  # one traced step per model for the cells that attack nothing
     for model_name, attack_name in computed_cells:
         model = table.models[model_name]
-        step = batch_step(model, table.attack(attack_name, model), run.strategy)
-        keep = spec.sample_images > 0 and workers.chief
+        attack = table.attack(attack_name, model)
+        if attack is None:
+            if model_name not in unattacked_steps:
+                unattacked_steps[model_name] = batch_step(model, None, run.strategy)
+            step = unattacked_steps[model_name]
+        else:
+            step = batch_step(model, attack, run.strategy)
+        corrupted = corruptions.is_sub_column(attack_name)
+        keep = spec.sample_images > 0 and workers.chief and not corrupted
+        pair_files = (corruptions.cache_dir(sharded.shards_root(table.output_dir), attack_name) if corrupted
+                      else None)
 
         def on_batch(index, clean, adv, detections, kept=first_batch[model_name], attack_name=attack_name,
                      keep=keep):
@@ -253,8 +314,13 @@ def _compute_cells(table: _Table) -> dict[str, dict[str, tuple]]:
 
         if progress is not None:
             progress.start_cell(model_name, attack_name)
+        prepare = (corruptions.corrupter(attack_name, table.protocol["corruptions"]["seed"], pair_files)
+                   if corrupted else None)
         done = sharded.compute_shards(sharded.cell_dir(table.output_dir, model_name, attack_name), table.batches,
-                                      step, table.metric_factory, spec.shard_batches, workers, on_batch=on_batch)
+                                      step, table.metric_factory, spec.shard_batches, workers, on_batch=on_batch,
+                                      prepare=prepare)
+        if corrupted and last_of_pair[attack_name] == (model_name, attack_name):
+            shutil.rmtree(pair_files, ignore_errors=True)
         if progress is not None:
             progress.end_cell(reused=done[0] == 0 and done[1] > 0)
         computed, reused = computed + done[0], reused + done[1]
@@ -269,10 +335,16 @@ def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[st
     spec, models = table.spec, table.models
     values: dict[str, dict[str, float | None]] = {name: {} for name in models}
     per_class: dict[str, dict[str, dict[str, float | None]]] = {name: {} for name in models}
+    pairs: dict[str, dict[str, float | None]] = {name: {} for name in models}  # the Corrupt column's cells
+    pair_classes: dict[str, list[dict[str, float | None]]] = {name: [] for name in models}
     num_images = 0
     matches = {}
     for model_name, model in models.items():
-        for attack_name in spec.attacks:
+        for attack_name in _expanded(spec.attacks, table.corruption_columns):
+            if attack_name == corruptions.COLUMN:
+                values[model_name][attack_name] = corruptions.summarise(pairs[model_name], table.corruption_columns)
+                per_class[model_name][attack_name] = _mean_per_class(pair_classes[model_name])
+                continue
             if (model_name, attack_name) not in table.cells:  # e.g. the AID column of a model without an AID
                 values[model_name][attack_name], per_class[model_name][attack_name] = None, {}
                 continue
@@ -281,12 +353,17 @@ def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[st
                                            table.metric_factory, spec.shard_batches, table.workers,
                                            spec.shard_timeout, what=f"the cell ({model_name}, {stored})")
             metric_result = metric.result()
-            values[model_name][attack_name] = fraction(_headline(metric_result))
             if spec.bootstrap.resamples:
                 matches[(model_name, attack_name)] = metric.ranked_matches()
             ap_key = "AP" if "AP" in metric_result else "per_class_AP50"
-            per_class[model_name][attack_name] = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
+            class_ap = {k: fraction(v) for k, v in metric_result.get(ap_key, {}).items()}
             num_images = int(metric_result.get("num_images", num_images))
+            if corruptions.is_sub_column(attack_name):
+                pairs[model_name][attack_name] = fraction(_headline(metric_result))
+                pair_classes[model_name].append(class_ap)
+                continue
+            values[model_name][attack_name] = fraction(_headline(metric_result))
+            per_class[model_name][attack_name] = class_ap
             if spec.plots and "recall" in metric_result:
                 plot_pr_curves(metric_result, f"{model_name} / {COLUMN_TITLES.get(attack_name, attack_name)}",
                                os.path.join(table.output_dir,
@@ -305,10 +382,47 @@ def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[st
                "worst_case": worst, "table_spec": spec.to_dict()}
     if table.source_name is not None:
         results["transfer_source"] = table.source_name
+    intervals = None
     if spec.bootstrap.resamples:
-        results.update(with_intervals(values, worst, table_intervals(matches, list(models), list(spec.attacks),
-                                                                     spec.bootstrap), spec.bootstrap, num_images))
+        composite = {corruptions.COLUMN: table.corruption_columns} if table.corruption_columns else {}
+        ratio = {"rPC": (corruptions.COLUMN, "clean")} if composite and "clean" in spec.attacks else {}
+        intervals = table_intervals(matches, list(models), list(spec.attacks), spec.bootstrap, composite,
+                                    UNATTACKED, ratio)
+        results.update(with_intervals(values, worst, intervals, spec.bootstrap, num_images))
+    if "Patch" in spec.attacks:
+        patch_spec = PatchSpec.from_dict(table.protocol["patch"])
+        results["patches"] = {name: {"file": f"patch_{file_stem(name)}.png", "side": int(table.patch(name).shape[0]),
+                                     "spec": patch_spec.to_dict()} for name in models}
+    if table.corruption_columns:
+        results.update(corruptions.results_entries(pairs, values, intervals, table.protocol["corruptions"]))
     return results
+
+
+def _gradient_checks(table: _Table) -> dict[str, dict[str, Any]]:
+    """Per model: the gradient check of the table's A_cls attack on its first ``gradient_check_images`` images, and
+    whether the model's forward pass replaces NaN activations by 0 (RobustDet's reference guard, which turns a NaN
+    into a zero gradient there and logs nothing)."""
+    spec = attack_spec("A_cls", table.protocol)
+    batches = [(images, attack_targets(targets)) for images, targets in table.batches]
+    out = {}
+    for name, model in table.models.items():
+        summary = gradient_check(model, batches, spec, table.spec.gradient_check_images)
+        out[name] = {"attack": "A_cls", **{k: v for k, v in summary.items() if k != "per_image"},
+                     "nan_guard": model.capabilities().nan_guard}
+    return out
+
+
+def _expanded(attacks: Sequence[str], corruption_columns: Sequence[str]) -> list[str]:
+    """The table's columns with the Corrupt column's cells just before it (its value is their mean)."""
+    return [c for a in attacks for c in ([*corruption_columns, a] if a == corruptions.COLUMN else [a])]
+
+
+def _mean_per_class(rows: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Per-class AP averaged over the Corrupt column's cells (``None`` where a cell has no value)."""
+    if not rows:
+        return {}
+    return {name: (None if any(r.get(name) is None for r in rows) else sum(r[name] for r in rows) / len(rows))
+            for name in rows[0]}
 
 
 def _write(table: _Table, results: dict[str, Any]) -> None:
@@ -316,6 +430,8 @@ def _write(table: _Table, results: dict[str, Any]) -> None:
     finished table (``sharded.is_unfinished``), so it comes after the other files: a run killed before it leaves a
     table that the same command resumes from its shards and finishes in place."""
     write_text(os.path.join(table.output_dir, "robustness.md"), markdown_table(results))
+    for name, entry in results.get("patches", {}).items():
+        write_patch_png(table.patch(name), os.path.join(table.output_dir, entry["file"]))
     if table.spec.plots:
         plot_bars(results, os.path.join(table.output_dir, "robustness_bars.png"))
     write_text(os.path.join(table.output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")

@@ -94,6 +94,10 @@ def check_plan(output_dir: str | os.PathLike, plan: Mapping[str, Any]) -> bool:
         return False
     with open(path, encoding="utf-8") as handle:
         saved = _migrated(json.load(handle))
+    protocol = saved.get("protocol")
+    for key, column in (("corruptions", "Corrupt"), ("patch", "Patch")):  # a plan from before these columns
+        if isinstance(protocol, dict) and key not in protocol and column not in saved.get("attacks", []):
+            protocol[key] = plan["protocol"].get(key)
     ours, theirs = _flat(plan), _flat(saved)
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
     if differ:

@@ -156,11 +156,14 @@ def compute_shards(
     shard_batches: int | None,
     workers: Workers = Workers(),
     on_batch: OnBatch | None = None,
+    prepare: Callable[[int, Any], Any] | None = None,
 ) -> tuple[int, int]:
     """Compute and save this worker's unfinished shards of one cell; returns ``(computed, reused)`` shard counts.
 
     ``step(images, targets) -> (detections, attacked images)`` is the cell's batched attack + detection;
-    ``on_batch(batch index, images, attacked, detections)`` sees every batch this call computes.  Finished shards
+    ``on_batch(batch index, images, attacked, detections)`` sees every batch this call computes;
+    ``prepare(batch index, images) -> images`` (the ``Corrupt`` cells' corruption) runs on those batches only,
+    before the step.  Finished shards
     (files present) are neither recomputed nor rewritten; when the end of the set is known from the files and all
     of this worker's shards up to it are done, the data is not even read.
     """
@@ -188,6 +191,8 @@ def compute_shards(
             continue
         if current["metric"] is None:
             current["metric"] = metric_factory()
+        if prepare is not None:
+            images = prepare(index, images)
         detections, adv = step(images, targets)
         current["metric"].update(detections, targets)
         current["count"] += 1

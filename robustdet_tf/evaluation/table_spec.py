@@ -29,7 +29,7 @@ from robustdet_tf.evaluation.protocol import (
 from robustdet_tf.metrics.bootstrap import BootstrapSpec
 
 CONFIG_KEYS = ("attacks", "protocol", "overrides", "sample_images", "sample_score_threshold", "sample_top_n",
-               "shard_batches", "shard_timeout", "bootstrap", "transfer_source")
+               "shard_batches", "shard_timeout", "bootstrap", "transfer_source", "gradient_check_images")
 """The ``config.eval`` keys a table spec reads (the others, such as ``batch_size`` or ``metric``, shape the data and
 the protocol's metric settings)."""
 
@@ -55,6 +55,9 @@ class TableSpec:
       shard_timeout: seconds the chief waits for shards other workers compute.
       bootstrap: resamples, seed and level of the paired intervals (``resamples = 0``: none).
       transfer_source: the model whose A_cls images the ``Transfer`` column uses (``None``: the first model).
+      gradient_check_images: run the gradient check (``evaluation/gradient_check.py``: zero and NaN/inf input
+        gradients, the A_cls loss along its steps) per model on that many first images, into ``robustness.json``'s
+        ``gradient_check`` (0: none).
     """
 
     attacks: tuple[str, ...] = PAPER_ATTACKS
@@ -69,6 +72,7 @@ class TableSpec:
     shard_timeout: float = 3600.0
     bootstrap: BootstrapSpec = BootstrapSpec()
     transfer_source: str | None = None
+    gradient_check_images: int = 0
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen dataclass)
@@ -82,6 +86,10 @@ class TableSpec:
             raise ValueError(f"evaluate_robustness: unknown attack(s) {unknown} (or none given); choose from "
                              f"{ATTACKS}.")
         self._check_columns()
+        if int(self.gradient_check_images) < 0:
+            raise ValueError(f"eval.gradient_check_images must be >= 0 (0: no gradient check), got "
+                             f"{self.gradient_check_images}.")
+        set_("gradient_check_images", int(self.gradient_check_images))
         if self.shard_batches is not None and int(self.shard_batches) < 1:
             raise ValueError(f"evaluate_robustness: shard_batches must be >= 1 (or None: one shard), got "
                              f"{self.shard_batches}.")
@@ -130,7 +138,7 @@ class TableSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TableRun:
-    """How this process computes a table (nothing here changes a number).
+    """How this process computes a table (nothing here changes a number but the Patch column's training batches).
 
     Attributes:
       strategy: split each batch over its replicas (``evaluation.replicas``); ``None``: one device.
@@ -138,6 +146,8 @@ class TableRun:
       printer: receives the progress lines and the shard summary; ``None``: silent.
       metric_factory: builds a fresh metric per cell (``None``: the protocol's metric over the class names).
       data: what identifies the evaluation data (name, batch size, ...), recorded in the plan a resume must match.
+      patch_batches: the training batches ``(images, targets)`` the ``Patch`` column fits each model's patch on
+        (the only field that enters a number: the patch is a function of them).
     """
 
     strategy: tf.distribute.Strategy | None = None
@@ -145,4 +155,5 @@ class TableRun:
     printer: Callable[[str], None] | None = None
     metric_factory: Callable[[], Any] | None = None
     data: Mapping[str, Any] | None = None
+    patch_batches: tf.data.Dataset | None = None
 

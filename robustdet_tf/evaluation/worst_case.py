@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.pgd import per_image_detection_loss
 from robustdet_tf.evaluation.evaluate import AttackFn
+from robustdet_tf.evaluation.protocol import UNATTACKED
 
 
 def worst_case_attack(attacks: Sequence[AttackFn]) -> AttackFn:
@@ -47,8 +48,9 @@ def worst_case_attack(attacks: Sequence[AttackFn]) -> AttackFn:
 
 
 def worst_column(cells: Mapping[str, float | None]) -> dict[str, Any]:
-    """``{"attack": name, "mAP": value}`` of the lowest attacked cell (``clean`` excluded; ``None`` cells skipped)."""
-    attacked = {k: v for k, v in cells.items() if k != "clean" and v is not None}
+    """``{"attack": name, "mAP": value}`` of the lowest attacked cell (``clean`` and ``Corrupt`` excluded: they attack
+    nothing; ``None`` cells skipped)."""
+    attacked = {k: v for k, v in cells.items() if k not in UNATTACKED and v is not None}
     if not attacked:
         return {"attack": None, "mAP": None}
     name = min(attacked, key=lambda k: attacked[k])

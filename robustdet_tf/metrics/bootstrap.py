@@ -180,6 +180,9 @@ def table_intervals(
     models: Sequence[str],
     attacks: Sequence[str],
     spec: BootstrapSpec,
+    composites: Mapping[str, Sequence[str]] | None = None,
+    unattacked: Sequence[str] = ("clean",),
+    ratios: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Intervals of every cell, of each model's lowest attacked cell, and paired differences per attack.
 
@@ -187,6 +190,11 @@ def table_intervals(
       cells: ``(model, attack)`` → its matching; every cell must hold the same number of images (the same images
         in the same order: the table's evaluation set).
       models, attacks: the table's row and column order (cells missing from ``cells`` are not applicable).
+      composites: column → the cells it averages (``Corrupt`` → its corruption/severity cells): in every resample
+        the column is the mean of those cells' resampled mAPs; its sub-cells get intervals too.
+      unattacked: columns that are no attack and stay out of the lowest cell (``clean``, ``Corrupt``).
+      ratios: name → (numerator column, denominator column), a per-model ratio resampled pair by pair (``rPC`` =
+        ``Corrupt`` / ``clean``); returned under ``"ratios"``: ``{model: {name: (point, low, high)}}``.
 
     Returns ``{"cells": {model: {attack: (low, high)}}, "lowest": {model: (low, high)}, "differences": [...]}``
     where each difference is ``{"attack", "model_a", "model_b", "difference", "ci_low", "ci_high"}`` (model_a
@@ -198,17 +206,31 @@ def table_intervals(
         raise ValueError(f"paired bootstrap: the table's cells hold different numbers of images {sorted(counts)}; "
                          "every cell must be evaluated on the same images.")
     if not cells or spec.resamples == 0:
-        return {"cells": {}, "lowest": {}, "differences": []}
+        return {"cells": {}, "lowest": {}, "differences": [], "ratios": {}}
     num_images = counts.pop()
     weights = resample_weights(num_images, spec.resamples, spec.seed)
     ones = np.ones((1, num_images))
     samples = {key: resampled_map(m, weights) for key, m in cells.items()}
     points = {key: float(resampled_map(m, ones)[0]) for key, m in cells.items()}
-    out: dict[str, Any] = {"cells": {m: {} for m in models}, "lowest": {}, "differences": []}
+    for column, parts in (composites or {}).items():
+        for model in models:
+            if parts and all((model, part) in samples for part in parts):
+                samples[(model, column)] = np.mean(np.stack([samples[(model, part)] for part in parts]), axis=0)
+                points[(model, column)] = float(np.mean([points[(model, part)] for part in parts]))
+    out: dict[str, Any] = {"cells": {m: {} for m in models}, "lowest": {}, "differences": [], "ratios": {}}
     for (model, attack), values in samples.items():
         out["cells"][model][attack] = percentile_interval(values, spec.level)
+    for name, (numerator, denominator) in (ratios or {}).items():
+        for model in models:
+            if (model, numerator) in samples and (model, denominator) in samples:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    resampled = samples[(model, numerator)] / samples[(model, denominator)]
+                resampled[~np.isfinite(resampled)] = np.nan  # a resample whose denominator is 0 has no ratio
+                denominator_point = points[(model, denominator)]
+                point = points[(model, numerator)] / denominator_point if denominator_point else float("nan")
+                out["ratios"].setdefault(model, {})[name] = (point, *percentile_interval(resampled, spec.level))
     for model in models:
-        attacked = [a for a in attacks if a != "clean" and (model, a) in samples]
+        attacked = [a for a in attacks if a not in unattacked and (model, a) in samples]
         if attacked:
             with np.errstate(invalid="ignore"):
                 samples[(model, LOWEST)] = np.min(np.stack([samples[(model, a)] for a in attacked]), axis=0)

@@ -62,11 +62,13 @@ class Capabilities(NamedTuple):
     ``routed``: an AID mixes K kernels in every convolution (the model outputs π; the adaptive attacks, the
     mechanism diagnostics and the π output of the exports apply).  ``cfr``: conv4_3 is the probabilistic CFR layer
     with its decoder.  ``adversarial``: the model carries an adversarial-training schedule (SSD-AT, MTD, CWAT,
-    RobustDet)."""
+    RobustDet).  ``nan_guard``: the forward pass replaces NaN activations by 0 as the reference's RobustDet does
+    (docs/reference.md#forward-pass-and-nan-guard), which hides a NaN gradient as a zero one."""
 
     routed: bool
     cfr: bool
     adversarial: bool
+    nan_guard: bool = False
 
 
 class DetectionModelBase(keras.Model):
@@ -149,7 +151,7 @@ class DetectionModelBase(keras.Model):
     def capabilities(self) -> Capabilities:
         """This model's ``Capabilities``."""
         return Capabilities(routed=self.ROUTED, cfr=bool(getattr(self, "cfr", False)),
-                            adversarial=self.adversary is not None)
+                            adversarial=self.adversary is not None, nan_guard=self.detector.nan_guard)
 
     def detector_kwargs(self) -> dict:
         return dict(

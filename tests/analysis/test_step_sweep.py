@@ -10,7 +10,7 @@ from robustdet_tf.analysis.step_sweep import check_steps, iterates, step_sweep
 from robustdet_tf.attacks.pgd import pgd
 from robustdet_tf.evaluation.evaluate import attack_targets, evaluate_detections, make_metric
 from robustdet_tf.evaluation.protocol import attack_spec, make_protocol
-from tests.analysis.conftest import CLASS_NAMES
+from tests.conftest import TRAINED_CLASS_NAMES as CLASS_NAMES
 
 COUNTS = (0, 1, 3)
 

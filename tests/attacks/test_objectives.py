@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from robustdet_tf.attacks.objectives import OBJECTIVES, detection_terms, make_objective
+from robustdet_tf.attacks.objectives import OBJECTIVES, TOG_OBJECTIVES, detection_terms, make_objective
 from robustdet_tf.losses.class_wise import class_wise_loss
 from robustdet_tf.losses.multibox import multibox_loss
 from robustdet_tf.models.ssd import SSD
@@ -57,7 +57,7 @@ def test_cwa_is_the_class_wise_loss_at_the_model_threshold(model_and_batch):
     assert abs(want - float(make_objective("con")(model, x, t))) > 1e-3
 
 
-@pytest.mark.parametrize("name", OBJECTIVES)
+@pytest.mark.parametrize("name", OBJECTIVES + TOG_OBJECTIVES)
 def test_objectives_have_a_pixel_gradient_in_graph(model_and_batch, name):
     model, x, t = model_and_batch
     objective = make_objective(name)
@@ -85,6 +85,9 @@ def test_objectives_run_the_model_in_test_mode():
     assert abs(float(train_mode[1]) - float(test_mode[1])) > 1e-4
     for name, index in (("loc", 0), ("cls", 1)):
         assert float(make_objective(name)(model, x, t)) == pytest.approx(float(test_mode[index]), rel=1e-6)
+    log_background = tf.nn.log_softmax(model(x, training=False)["logits"])[..., 0]
+    assert float(make_objective("tog_vanishing")(model, x, t)) == pytest.approx(
+        float(tf.reduce_mean(log_background)), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mtd", "clean", "CLS", ""])

@@ -17,7 +17,7 @@ def test_predefined_protocols():
     strong = P.make_protocol("strong")
     assert strong["pgd"]["random_start"] and strong["pgd"]["step_size"] == 2.0 and strong["pgd"]["steps"] >= 50
     assert strong["dag"]["variant"] == "corrected" and strong["dag"]["epsilon"] == 8.0
-    assert set(P.ATTACKS) == {"clean", "DAG", "Transfer", "Worst", *P.PGD_METHODS}
+    assert set(P.ATTACKS) == {"clean", "DAG", "Transfer", "Worst", "Corrupt", "Patch", *P.PGD_METHODS}
     assert set(P.PAPER_ATTACKS) == {"clean", "A_cls", "A_loc", "con", "MTD", "CWA", "DAG"}
     adaptive = P.make_protocol("adaptive")
     assert adaptive["pgd"]["step_schedule"] == "apgd" and adaptive["pgd"]["restarts"] >= 2
@@ -73,7 +73,8 @@ def test_attack_spec_of_every_pgd_column_follows_the_protocol(name, column):
 def test_pgd_columns_differ_only_in_their_objective():
     protocol = P.make_protocol("strong")
     specs = {column: P.attack_spec(column, protocol) for column in P.PGD_METHODS}
-    assert {s.method for s in specs.values()} == {"cls", "loc", "con", "mtd", "cwa", "adaptive", "fixed_pi", "aid"}
+    assert {s.method for s in specs.values()} == {"cls", "loc", "con", "mtd", "cwa", "adaptive", "fixed_pi", "aid",
+                                                  "tog_vanishing", "tog_fabrication", "tog_mislabeling"}
     assert len({s.replace(method="cls") for s in specs.values()}) == 1
 
 

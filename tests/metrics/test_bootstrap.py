@@ -152,6 +152,28 @@ def test_lowest_cell_interval_is_of_the_per_resample_minimum():
     assert out["lowest"]["m"] == pytest.approx(expected)
 
 
+def test_a_composite_column_is_the_per_resample_mean_of_its_cells_and_a_ratio_is_resampled_too():
+    """The Corrupt column (mPC) averages its corruption cells in every resample; rPC divides by clean per resample;
+    an unattacked column stays out of the lowest cell."""
+    records = {s: [image_record(i, skill=s) for i in range(40)] for s in (0.4, 0.6, 0.9)}
+    low, mid, high = (scored("voc07", records[s])[0].ranked_matches() for s in (0.4, 0.6, 0.9))
+    spec = BootstrapSpec(resamples=200, seed=3)
+    cells = {("m", "clean"): high, ("m", "X"): mid, ("m", "C:1"): low, ("m", "C:2"): mid}
+    out = table_intervals(cells, ["m"], ["clean", "X", "C"], spec, {"C": ["C:1", "C:2"]}, ("clean", "C"),
+                          {"r": ("C", "clean")})
+    weights = resample_weights(40, 200, seed=3)
+    mean = (resampled_map(low, weights) + resampled_map(mid, weights)) / 2
+    assert out["cells"]["m"]["C"] == pytest.approx(percentile_interval(mean, 0.95))
+    assert out["cells"]["m"]["C:1"] == pytest.approx(percentile_interval(resampled_map(low, weights), 0.95))
+    point, r_low, r_high = out["ratios"]["m"]["r"]
+    ones = np.ones((1, 40))
+    want = (resampled_map(low, ones)[0] + resampled_map(mid, ones)[0]) / 2 / resampled_map(high, ones)[0]
+    assert point == pytest.approx(want)
+    assert (r_low, r_high) == pytest.approx(percentile_interval(mean / resampled_map(high, weights), 0.95))
+    # C is lower than X but attacks nothing: the lowest cell is X's.
+    assert out["lowest"]["m"] == pytest.approx(percentile_interval(resampled_map(mid, weights), 0.95))
+
+
 def test_cells_of_different_image_sets_are_refused_and_bad_settings_named():
     a = scored("voc07", [image_record(i, 0.5) for i in range(10)])[0].ranked_matches()
     b = scored("voc07", [image_record(i, 0.5) for i in range(12)])[0].ranked_matches()
@@ -162,4 +184,4 @@ def test_cells_of_different_image_sets_are_refused_and_bad_settings_named():
     with pytest.raises(ValueError, match="eval.bootstrap.level"):
         BootstrapSpec(level=95)
     assert table_intervals({("m", "x"): a}, ["m"], ["x"], BootstrapSpec(resamples=0)) == {
-        "cells": {}, "lowest": {}, "differences": []}
+        "cells": {}, "lowest": {}, "differences": [], "ratios": {}}

@@ -18,7 +18,7 @@ def test_capabilities_of_each_model_and_config():
     assert SSD(**TINY_SSD).capabilities() == Capabilities(routed=False, cfr=False, adversarial=False)
     assert SSD(**TINY_SSD, adversarial={"method": "cls"}).capabilities().adversarial
     star = RobustDet(**TINY_SSD, num_kernels=2, aid_width=4, cfr=True, decoder_width=16)
-    assert star.capabilities() == Capabilities(routed=True, cfr=True, adversarial=True)
+    assert star.capabilities() == Capabilities(routed=True, cfr=True, adversarial=True, nan_guard=True)
     assert is_routed({"kind": "robustdet"}) and not is_routed({"kind": "ssd"}) and not is_routed({})
 
 

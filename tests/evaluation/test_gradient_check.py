@@ -4,10 +4,10 @@ step (a trained SSD's A_cls loss rises; a model blind to its input has zero grad
 import numpy as np
 import pytest
 
-from robustdet_tf.analysis import gradient_check as gc
 from robustdet_tf.analysis.findings import findings
 from robustdet_tf.analysis.run import DEFAULT_SETTINGS
 from robustdet_tf.attacks.spec import AttackSpec
+from robustdet_tf.evaluation import gradient_check as gc
 from robustdet_tf.evaluation.evaluate import attack_targets
 
 SPEC = AttackSpec(method="cls", epsilon=8.0, step_size=2.0, steps=4)
@@ -52,3 +52,22 @@ def test_summary_counts_nan_losses_and_drops_and_the_finding_says_what_was_measu
     lines = findings({"gradient_check": {"ssd": {**out, "attack": "A_cls"}}}, DEFAULT_SETTINGS)
     assert lines == ["gradient check under A_cls (4 images, 2 PGD steps; % of images with a zero input gradient / "
                      "a NaN or inf gradient / a loss that rose / one that never fell): ssd 25/25/50/50"]
+
+
+def test_the_table_writes_each_models_gradient_check(trained_ssd, tmp_path):
+    from robustdet_tf.evaluation import robustness
+    from robustdet_tf.evaluation.table_spec import TableSpec
+    from tests.conftest import TRAINED_CLASS_NAMES
+
+    model, dataset = trained_ssd
+    spec = TableSpec(attacks=("clean",), overrides={"pgd": {"steps": 3, "step_size": 2.0}}, plots=False,
+                     gradient_check_images=6)
+    results = robustness.evaluate_robustness({"ssd": model}, dataset, TRAINED_CLASS_NAMES, tmp_path, spec)
+    check = results["gradient_check"]["ssd"]
+    assert check["attack"] == "A_cls" and check["num_images"] == 6 and check["steps"] == 3
+    assert check["nan_guard"] is False and check["zero_gradient"] == 0.0 and check["nonfinite_gradient"] == 0.0
+    alone = gc.gradient_check(model, _batches(dataset), AttackSpec(method="cls", epsilon=8.0, step_size=2.0, steps=3),
+                              max_images=6)
+    assert check["mean_loss_by_step"] == pytest.approx(alone["mean_loss_by_step"])
+    assert "gradient_check" not in robustness.evaluate_robustness(
+        {"ssd": model}, dataset, TRAINED_CLASS_NAMES, tmp_path / "none", TableSpec(attacks=("clean",), plots=False))

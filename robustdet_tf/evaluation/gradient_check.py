@@ -6,7 +6,9 @@ the input gradient of the attack's objective is zero everywhere or holds a NaN/i
 objective moves along the steps.  A usable attack makes the loss rise; one whose loss stays flat or falls on many
 images points to masked gradients (ART's ``loss_gradient_check`` asks the same questions of a classifier).
 
-The objective is the attack's own, per image (A_cls: the confidence loss of each image).  The NaN guard: RobustDet
+The objective is the attack's own, per image (A_cls: the confidence loss of each image); the steps run in one
+graph loop per batch.  The table reports it per model in ``robustness.json`` (``gradient_check``, with
+``eval.gradient_check_images``); ``--mode=analyze`` draws it.  The NaN guard: RobustDet
 replaces NaN activations by 0 in the trunk's ReLUs as the reference does (``models/detector.py``), which turns a
 NaN forward pass into a finite one and its gradient into zeros there, so this check counts such images as zero or
 partly zero gradients, not as NaN; the plain SSD has no guard and shows NaN as NaN.  Nothing is logged by the
@@ -15,7 +17,7 @@ guard itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -31,11 +33,13 @@ _RISE_TOLERANCE = 1e-6
 """A step counts as not lowering the loss if it drops by at most this fraction of the loss (float noise)."""
 
 
-def _step_fn(model: keras.Model, spec: AttackSpec):
-    """A compiled ``(adv, clean, targets) → (next iterate, [B] objective, [B] zero gradient, [B] non-finite)``."""
+def _check_fn(model: keras.Model, spec: AttackSpec):
+    """A compiled ``(clean, targets) → ([B, steps + 1] objective, [B] zero gradient at the clean image, [B] a NaN/inf
+    gradient at any step)``: the attack's steps in one graph loop, traced once per batch shape."""
     objective = make_per_image_objective(spec.method if spec.method in OBJECTIVES else "cls", spec.con_weights)
+    steps = int(spec.steps)
 
-    def step(adv, clean, targets):
+    def value_and_flags(adv, targets):
         with tf.GradientTape() as tape:
             tape.watch(adv)
             value = objective(model, adv, targets)
@@ -44,30 +48,44 @@ def _step_fn(model: keras.Model, spec: AttackSpec):
         flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
         zero = tf.reduce_all(tf.equal(flat, 0.0), axis=1)
         nonfinite = tf.reduce_any(tf.logical_not(tf.math.is_finite(flat)), axis=1)
-        finite = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
-        return tf.stop_gradient(project(adv + spec.step_size * tf.sign(finite), clean, spec.epsilon)), value, zero, \
-            nonfinite
+        return value, grad, zero, nonfinite
 
-    return traced_once(step)
+    def check(clean, targets):
+        value, grad, zero, nonfinite = value_and_flags(clean, targets)
+        trail = tf.TensorArray(tf.float32, size=steps + 1).write(0, value)
+
+        def body(index, adv, grad, trail, nonfinite):
+            finite = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+            adv = tf.stop_gradient(project(adv + spec.step_size * tf.sign(finite), clean, spec.epsilon))
+            value, grad, _, bad = value_and_flags(adv, targets)
+            return index + 1, adv, grad, trail.write(index, value), tf.logical_or(nonfinite, bad)
+
+        _, _, _, trail, nonfinite = tf.while_loop(
+            lambda index, *_: index <= steps, body, (tf.constant(1), clean, grad, trail, nonfinite))
+        return tf.transpose(trail.stack()), zero, nonfinite
+
+    return traced_once(check)
 
 
-def gradient_check(model: keras.Model, batches: Sequence[tuple[Any, Any]], spec: AttackSpec) -> dict[str, Any]:
-    """Run ``spec.steps`` PGD steps of ``spec`` (no random start) on every ``(images, attack targets)`` batch;
-    per image the objective at every iterate ``[N, steps + 1]`` and the gradient flags, and their summary."""
-    step = _step_fn(model, spec)
+def gradient_check(model: keras.Model, batches: Iterable[tuple[Any, Any]], spec: AttackSpec,
+                   max_images: int | None = None) -> dict[str, Any]:
+    """Run ``spec.steps`` PGD steps of ``spec`` (no random start) on the ``(images, attack targets)`` batches (the
+    first ``max_images`` images, all if ``None``); per image the objective at every iterate ``[N, steps + 1]`` and
+    the gradient flags, and their summary."""
+    check = _check_fn(model, spec)
     losses, zero_first, nonfinite_any = [], [], []
+    seen = 0
     for images, targets in batches:
-        clean = tf.convert_to_tensor(images, tf.float32)
-        adv, trail, nonfinite = clean, [], None
-        for index in range(int(spec.steps) + 1):  # the last pass only scores the final iterate
-            nxt, value, zero, bad = step(adv, clean, targets)
-            trail.append(value.numpy())
-            if index == 0:
-                zero_first.append(zero.numpy())
-            nonfinite = bad.numpy() if nonfinite is None else nonfinite | bad.numpy()
-            adv = nxt
-        losses.append(np.stack(trail, axis=1))
-        nonfinite_any.append(nonfinite)
+        if max_images is not None and seen >= max_images:
+            break
+        trail, zero, nonfinite = check(tf.convert_to_tensor(images, tf.float32), targets)
+        keep = None if max_images is None else max_images - seen
+        losses.append(trail.numpy()[:keep])
+        zero_first.append(zero.numpy()[:keep])
+        nonfinite_any.append(nonfinite.numpy()[:keep])
+        seen += len(losses[-1])
+    if not losses:
+        raise ValueError("gradient_check: no images to check (empty batches or max_images = 0).")
     return summarize(np.concatenate(losses), np.concatenate(zero_first), np.concatenate(nonfinite_any))
 
 
