@@ -69,8 +69,8 @@ run_train = train_lib.train_in_workdir
 
 def run_evaluate(config, workdir: str, models: dict | None = None, output_dir: str | None = None,
                  printer=print) -> dict | None:
-    """Robustness table of the workdir's model (or ``models``) under ``config.eval.attacks``, written to
-    ``output_dir`` or to a new ``<workdir>/evaluation[_N]`` folder.
+    """Robustness table of the workdir's model (the demo's folder: its three models; or ``models``) under
+    ``config.eval.attacks``, written to ``output_dir`` or to a new ``<workdir>/evaluation[_N]`` folder.
 
     An ``output_dir`` holding results is refused, except an unfinished table (``shards/`` without
     ``robustness.json``), which is resumed: its finished shards are reused.  Under ``TF_CONFIG`` every worker must be
@@ -82,7 +82,7 @@ def run_evaluate(config, workdir: str, models: dict | None = None, output_dir: s
                          "--output_dir=DIR (on a filesystem every worker sees) to each of them.")
     strategy = eval_strategy(config.eval)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        models = models or {os.path.basename(os.path.normpath(workdir)): load_trained_model(workdir, config)}
+        models = models or workdir_models(workdir, config)  # its own model, or the demo's ssd/, ssd_at/, robustdet/
     folder = _evaluation_folder(output_dir, workdir, printer)
     try:
         results = evaluate_models(config, models, folder, printer=printer, strategy=strategy)

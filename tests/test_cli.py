@@ -67,3 +67,23 @@ def test_evaluate_uses_the_saved_model_and_refuses_other_classes(tmp_path):
     other.data.num_classes = 3  # the shapes set then has 3 classes, the model 4
     with pytest.raises(ValueError, match="config.data.class_names"):
         cli.run_evaluate(other, workdir, printer=lambda *_: None)
+
+
+def test_evaluate_on_the_demos_folder_evaluates_each_of_its_models(tmp_path):
+    """``--mode=evaluate --workdir=runs/demo``: a folder of model folders (the demo's ssd/, ssd_at/, robustdet/) is
+    one table of those models, as ``--mode=analyze`` reads it."""
+    import shutil
+
+    from tests.test_train import tiny_config
+
+    config = tiny_config()
+    config.train.steps = 1
+    config.eval.update(attacks=("clean",), sample_images=0, gradient_check_images=0)
+    config.data.eval_images = 4
+    demo = tmp_path / "demo"
+    cli.run_train(config, str(demo / "ssd"), printer=lambda *_: None)
+    (demo / "ssd_at").mkdir()
+    shutil.copy(demo / "ssd" / "model.keras", demo / "ssd_at" / "model.keras")
+    results = cli.run_evaluate(config, str(demo), output_dir=str(tmp_path / "table"), printer=lambda *_: None)
+    assert list(results["models"]) == ["ssd", "ssd_at"]
+    assert results["models"]["ssd"]["clean"] == results["models"]["ssd_at"]["clean"]  # the same weights
