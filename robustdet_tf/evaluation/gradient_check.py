@@ -17,7 +17,7 @@ guard itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import keras
@@ -28,6 +28,8 @@ from robustdet_tf.attacks.budget import project
 from robustdet_tf.attacks.objectives import OBJECTIVES, make_per_image_objective
 from robustdet_tf.attacks.spec import AttackSpec
 from robustdet_tf.compiled import traced_once
+from robustdet_tf.evaluation.evaluate import attack_targets
+from robustdet_tf.evaluation.protocol import attack_spec
 
 _RISE_TOLERANCE = 1e-6
 """A step counts as not lowering the loss if it drops by at most this fraction of the loss (float noise)."""
@@ -117,3 +119,18 @@ def finding(results: dict[str, dict[str, Any]], attack: str) -> list[str]:
             "with a zero input gradient / a NaN or inf gradient / a loss that rose / one that never fell): " +
             ", ".join(f"{name} {100 * r['zero_gradient']:.0f}/{100 * r['nonfinite_gradient']:.0f}/"
                       f"{100 * r['loss_rose']:.0f}/{100 * r['loss_never_fell']:.0f}" for name, r in results.items())]
+
+
+def table_gradient_checks(models: Mapping[str, keras.Model], batches: Iterable[tuple[Any, Any]],
+                          protocol: Mapping[str, Any], images: int) -> dict[str, dict[str, Any]]:
+    """``robustness.json``'s ``gradient_check``: per model, the check of the table's A_cls attack on its first
+    ``images`` evaluation images, and whether the model's forward pass replaces NaN activations by 0 (RobustDet's
+    reference guard, which turns a NaN into a zero gradient there and logs nothing)."""
+    spec = attack_spec("A_cls", protocol)
+    attacked = [(images_, attack_targets(targets)) for images_, targets in batches]
+    out = {}
+    for name, model in models.items():
+        summary = gradient_check(model, attacked, spec, images)
+        out[name] = {"attack": "A_cls", **{k: v for k, v in summary.items() if k != "per_image"},
+                     "nan_guard": model.capabilities().nan_guard}
+    return out

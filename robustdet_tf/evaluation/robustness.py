@@ -41,8 +41,8 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.patch import PatchSpec, fit_universal_patch, patch_attack
 from robustdet_tf.evaluation import corruptions, shard_plan, sharded
-from robustdet_tf.evaluation.evaluate import AttackFn, attack_targets, detection_step, make_metric
-from robustdet_tf.evaluation.gradient_check import gradient_check
+from robustdet_tf.evaluation.evaluate import AttackFn, make_metric
+from robustdet_tf.evaluation.gradient_check import table_gradient_checks
 from robustdet_tf.evaluation.progress import TableProgress
 from robustdet_tf.evaluation.protocol import (  # noqa: F401  (re-exported: the table's public vocabulary)
     ATTACKS,
@@ -65,43 +65,13 @@ from robustdet_tf.evaluation.report import (  # noqa: F401  (markdown_table is r
     plot_bars,
     plot_pr_curves,
     write_patch_png,
-    write_sample_pngs,
 )
+from robustdet_tf.evaluation.samples import samples_for_model
 from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.evaluation.transfer import TRANSFER_BASE, same_cell, transfer_attack
 from robustdet_tf.evaluation.worst_case import worst_case_attack, worst_column
 from robustdet_tf.io import atomic_output, workdir_lock, write_text
 from robustdet_tf.metrics.bootstrap import table_intervals, with_intervals
-
-
-def save_sample_detections(
-    model: keras.Model,
-    images: tf.Tensor,
-    targets: Mapping[str, tf.Tensor],
-    output_dir: str,
-    attack: AttackFn | None,
-    attack_name: str = "attack",
-    class_names: Sequence[str] | None = None,
-    num_images: int = 4,
-    score_threshold: float = 0.3,
-    prefix: str | None = None,
-    top_n: int = 10,
-) -> list[str]:
-    """Draw clean vs attacked detections (red) with the ground truth (dashed white) for the first images.
-
-    The first ``num_images`` images of the batch are attacked and detected together (one batched call each for
-    the clean and the attacked pass).  Writes ``<prefix>_<i>.png`` (default prefix: the file-safe attack name) and
-    returns the paths.
-    """
-    if num_images < 1:
-        raise ValueError(f"save_sample_detections: num_images must be >= 1, got {num_images}.")
-    images = tf.convert_to_tensor(images, tf.float32)[:num_images]
-    targets = {k: v[:num_images] for k, v in targets.items()}
-    clean_dets, _ = detection_step(model, None)(images, targets)
-    adv_dets, adv = detection_step(model, attack)(images, targets)
-    return write_sample_pngs(images, clean_dets, adv, adv_dets, targets, output_dir,
-                             prefix or file_stem(attack_name), class_names, num_images, score_threshold,
-                             attack_name, top_n=top_n)
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
@@ -185,7 +155,8 @@ def evaluate_robustness(
             return None
         results = _collect(table, first_batch)
         if spec.gradient_check_images:
-            results["gradient_check"] = _gradient_checks(table)
+            results["gradient_check"] = table_gradient_checks(table.models, table.batches, table.protocol,
+                                                              spec.gradient_check_images)
         _write(table, results)
         return results
 
@@ -374,7 +345,7 @@ def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[st
             for attack_name in applicable:
                 if table.stored(model_name, attack_name) in kept:
                     kept.setdefault(attack_name, kept[table.stored(model_name, attack_name)])
-            _samples_for_model(model, model_name, kept, table.batches, table.output_dir, table.class_names,
+            samples_for_model(model, model_name, kept, table.batches, table.output_dir, table.class_names,
                                spec.sample_images, (spec.sample_score_threshold, spec.sample_top_n),
                                {a: table.attack(a, model) for a in applicable})
     worst = {name: worst_column(values[name]) for name in models}
@@ -396,20 +367,6 @@ def _collect(table: _Table, first_batch: dict[str, dict[str, tuple]]) -> dict[st
     if table.corruption_columns:
         results.update(corruptions.results_entries(pairs, values, intervals, table.protocol["corruptions"]))
     return results
-
-
-def _gradient_checks(table: _Table) -> dict[str, dict[str, Any]]:
-    """Per model: the gradient check of the table's A_cls attack on its first ``gradient_check_images`` images, and
-    whether the model's forward pass replaces NaN activations by 0 (RobustDet's reference guard, which turns a NaN
-    into a zero gradient there and logs nothing)."""
-    spec = attack_spec("A_cls", table.protocol)
-    batches = [(images, attack_targets(targets)) for images, targets in table.batches]
-    out = {}
-    for name, model in table.models.items():
-        summary = gradient_check(model, batches, spec, table.spec.gradient_check_images)
-        out[name] = {"attack": "A_cls", **{k: v for k, v in summary.items() if k != "per_image"},
-                     "nan_guard": model.capabilities().nan_guard}
-    return out
 
 
 def _expanded(attacks: Sequence[str], corruption_columns: Sequence[str]) -> list[str]:
@@ -436,23 +393,3 @@ def _write(table: _Table, results: dict[str, Any]) -> None:
         plot_bars(results, os.path.join(table.output_dir, "robustness_bars.png"))
     write_text(os.path.join(table.output_dir, "robustness.json"), json.dumps(results, indent=2) + "\n")
     shutil.rmtree(sharded.shards_root(table.output_dir), ignore_errors=True)
-
-
-def _samples_for_model(model, model_name, first_batch, batches, output_dir, class_names, num_images, shown,
-                       cell_attacks):
-    """Reuse the first batch each attack produced in this run (the clean detections come from the clean column);
-    a cell whose first shard was computed earlier or by another worker attacks the first batch again."""
-    if not cell_attacks or not any(a != "clean" for a in cell_attacks):
-        return
-    images, targets = next(iter(batches))
-    for attack_name, attack in cell_attacks.items():
-        if attack_name not in first_batch:
-            detections, adv = detection_step(model, None if attack_name == "clean" else attack)(images, targets)
-            first_batch[attack_name] = (images, adv, detections)
-    clean_images, _, clean_dets = first_batch.get("clean") or (images, None, model.detect(images))
-    for attack_name, (_, adv, adv_dets) in first_batch.items():
-        if attack_name == "clean":
-            continue
-        write_sample_pngs(clean_images, clean_dets, adv, adv_dets, targets, os.path.join(output_dir, "samples"),
-                          f"{file_stem(model_name)}_{file_stem(attack_name)}", class_names, num_images, shown[0],
-                          attack_name, top_n=shown[1])

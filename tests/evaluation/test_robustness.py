@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from robustdet_tf.evaluation import robustness
+from robustdet_tf.evaluation import robustness, samples
 from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
@@ -202,7 +202,7 @@ def test_save_sample_detections(trained, tmp_path):
     model, batches = trained
     images, targets = next(iter(batches))
     brighten = lambda m, x, t: tf.clip_by_value(x + 40.0, 0.0, 255.0)  # noqa: E731
-    paths = robustness.save_sample_detections(
+    paths = samples.save_sample_detections(
         model, images, targets, str(tmp_path), brighten, attack_name="brighten", class_names=CLASS_NAMES,
         num_images=2,
     )
