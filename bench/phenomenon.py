@@ -55,6 +55,11 @@ from robustdet_tf.evaluation.table_spec import TableSpec  # noqa: E402
 ROBUSTDET_VARIANTS = ("robustdet", "robustdet_no_aid", "robustdet_paper")
 
 
+STUDY_ATTACKS = ("clean", "A_cls", "A_loc", "CWA", "DAG", "Adaptive", "Transfer")
+"""The study's columns: the demo's before it printed Corrupt and Patch, so every line of a study (and its lowest
+attacked cell) compares the same attacks."""
+
+
 def study_config(seed: int, regime: dict | None = None, paper_variant: bool = False,
                  attacks: tuple[str, ...] | None = None):
     """The demo config for one seed at ``regime`` (``with_regime`` keys), with the RobustDet-without-L_aid stage
@@ -176,7 +181,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--paper-variant", action="store_true", help="add RobustDet as the paper writes it")
     parser.add_argument("--out", default=None, help="JSON-lines file: one line per finished seed (resumed)")
     parser.add_argument("--figure", default=None, help="PNG of clean against A_cls mAP per model and seed")
-    parser.add_argument("--attacks", default=None, help="comma-separated table columns (default: the demo's); "
+    parser.add_argument("--attacks", default=None, help="comma-separated table columns (default: STUDY_ATTACKS); "
                         "the claims need clean and A_cls, CWA and the lowest cell use what is there")
     args = parser.parse_args(argv)
     regime = json.loads(args.regime)
@@ -185,7 +190,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--regime has unknown key(s) {unknown}; use {demo_config.REGIME_KEYS}")
     absl_logging.set_verbosity(absl_logging.WARNING)
     start = time.time()
-    attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else None
+    attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else STUDY_ATTACKS
     config = study_config(0, regime, args.paper_variant, attacks)
     models = ["ssd", *[name for name in demo.EVALUATION_ORDER if name in config]]
     done = recorded_seeds(args.out, regime, models, list(config.eval.attacks))

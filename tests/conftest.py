@@ -32,18 +32,13 @@ def trained_ssd():
     """``(model, batches)``: a tiny SSD trained for 40 Adam steps on 8 coloured rectangles (so mAP, confidences and
     gradients are not trivially zero), and the same images as two evaluation batches of 4."""
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from robustdet_tf.models.ssd import SSD
-    from tests.helpers import rectangles, train_on_detection_loss
+    from tests.helpers import evaluation_batches, rectangles, train_on_detection_loss
 
     num_images, size = 8, 64
     keras.utils.set_random_seed(0)
     images, targets = rectangles(num_images, size, seed=0, max_boxes=2)
     model = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
     train_on_detection_loss(model, images, targets, steps=40)
-    eval_targets = {**targets, "difficult": np.zeros_like(targets["labels"], bool),
-                    "image_id": np.array([f"rect_{i}" for i in range(num_images)]),
-                    "original_size": np.full((num_images, 2), size, np.int32)}
-    return model, tf.data.Dataset.from_tensor_slices((images, eval_targets)).batch(4)
+    return model, evaluation_batches(images, targets)

@@ -116,3 +116,15 @@ def lock_held_by_another_process(folder):
     finally:
         holder.kill()
         holder.wait()
+
+
+def evaluation_batches(images, targets, batch_size: int = 4):
+    """``images`` and their ``targets`` as evaluation batches: every object not difficult, the image ids and sizes
+    the VOC metric reads."""
+    import tensorflow as tf
+
+    count, size = len(images), images.shape[1]
+    full = {**targets, "difficult": np.zeros_like(targets["labels"], bool),
+            "image_id": np.array([f"rect_{i}" for i in range(count)]),
+            "original_size": np.full((count, 2), size, np.int32)}
+    return tf.data.Dataset.from_tensor_slices((images, full)).batch(batch_size)

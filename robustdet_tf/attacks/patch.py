@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from robustdet_tf.attacks.model_protocol import check_attackable
 from robustdet_tf.attacks.objectives import OBJECTIVES, make_objective
+from robustdet_tf.attacks.spec import known_settings
 from robustdet_tf.compiled import traced_once
 
 AttackFn = Callable[[keras.Model, tf.Tensor, Mapping[str, tf.Tensor]], tf.Tensor]
@@ -109,11 +110,7 @@ class PatchSpec:
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any], where: str = "patch") -> PatchSpec:
         """From a config mapping; an unknown key fails with the accepted ones (``where`` names the config)."""
-        settings = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
-        unknown = sorted(set(settings) - set(cls.keys()))
-        if unknown:
-            raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {list(cls.keys())}")
-        return cls(**settings)
+        return cls(**known_settings(cls, settings, where))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,17 @@ DIVERGENCES = ("kl", "js")
 BASE_OBJECTIVES = ("cls", "loc", "con", "cwa")
 
 
+def known_settings(spec_class: type, settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``settings`` (a dict or a ``ConfigDict``) as a dict of ``spec_class``'s fields; an unknown key fails with the
+    accepted ones (``where`` names the config the settings came from)."""
+    settings = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
+    accepted = [f.name for f in dataclasses.fields(spec_class)]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {accepted}")
+    return settings
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
     """One PGD-family attack in pixel space.
@@ -112,11 +123,7 @@ class AttackSpec:
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any], where: str = "attack") -> AttackSpec:
         """From a config mapping; an unknown key fails with the accepted ones (``where`` names the config)."""
-        settings = dict(settings.to_dict() if hasattr(settings, "to_dict") else settings)
-        unknown = sorted(set(settings) - set(cls.keys()))
-        if unknown:
-            raise ValueError(f"{where} has unknown key(s) {unknown}; accepted keys: {list(cls.keys())}")
-        return cls(**settings)
+        return cls(**known_settings(cls, settings, where))
 
     @property
     def per_image(self) -> bool:

@@ -15,7 +15,7 @@ from robustdet_tf.evaluation.table_spec import TableSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
 from tests.evaluation.test_robustness import CLASS_NAMES, NUM_IMAGES, SIZE, rectangles
-from tests.helpers import train_on_detection_loss
+from tests.helpers import evaluation_batches, train_on_detection_loss
 
 PAIRS = {"corruptions": {"names": ["fog", "gaussian_noise", "glass_blur"], "severities": [1, 4], "seed": 3}}
 
@@ -85,10 +85,7 @@ def two_models():
     train_on_detection_loss(short, images, targets, steps=20)
     fresh = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)  # untrained: clean mAP 0, so no rPC
     fresh.build()
-    eval_targets = {**targets, "difficult": np.zeros_like(targets["labels"], bool),
-                    "image_id": np.array([f"rect_{i}" for i in range(NUM_IMAGES)]),
-                    "original_size": np.full((NUM_IMAGES, 2), SIZE, np.int32)}
-    batches = tf.data.Dataset.from_tensor_slices((images, eval_targets)).batch(4)
+    batches = evaluation_batches(images, targets)
     return {"trained": trained, "short": short, "fresh": fresh}, batches
 
 

@@ -14,7 +14,7 @@ from robustdet_tf.evaluation import robustness, samples
 from robustdet_tf.evaluation.table_spec import TableRun, TableSpec
 from robustdet_tf.models.ssd import SSD
 from tests.conftest import TINY_SSD
-from tests.helpers import train_on_detection_loss
+from tests.helpers import evaluation_batches, train_on_detection_loss
 
 CLASS_NAMES = ("red", "green", "blue")
 NUM_IMAGES, SIZE = 8, 64
@@ -46,14 +46,7 @@ def trained():
     model = SSD(**TINY_SSD, pre_nms_top_k=50, max_detections=50)
     model.build()
     train_on_detection_loss(model, images, targets, steps=40)
-    eval_targets = {
-        **targets,
-        "difficult": np.zeros_like(targets["labels"], bool),
-        "image_id": np.array([f"rect_{i}" for i in range(NUM_IMAGES)]),
-        "original_size": np.full((NUM_IMAGES, 2), SIZE, np.int32),
-    }
-    batches = tf.data.Dataset.from_tensor_slices((images, eval_targets)).batch(4)
-    return model, batches
+    return model, evaluation_batches(images, targets)
 
 
 @pytest.mark.slow
