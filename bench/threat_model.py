@@ -60,9 +60,9 @@ def main() -> None:
     if os.path.exists(finished):
         with open(finished, encoding="utf-8") as handle:
             results = json.load(handle)
+        print(markdown_table(results))
     else:
-        results = cli.run_evaluate(config, args.workdir, output_dir=output_dir, printer=print)
-    print(markdown_table(results))
+        results = cli.run_evaluate(config, args.workdir, output_dir=output_dir, printer=print)  # prints the table
     line = {"bench": "threat_model", "version": version(), "machine": machine(), "workdir": args.workdir,
             "columns": list(COLUMNS), "num_images": results["num_images"], "seconds": round(time.time() - started),
             "models": results["models"], "cells": results.get("cells"), "differences": results.get("differences"),
